@@ -1,0 +1,1 @@
+"""Curation: ingest and validation, deduplication, label-noise and bias scoring, reports, export."""

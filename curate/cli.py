@@ -1,0 +1,117 @@
+"""``thresher curate ...`` commands (thin: parse, call the library, print)."""
+
+from __future__ import annotations
+
+import click
+
+from thresher.cli_common import (
+    ThresherGroup,
+    emit,
+    force_option,
+    json_option,
+    progress_bar,
+    project_option,
+)
+
+
+@click.group(cls=ThresherGroup)
+def curate() -> None:
+    """Ingest, deduplicate, score and export the data."""
+
+
+@curate.command("ingest")
+@click.argument("sources", nargs=-1, type=click.Path())
+@project_option
+@click.option("--text-col", default=None, help="Text column [config columns.text: text].")
+@click.option("--label-col", default=None, help="Label column [config columns.label: label].")
+@click.option("--id-col", default=None, help="Id column [config columns.id: none = text hash].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "csv", "tsv", "jsonl", "parquet", "hf"]),
+    default=None,
+    help="Input format [auto: by extension].",
+)
+@click.option("--max-text-chars", type=int, default=None, help="Quarantine longer texts.")
+@click.option("--demo", is_flag=True, help="Ingest the built-in Rotten Tomatoes demo corpus.")
+@force_option
+@json_option
+def ingest_command(
+    sources: tuple[str, ...],
+    project_dir: str,
+    text_col: str | None,
+    label_col: str | None,
+    id_col: str | None,
+    fmt: str | None,
+    max_text_chars: int | None,
+    demo: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Read CSV/TSV/JSONL/Parquet files or saved HF datasets; quarantine bad rows with a reason.
+
+    \b
+    Writes DIR/ingest/records.parquet, rejected.jsonl and manifest.json.
+    Examples:
+      thresher curate ingest reviews.csv -p proj --text-col body --label-col sentiment
+      thresher curate ingest data/ extra.jsonl -p proj --id-col uid
+      thresher curate ingest --demo -p proj
+    """
+    from pathlib import Path
+
+    from curate.ingest import IngestOptions, ingest
+    from thresher.assets import DEMO_LABELS, write_demo_corpus
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    overrides = {
+        "columns.text": text_col,
+        "columns.label": label_col,
+        "columns.id": id_col,
+        "ingest.format": fmt,
+        "ingest.max_text_chars": max_text_chars,
+    }
+    paths = list(sources)
+    if demo:
+        paths.append(str(write_demo_corpus(project.root / "demo" / "rotten_tomatoes.csv")))
+        overrides.update({"columns.text": "text", "columns.label": "label", "columns.id": None})
+    if not paths:
+        raise click.UsageError("give one or more SOURCES, or --demo")
+    config = load_config(project.root).with_overrides(overrides)
+    labels = tuple(config.get("labels") or (DEMO_LABELS if demo else ()))
+    opts = IngestOptions(
+        text_col=config.get("columns.text"),
+        label_col=config.get("columns.label"),
+        id_col=config.get("columns.id"),
+        format=config.get("ingest.format"),
+        max_text_chars=int(config.get("ingest.max_text_chars")),
+        batch_size=int(config.get("ingest.batch_size")),
+        labels=labels,
+    )
+    with progress_bar(desc="ingest") as bar:
+        result = ingest(
+            [Path(p) for p in paths],
+            project,
+            opts,
+            force=force,
+            seed=int(config.get("seed")),
+            progress=bar.update,
+        )
+    lines = []
+    if result.noop:
+        lines.append("ingest is up to date (inputs and config unchanged); --force redoes it")
+    lines.append(
+        f"rows in: {result.rows_in}  kept: {result.kept}  rejected: {result.rejected}"
+        f"  → {result.path}"
+    )
+    if result.by_reason:
+        reasons = ", ".join(f"{k}={v}" for k, v in result.by_reason.items())
+        lines.append(
+            f"rejected by reason: {reasons} (see {project.stage_dir('ingest')}/rejected.jsonl)"
+        )
+    if result.labels:
+        lines.append("labels: " + ", ".join(f"{k}={v}" for k, v in result.labels.items()))
+    if result.control_chars_cleaned:
+        lines.append(f"control characters removed from {result.control_chars_cleaned} texts")
+    emit(result.to_dict(), as_json, lines)

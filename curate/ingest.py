@@ -1,0 +1,340 @@
+"""Ingest: read every source, validate each row, keep it or quarantine it with a reason.
+
+Rows in = kept + rejected, always (blank lines are not rows and are counted apart). Outputs go to
+``DIR/ingest/`` atomically: ``records.parquet``, ``rejected.jsonl``, ``manifest.json``.
+
+Decisions (documented in README):
+- Control characters (C0/C1 except tab, newline, CR; NUL included) are removed from the text, and
+  the row is kept if text remains; the count is in the manifest (``control_chars_cleaned``).
+- Labels are stored as strings; integral numbers become "1", empty strings and NaN become null.
+- With no id column, the id is a hash of the normalized text; the k-th repeat of the same text
+  gets ``<hash>-k`` so ids stay unique and stable across re-ingests of the same data.
+- With an id column, a repeated id is quarantined: ``duplicate_id`` (different text) or
+  ``duplicate_row`` (same text).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.readers import RawRow, Source, columns_of, cut, expand_sources, read_rows
+from thresher.errors import InputError
+from thresher.project import Project, fingerprint, path_sha256, stage_output
+from thresher.records import record_schema, strip_control_chars, text_hash, text_id
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+REJECTED = "rejected.jsonl"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What ingest needs from the config (resolved by the caller)."""
+
+    text_col: str = "text"
+    label_col: str | None = "label"
+    id_col: str | None = None
+    format: str = "auto"
+    max_text_chars: int = 20_000
+    batch_size: int = 50_000
+    labels: tuple[str, ...] = ()
+
+
+@dataclass
+class IngestResult:
+    """Summary of one ingest run (also what ``--json`` prints)."""
+
+    rows_in: int
+    kept: int
+    rejected: int
+    by_reason: dict[str, int]
+    control_chars_cleaned: int
+    sources: list[dict[str, Any]]
+    path: str
+    noop: bool = False
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Rejection(Exception):
+    """A row fails validation: ``code`` is the reason counted, ``detail`` the message."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _clean_label(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    raise Rejection("wrong_type_label", f"label has type {type(value).__name__}, expected a string")
+
+
+def _clean_text(value: Any, text_col: str, max_chars: int) -> tuple[str, bool]:
+    if value is None:
+        raise Rejection("null_text", f"text column {text_col!r} is null")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise Rejection("invalid_utf8", f"text is not valid UTF-8 (byte {err.start})") from err
+    if not isinstance(value, str):
+        raise Rejection(
+            "wrong_type_text", f"text has type {type(value).__name__}, expected a string"
+        )
+    text, cleaned = strip_control_chars(value)
+    if not text.strip():
+        raise Rejection("empty_text", "text is empty or only whitespace")
+    if len(text) > max_chars:
+        raise Rejection(
+            "text_too_long",
+            f"text has {len(text)} characters, more than max_text_chars={max_chars}",
+        )
+    return text, cleaned
+
+
+def validate_row(data: dict[str, Any], opts: IngestOptions) -> tuple[str, str | None, Any, bool]:
+    """Check one parsed row. Returns (text, label, raw id, control chars cleaned) or raises
+    ``Rejection``. Pure: the id uniqueness check lives in ``_IdRegistry``."""
+    if opts.text_col not in data:
+        raise Rejection("missing_text", f"no {opts.text_col!r} field in this row")
+    text, cleaned = _clean_text(data[opts.text_col], opts.text_col, opts.max_text_chars)
+    label = _clean_label(data.get(opts.label_col)) if opts.label_col else None
+    if label is not None and opts.labels and label not in opts.labels:
+        raise Rejection(
+            "label_not_allowed",
+            f"label {label!r} is not one of the configured labels ({', '.join(opts.labels)})",
+        )
+    raw_id = None
+    if opts.id_col:
+        raw_id = data.get(opts.id_col)
+        if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+            raise Rejection("missing_id", f"id column {opts.id_col!r} is missing or empty")
+        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+            raise Rejection("wrong_type_id", f"id has type {type(raw_id).__name__}")
+    return text, label, raw_id, cleaned
+
+
+class _IdRegistry:
+    """Assigns unique ids: given ids must be unique; text-hash ids get an occurrence suffix."""
+
+    def __init__(self) -> None:
+        self._given: dict[str, tuple[bytes, str]] = {}
+        self._hashed: Counter[str] = Counter()
+
+    def assign(self, raw_id: Any, text: str, where: str) -> str:
+        if raw_id is None:
+            base = text_id(text)
+            self._hashed[base] += 1
+            count = self._hashed[base]
+            return base if count == 1 else f"{base}-{count}"
+        rid = str(raw_id).strip()
+        digest = bytes.fromhex(text_hash(text))
+        seen = self._given.get(rid)
+        if seen is not None:
+            if seen[0] == digest:
+                raise Rejection(
+                    "duplicate_row", f"id {rid!r} with the same text was kept at {seen[1]}"
+                )
+            raise Rejection(
+                "duplicate_id", f"id {rid!r} already used with a different text at {seen[1]}"
+            )
+        self._given[rid] = (digest, where)
+        return rid
+
+
+class _RecordWriter:
+    """Buffers kept records and writes Parquet row groups of ``batch_size``."""
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        import pyarrow.parquet as pq
+
+        self._schema = record_schema()
+        self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+        self._batch_size = batch_size
+        self._cols: dict[str, list[Any]] = {name: [] for name in self._schema.names}
+
+    def add(self, values: tuple[Any, ...]) -> None:
+        for name, value in zip(self._schema.names, values, strict=True):
+            self._cols[name].append(value)
+        if len(self._cols["id"]) >= self._batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self._cols["id"]:
+            self._writer.write_table(pa.table(self._cols, schema=self._schema))
+            self._cols = {name: [] for name in self._schema.names}
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def _metadata_json(data: dict[str, Any], opts: IngestOptions) -> str:
+    skip = {opts.text_col, opts.label_col, opts.id_col}
+    extra = {k: v for k, v in data.items() if k not in skip}
+    return json.dumps(extra, ensure_ascii=False, default=str, sort_keys=True)
+
+
+def _check_columns(source: Source, opts: IngestOptions) -> None:
+    columns = columns_of(source)
+    if columns is None:
+        return
+    if opts.text_col not in columns:
+        raise InputError(
+            f"{source.path}: no text column {opts.text_col!r} (columns: {', '.join(columns)}); "
+            "pass --text-col NAME"
+        )
+    if opts.id_col and opts.id_col not in columns:
+        raise InputError(
+            f"{source.path}: no id column {opts.id_col!r} (columns: {', '.join(columns)}); "
+            "pass --id-col NAME or leave it out for text-hash ids"
+        )
+
+
+def _raw_excerpt(row: RawRow) -> str:
+    if row.raw:
+        return row.raw
+    if row.data is not None:
+        return cut(json.dumps(row.data, ensure_ascii=False, default=str))
+    return ""
+
+
+def ingest(
+    paths: Iterable[str | Path],
+    project: Project,
+    opts: IngestOptions,
+    *,
+    force: bool = False,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Ingest ``paths`` into ``project``. A rerun with unchanged inputs and options is a no-op
+    unless ``force``. Raises ``InputError`` for a file that cannot be read as asked."""
+    sources = expand_sources(list(paths), opts.format)
+    if not sources:
+        raise InputError("no input given; pass one or more files or folders")
+    for source in sources:
+        _check_columns(source, opts)
+    inputs = [{"path": s.name, "format": s.format, "sha256": path_sha256(s.path)} for s in sources]
+    config = asdict(opts)
+    config.pop("batch_size")
+    stage_fp = fingerprint({"inputs": inputs, "config": config})
+    if not force and project.is_fresh(STAGE, stage_fp):
+        manifest = project.read_manifest(STAGE) or {}
+        return _result(manifest["counts"], manifest.get("sources", []), project, noop=True)
+
+    with stage_output(
+        project, STAGE, stage_fp, inputs=inputs, config=config, packages=("pyarrow",)
+    ) as run:
+        ids = _IdRegistry()
+        writer = _RecordWriter(run.path("records.parquet"), opts.batch_size)
+        by_reason: Counter[str] = Counter()
+        labels: Counter[str] = Counter()
+        per_source: list[dict[str, Any]] = []
+        cleaned_total = 0
+        with (
+            run.timed("read_validate_write"),
+            open(run.path(REJECTED), "w", encoding="utf-8") as rej,
+        ):
+            for source in sources:
+                rows_in = kept = 0
+                saw_text_col = False
+                for row in read_rows(source, opts.batch_size):
+                    rows_in += 1
+                    where = f"{source.name}:{row.row}"
+                    try:
+                        if row.error is not None:
+                            raise Rejection(*row.error)
+                        assert row.data is not None
+                        saw_text_col = saw_text_col or opts.text_col in row.data
+                        text, label, raw_id, cleaned = validate_row(row.data, opts)
+                        rid = ids.assign(raw_id, text, where)
+                    except Rejection as rejection:
+                        by_reason[rejection.code] += 1
+                        entry = {
+                            "source": source.name,
+                            "row": row.row,
+                            "reason": rejection.code,
+                            "detail": rejection.detail,
+                            "raw": _raw_excerpt(row),
+                        }
+                        rej.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                        continue
+                    cleaned_total += cleaned
+                    kept += 1
+                    if label is not None:
+                        labels[label] += 1
+                    meta = _metadata_json(row.data, opts)
+                    writer.add((rid, text, label, source.name, row.row, meta))
+                    if progress is not None and rows_in % 10_000 == 0:
+                        progress(10_000)
+                if rows_in and kept == 0 and not saw_text_col and source.format == "jsonl":
+                    raise InputError(
+                        f"{source.path}: no row has a {opts.text_col!r} field; pass --text-col NAME"
+                    )
+                per_source.append(
+                    {
+                        "source": source.name,
+                        "rows_in": rows_in,
+                        "kept": kept,
+                        "rejected": rows_in - kept,
+                    }
+                )
+                log.info(
+                    "%s: %d rows, %d kept, %d rejected", source.name, rows_in, kept, rows_in - kept
+                )
+            writer.close()
+        rows_in_total = sum(s["rows_in"] for s in per_source)
+        kept_total = sum(s["kept"] for s in per_source)
+        run.counts = {
+            "rows_in": rows_in_total,
+            "kept": kept_total,
+            "rejected": rows_in_total - kept_total,
+            "by_reason": dict(sorted(by_reason.items())),
+            "control_chars_cleaned": cleaned_total,
+            "labels": dict(sorted(labels.items())),
+        }
+        run.extra["sources"] = per_source
+        run.extra["seed"] = seed
+    return _result(run.counts, per_source, project, noop=False)
+
+
+def _result(
+    counts: dict[str, Any], sources: list[dict[str, Any]], project: Project, *, noop: bool
+) -> IngestResult:
+    return IngestResult(
+        rows_in=counts["rows_in"],
+        kept=counts["kept"],
+        rejected=counts["rejected"],
+        by_reason=counts["by_reason"],
+        control_chars_cleaned=counts["control_chars_cleaned"],
+        sources=sources,
+        path=str(project.records_path(STAGE)),
+        noop=noop,
+        labels=counts.get("labels", {}),
+    )

@@ -1,0 +1,53 @@
+"""The ``thresher`` command. Commands are thin: parse, call the library, print.
+
+Subcommand modules import only click at import time; heavy libraries load inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from thresher import __version__
+from thresher.cli_common import ThresherGroup, force_option
+
+
+@click.group(cls=ThresherGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="thresher")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """thresher: curate text data, review it in Argilla, tune LoRA models, loop.
+
+    \b
+    Example, on the built-in demo corpus:
+      thresher init demo-project
+      thresher curate ingest --demo -p demo-project
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("init")
+@click.argument("directory", type=click.Path(file_okay=False), default="thresher-project")
+@force_option
+def init_command(directory: str, force: bool) -> None:
+    """Create a project folder with a commented thresher.yaml.
+
+    \b
+    Example:
+      thresher init my-project
+    """
+    from thresher.config import write_template
+
+    path = write_template(directory, overwrite=force)
+    click.echo(f"wrote {path}; edit labels and columns, then run `thresher curate ingest`")
+
+
+def _register() -> None:
+    from curate.cli import curate
+
+    main.add_command(curate)
+
+
+_register()

