@@ -1,0 +1,168 @@
+"""Sentence embeddings with an on-disk cache keyed by text hash.
+
+Vectors are L2-normalized float32, so a dot product is the cosine similarity. The cache lives under
+``DIR/.cache/embeddings/<model key>/`` as append-only ``.npz`` shards (text hashes + vectors); a
+rerun embeds only texts it has not seen. Shared by dedup (semantic), scoring, review (vectors) and
+the active-learning loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from thresher.assets import resolve_model
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[str, object] = {}
+
+
+def _model_key(model_path: str) -> str:
+    name = "-".join(Path(model_path).parts[-2:]) or "model"
+    digest = hashlib.blake2b(model_path.encode(), digest_size=4).hexdigest()
+    return f"{name}-{digest}"
+
+
+def _hash_texts(texts: Sequence[str]):
+    import numpy as np
+
+    return np.array(
+        [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts], dtype="S16"
+    )
+
+
+def load_encoder(model: str | None = "default", device: str | None = None):
+    """A ``SentenceTransformer`` for ``model`` (default: the offline MiniLM), cached per process."""
+    ref = resolve_model(model, "embedding")
+    key = f"{ref.path}|{device}"
+    if key not in _MODELS:
+        if ref.is_local:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        _MODELS[key] = SentenceTransformer(ref.path, device=device)
+    return _MODELS[key]
+
+
+class EmbeddingCache:
+    """Append-only store of (text hash → vector) for one model."""
+
+    def __init__(self, root: Path, model_path: str) -> None:
+        self.dir = Path(root) / _model_key(model_path)
+        self._index: dict[bytes, tuple[int, int]] | None = None
+        self._shards: list = []
+
+    def _load(self) -> None:
+        import numpy as np
+
+        if self._index is not None:
+            return
+        self._index = {}
+        self._shards = []
+        if not self.dir.exists():
+            return
+        for shard_path in sorted(self.dir.glob("shard-*.npz")):
+            with np.load(shard_path) as shard:
+                keys, vectors = shard["keys"], shard["vectors"]
+            shard_no = len(self._shards)
+            self._shards.append(vectors)
+            for row, key in enumerate(keys.tolist()):
+                self._index[key] = (shard_no, row)
+
+    def lookup(self, keys) -> tuple[list[int], list]:
+        """Positions of ``keys`` that are cached, and their vectors."""
+        self._load()
+        assert self._index is not None
+        hits, vectors = [], []
+        for pos, key in enumerate(keys.tolist()):
+            loc = self._index.get(key)
+            if loc is not None:
+                hits.append(pos)
+                vectors.append(self._shards[loc[0]][loc[1]])
+        return hits, vectors
+
+    def add(self, keys, vectors) -> None:
+        import numpy as np
+
+        from thresher.project import _umask
+
+        if len(keys) == 0:
+            return
+        self._load()
+        assert self._index is not None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shard_no = len(self._shards)
+        final = self.dir / f"shard-{shard_no:06d}-{os.getpid()}.npz"
+        tmp = final.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=keys, vectors=vectors)
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, final)
+        self._shards.append(vectors)
+        for row, key in enumerate(keys.tolist()):
+            self._index[key] = (shard_no, row)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    model: str | None = "default",
+    *,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+):
+    """Embed ``texts`` → float32 array (n, dim), L2-normalized. Cached texts are not re-embedded.
+
+    ``cache_dir`` (e.g. ``DIR/.cache/embeddings``) enables the cache; None embeds everything."""
+    import numpy as np
+
+    ref = resolve_model(model, "embedding")
+    keys = _hash_texts(texts)
+    result: list = [None] * len(texts)
+    cache = EmbeddingCache(cache_dir, ref.path) if cache_dir is not None else None
+    if cache is not None:
+        hits, vectors = cache.lookup(keys)
+        for pos, vec in zip(hits, vectors, strict=True):
+            result[pos] = vec
+    # Embed each distinct missing text once.
+    missing: dict[bytes, list[int]] = {}
+    for pos, key in enumerate(keys.tolist()):
+        if result[pos] is None:
+            missing.setdefault(key, []).append(pos)
+    log.info(
+        "embeddings: %d cached, %d to compute",
+        len(texts) - sum(map(len, missing.values())),
+        len(missing),
+    )
+    if missing:
+        encoder = load_encoder(model, device)
+        firsts = [positions[0] for positions in missing.values()]
+        new_keys = np.array(list(missing.keys()), dtype="S16")
+        dim_of = getattr(encoder, "get_embedding_dimension", None) or (
+            encoder.get_sentence_embedding_dimension
+        )
+        new_vectors = np.empty((len(firsts), dim_of()), "float32")
+        step = max(batch_size * 16, 1024)
+        for start in range(0, len(firsts), step):
+            chunk = [texts[i] for i in firsts[start : start + step]]
+            new_vectors[start : start + len(chunk)] = encoder.encode(
+                chunk,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(len(chunk))
+        if cache is not None:
+            cache.add(new_keys, new_vectors)
+        for (_, positions), vec in zip(missing.items(), new_vectors, strict=True):
+            for pos in positions:
+                result[pos] = vec
+    if not texts:
+        return np.zeros((0, 384), dtype="float32")
+    return np.stack(result).astype("float32", copy=False)
