@@ -263,7 +263,7 @@ def ingest(
         ):
             for source in sources:
                 rows_in = kept = 0
-                saw_text_col = False
+                objects = with_text_col = 0
                 for row in read_rows(source, opts.batch_size):
                     rows_in += 1
                     where = f"{source.name}:{row.row}"
@@ -271,7 +271,8 @@ def ingest(
                         if row.error is not None:
                             raise Rejection(*row.error)
                         assert row.data is not None
-                        saw_text_col = saw_text_col or opts.text_col in row.data
+                        objects += 1
+                        with_text_col += opts.text_col in row.data
                         text, label, raw_id, cleaned = validate_row(row.data, opts)
                         rid = ids.assign(raw_id, text, where)
                     except Rejection as rejection:
@@ -293,7 +294,7 @@ def ingest(
                     writer.add((rid, text, label, source.name, row.row, meta))
                     if progress is not None and rows_in % 10_000 == 0:
                         progress(10_000)
-                if rows_in and kept == 0 and not saw_text_col and source.format == "jsonl":
+                if objects and not with_text_col and source.format == "jsonl":
                     raise InputError(
                         f"{source.path}: no row has a {opts.text_col!r} field; pass --text-col NAME"
                     )

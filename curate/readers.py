@@ -14,7 +14,7 @@ import io
 import json
 import lzma
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -156,22 +156,51 @@ def columns_of(source: Source) -> list[str] | None:
 # --- JSON Lines -------------------------------------------------------------------------------
 
 
+def _is_json_suffix(path: Path) -> bool:
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] == ".json"
+
+
 def _read_jsonl(source: Source, batch_size: int) -> Iterator[RawRow]:
+    """JSON Lines; a ``.json`` file holding one JSON array of objects is read whole."""
     with _open_binary(source.path) as fh:
-        head = fh.read(1 << 16)
-        stripped = head.lstrip()
-        if stripped.startswith(b"\xef\xbb\xbf"):
-            stripped = stripped[3:].lstrip()
-        if stripped.startswith(b"["):
-            yield from _read_json_array(source, head + fh.read())
-            return
-        stream = io.BufferedReader(_Prefixed(head, fh)) if head else fh
+        if _is_json_suffix(source.path):
+            blob = fh.read()
+            items = _json_array(blob)
+            if items is not None:
+                yield from _rows_of_array(items)
+                return
+            stream: Iterable[bytes] = io.BytesIO(blob)
+        else:
+            stream = fh
         for lineno, line in enumerate(stream, start=1):
             if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
             if not line.strip():
                 continue
             yield _parse_json_line(lineno, line)
+
+
+def _json_array(blob: bytes) -> list | None:
+    if not blob.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return None
+    try:
+        items = json.loads(blob.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not one array after all: read it line by line, row errors quarantined
+    return items if isinstance(items, list) else None
+
+
+def _rows_of_array(items: list) -> Iterator[RawRow]:
+    for index, obj in enumerate(items, start=1):
+        if isinstance(obj, dict):
+            yield RawRow(index, obj)
+        else:
+            detail = f"not a JSON object (got {type(obj).__name__})"
+            raw = cut(json.dumps(obj, ensure_ascii=False, default=str))
+            yield RawRow(index, None, ("not_an_object", detail), raw)
 
 
 def _parse_json_line(lineno: int, line: bytes) -> RawRow:
@@ -197,45 +226,6 @@ def _parse_json_line(lineno: int, line: bytes) -> RawRow:
             cut(text.rstrip("\r\n")),
         )
     return RawRow(lineno, obj, None, "")
-
-
-def _read_json_array(source: Source, blob: bytes) -> Iterator[RawRow]:
-    try:
-        items = json.loads(blob.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"{source.path}: a JSON array file must be valid UTF-8 JSON as a whole ({err}); "
-            "convert it to JSON Lines to quarantine bad rows one by one"
-        ) from err
-    for index, obj in enumerate(items, start=1):
-        if isinstance(obj, dict):
-            yield RawRow(index, obj)
-        else:
-            raw = cut(json.dumps(obj, ensure_ascii=False, default=str))
-            yield RawRow(
-                index, None, ("not_an_object", f"not a JSON object (got {type(obj).__name__})"), raw
-            )
-
-
-class _Prefixed(io.RawIOBase):
-    """A binary stream that replays already-read bytes before the rest of ``fh``."""
-
-    def __init__(self, prefix: bytes, fh: BinaryIO) -> None:
-        self._prefix = memoryview(prefix)
-        self._fh = fh
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._fh.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 # --- CSV / TSV --------------------------------------------------------------------------------
