@@ -2,8 +2,8 @@
 
 thresher's whole ingest (validation, quarantine, ids, Parquet) runs as a real subprocess and is
 compared, in the same run, with the common quick path: pandas.read_json(lines=True) followed by
-DataFrame.to_parquet (no per-row validation; it aborts on the first malformed line, so the peer reads
-a clean copy of the data). Prints one JSON object.
+DataFrame.to_parquet (no per-row validation; it aborts on the first malformed line, so the peer
+reads a clean copy of the data). Prints one JSON object.
 
     python benchmarks/ingest_speed.py --rows 1000000
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,11 +48,24 @@ def generate(path: Path, clean_path: Path, rows: int, bad_rate: float, seed: int
     return bad
 
 
-def timed_child(code: list[str]) -> tuple[float, int, str]:
+_RSS_WRAPPER = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: sys.stderr.write("
+    "f'MAXRSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__') if sys.argv[0].endswith('.py') "
+    "else runpy.run_module(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def timed_child(args: list[str]) -> tuple[float, int, str]:
+    """Run ``python -m MODULE ...`` or ``python SCRIPT.py ...``; wall seconds, own peak RSS (KB)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(code, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_WRAPPER, *args], capture_output=True, text=True, check=True
+    )
     wall = time.perf_counter() - t0
-    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss_kb = int(proc.stderr.rsplit("MAXRSS_KB ", 1)[1].split()[0])
     return wall, rss_kb, proc.stdout
 
 
@@ -67,27 +79,15 @@ def main() -> None:
         src, clean = tmp_path / "in.jsonl", tmp_path / "clean.jsonl"
         bad = generate(src, clean, args.rows, args.bad_rate, seed=0)
         size_mb = src.stat().st_size / 1e6
-        # Children run one after another; RUSAGE_CHILDREN's max RSS is the max so far, so the
-        # peer runs first (its RSS is then a lower bound for the second reading).
-        peer_code = (
-            "import sys, pandas as pd; df = pd.read_json(sys.argv[1], lines=True);"
-            "df.to_parquet(sys.argv[2]); print(len(df))"
+        peer = tmp_path / "peer.py"
+        peer.write_text(
+            "import sys, pandas as pd\n"
+            "df = pd.read_json(sys.argv[1], lines=True)\n"
+            "df.to_parquet(sys.argv[2])\n"
         )
-        peer_wall, peer_rss, _ = timed_child(
-            [sys.executable, "-c", peer_code, str(clean), str(tmp_path / "peer.parquet")]
-        )
+        peer_wall, peer_rss, _ = timed_child([str(peer), str(clean), str(tmp_path / "p.parquet")])
         ours_wall, ours_rss, out = timed_child(
-            [
-                sys.executable,
-                "-m",
-                "thresher",
-                "curate",
-                "ingest",
-                str(src),
-                "-p",
-                str(tmp_path / "proj"),
-                "--json",
-            ]
+            ["thresher", "curate", "ingest", str(src), "-p", str(tmp_path / "proj"), "--json"]
         )
         summary = json.loads(out)
     assert summary["rejected"] == bad and summary["kept"] + summary["rejected"] == args.rows
@@ -99,7 +99,7 @@ def main() -> None:
         "thresher": {
             "wall_s": round(ours_wall, 2),
             "rows_per_s": round(args.rows / ours_wall),
-            "peak_rss_mb_upper_bound": round(max(ours_rss, peer_rss) / 1024),
+            "peak_rss_mb": round(ours_rss / 1024),
         },
         "pandas_read_json_to_parquet": {
             "wall_s": round(peer_wall, 2),
