@@ -66,10 +66,13 @@ class _LogRegHead:
             self.only, self.model = int(seen[0]), None
             return
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         self.only = None
         self.model = LogisticRegression(C=self.c, max_iter=2000, random_state=self.seed)
-        self.model.fit(x, y)
+        # lbfgs on a few thousand rows is slower with BLAS threads (3x here, on a busy CPU).
+        with threadpool_limits(limits=1, user_api="blas"):
+            self.model.fit(x, y)
 
     def predict_proba(self, x) -> np.ndarray:
         n = x.shape[0]
