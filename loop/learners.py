@@ -107,6 +107,10 @@ class EmbeddingLogReg:
         self._head = _LogRegHead(len(self.classes), c, seed)
         self._memo: dict[str, np.ndarray] = {}
 
+    def __getstate__(self) -> dict:
+        # the in-memory embedding memo is a cache, not model state: keep pickles small
+        return {**self.__dict__, "_memo": {}}
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalized float32 embeddings (n, dim)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
