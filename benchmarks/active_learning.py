@@ -78,7 +78,11 @@ def run_corpus(name: str, seeds: int) -> dict:
     embed_seconds = time.perf_counter() - t0
     seed_size, rounds, size = PLANS[name]
     opts = SimulateOptions(
-        rounds=rounds, size=size, seed_size=seed_size, strategies=STRATEGIES, seeds=seeds,
+        rounds=rounds,
+        size=size,
+        seed_size=seed_size,
+        strategies=STRATEGIES,
+        seeds=seeds,
         learner="fast",
     )
     result = simulate(texts, labels, opts, cache_dir=cache)
