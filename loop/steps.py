@@ -77,7 +77,10 @@ def rebuild_step(
     """Merge the curated records with pull's annotations (annotation wins) and split them."""
 
     def rebuild(ctx: StepContext) -> dict[str, Any]:
-        frame = records(ctx)[["id", "text", "label"]].copy()
+        frame = records(ctx)
+        # cleanlab's label_issue (score stage) rides along so select can send those to re-review
+        keep = ["id", "text", "label"] + (["label_issue"] if "label_issue" in frame else [])
+        frame = frame[keep].copy()
         ann_path = ctx.step_dir("pull") / "annotations.parquet"
         if ann_path.exists():
             ann = _read(ann_path)
@@ -232,10 +235,13 @@ def select_step(
 
         preds = _read(ctx.step_dir("predict") / "predictions.parquet")
         classes = json.loads((ctx.step_dir("predict") / "classes.json").read_text())
-        texts = {}
+        texts, issues = {}, {}
         for name in ("labeled.parquet", "pool.parquet"):
             part = _read(ctx.step_dir("rebuild") / name)
             texts.update(zip(part["id"], part["text"], strict=True))
+            if "label_issue" in part:
+                flags = part["label_issue"].fillna(False).astype(bool)
+                issues.update(zip(part["id"], flags, strict=True))
         pool = preds[preds["split"] == "pool"]
         rows = []
         if len(pool):
@@ -258,7 +264,8 @@ def select_step(
             probs = np.stack(labeled["probs"].to_numpy())
             index = {c: i for i, c in enumerate(classes)}
             y = np.array([index.get(str(lab), -1) for lab in labeled["label"]])
-            rr = rereview(probs, y, rereview_size, threshold=rereview_threshold)
+            flagged = np.array([issues.get(i, False) for i in labeled["id"]], dtype=bool)
+            rr = rereview(probs, y, rereview_size, threshold=rereview_threshold, flagged=flagged)
             for pos, why, score in zip(rr.positions, rr.reasons, rr.scores, strict=True):
                 rows.append((labeled["id"].iloc[pos], why, float(score), probs[pos]))
         out = pd.DataFrame(

@@ -27,14 +27,16 @@ def _hashed(texts, ctx):
     return HashingVectorizer(n_features=256).transform(list(texts)).toarray()
 
 
-def _steps(frame, gold, strategy="margin"):
+def _steps(frame, gold, strategy="margin", threshold=0.6):
     return {
         "pull": oracle_pull_step(gold),
         "rebuild": rebuild_step(lambda ctx: frame, test_fraction=0.25),
         "train": train_step(lambda classes, ctx: make_learner("tfidf", classes)),
         "eval": eval_step(),
         "predict": predict_step(),
-        "select": select_step(strategy, 10, rereview_size=3, rereview_threshold=0.6, embed=_hashed),
+        "select": select_step(
+            strategy, 10, rereview_size=3, rereview_threshold=threshold, embed=_hashed
+        ),
         "push": file_push_step(),
     }
 
@@ -74,6 +76,26 @@ def test_two_rounds_with_an_oracle(tmp_path, planted, strategy):
     lab2 = pd.read_parquet(tmp_path / "rounds/2/rebuild/labeled.parquet")
     assert set(lab1.loc[lab1.split == "test", "id"]) == set(lab2.loc[lab2.split == "test", "id"])
     assert second.outputs("train")["n_train"] > first.outputs("train")["n_train"]
+
+
+def test_flagged_label_issues_go_back_for_review(tmp_path, planted):
+    texts, labels = planted
+    ids = [f"r{i}" for i in range(len(texts))]
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "text": texts,
+            "label": [lab if i % 2 == 0 else None for i, lab in enumerate(labels)],
+            "label_issue": [i in (4, 8) for i in range(len(texts))],
+        }
+    )
+    gold = dict(zip(ids, labels, strict=True))
+    # threshold 1.0: no model-error picks, so the re-review rows are exactly the flagged ones
+    result = RoundRunner(Project.at(tmp_path), _steps(frame, gold, threshold=1.0)).run()
+    sel = pd.read_parquet(tmp_path / "rounds/1/select/selection.parquet")
+    flagged = sel[sel["reason"] == "conflict"]
+    assert set(flagged["id"]) == {"r4", "r8"}  # both labelled (even rows), both flagged
+    assert result.outputs("select")["by_reason"]["uncertain"] == 10
 
 
 def test_test_split_is_stable_and_sized():
