@@ -50,7 +50,14 @@ from thresher.project import Project  # noqa: E402
 from thresher.records import text_id  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "al"
-STRATEGIES = ("margin", "entropy", "least-confidence", "margin+kmeans", "random")
+STRATEGIES = (
+    "margin",
+    "entropy",
+    "least-confidence",
+    "margin+kmeans",
+    "margin+coreset",
+    "random",
+)
 # (seed labels, rounds, labels per round): the curve runs to about half of each pool, so
 # "95 % of full-data macro-F1 with ≤ 50 % of the labels" can be read off it.
 PLANS = {"rotten_tomatoes": (100, 20, 100), "debates": (30, 14, 30)}
