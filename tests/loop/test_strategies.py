@@ -173,3 +173,42 @@ def test_selection_invariants(n_rows, k, n, seed, name):
     if name != "random":  # the selection is a prefix of the full ranking
         full = get_strategy(name)(probs, n_rows)
         assert picked.tolist() == full[: len(picked)].tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_rows=st.integers(1, 40),
+    k=st.integers(2, 4),
+    seed=st.integers(0, 1000),
+    threshold=st.floats(0.5, 1.0),
+)
+def test_rereview_invariants(n_rows, k, seed, threshold):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(k) * 0.3, size=n_rows)
+    labels = rng.integers(-1, k, size=n_rows)
+    flagged = rng.random(n_rows) < 0.2
+    rr = rereview(probs, labels, threshold=threshold, flagged=flagged)
+    pos = rr.positions
+    assert len(set(pos.tolist())) == len(pos)
+    assert (labels[pos] >= 0).all()  # never an unlabelled row
+    for p, why in zip(pos, rr.reasons, strict=True):
+        if why == "model-error":
+            assert probs[p].argmax() != labels[p] and probs[p].max() >= threshold
+        else:
+            assert flagged[p]
+    errors = [i for i, why in enumerate(rr.reasons) if why == "model-error"]
+    assert errors == list(range(len(errors)))  # model errors come first
+    assert (np.diff(rr.scores[: len(errors)]) <= 1e-12).all()  # most confident first
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_rows=st.integers(2, 60), n=st.integers(1, 10), seed=st.integers(0, 100))
+def test_diverse_picks_are_distinct_uncertain_candidates(n_rows, n, seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3), size=n_rows)
+    emb = rng.normal(size=(n_rows, 5))
+    candidates = set(get_strategy("entropy")(probs, min(n_rows, 3 * n)).tolist())
+    for method in ("kmeans", "coreset"):
+        picked = get_strategy(f"entropy+{method}", factor=3)(probs, n, embeddings=emb, seed=seed)
+        assert len(picked) == min(n, n_rows) and len(set(picked.tolist())) == len(picked)
+        assert set(picked.tolist()) <= candidates
