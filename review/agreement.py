@@ -190,10 +190,7 @@ def cleanlab_consensus(
     if not rows or len(annotators) < 2:
         return None
     table = pd.DataFrame(
-        [
-            [index.get(v, np.nan) if v is not None else np.nan for v in items[i]]
-            for i in rows
-        ],
+        [[index.get(v, np.nan) if v is not None else np.nan for v in items[i]] for i in rows],
         columns=list(annotators),
         dtype="float64",
     )
@@ -219,7 +216,5 @@ def cleanlab_consensus(
     return {
         "consensus_label": consensus,
         "consensus_quality_score": score,
-        "annotator_quality": {
-            str(k): float(v) for k, v in stats["annotator_quality"].items()
-        },
+        "annotator_quality": {str(k): float(v) for k, v in stats["annotator_quality"].items()},
     }

@@ -88,11 +88,15 @@ def _resolve_dataset(http, name: str, workspace: str) -> str:
     from review.push import _check
 
     items = _check(http.get("/api/v1/me/datasets"), "list datasets")["items"]
-    spaces = {w["id"]: w["name"] for w in _check(http.get("/api/v1/me/workspaces"), "workspaces")["items"]}
+    spaces = {
+        w["id"]: w["name"] for w in _check(http.get("/api/v1/me/workspaces"), "workspaces")["items"]
+    }
     for d in items:
         if d["name"] == name and spaces.get(d["workspace_id"]) == workspace:
             return d["id"]
-    raise PullError(f"no dataset {name!r} in workspace {workspace!r}; run `thresher review push` first")
+    raise PullError(
+        f"no dataset {name!r} in workspace {workspace!r}; run `thresher review push` first"
+    )
 
 
 def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
@@ -105,8 +109,12 @@ def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
         while True:
             resp = http.get(
                 f"/api/v1/datasets/{dataset_id}/records",
-                params=[("include", "responses"), ("include", "suggestions"),
-                        ("offset", offset), ("limit", PAGE)],
+                params=[
+                    ("include", "responses"),
+                    ("include", "suggestions"),
+                    ("offset", offset),
+                    ("limit", PAGE),
+                ],
             )
             page = _check(resp, "list records")["items"]
             out.extend(page)
@@ -177,8 +185,9 @@ def summarize(
         )
     order = sorted(annotators)
     table = [[row["_labels"].get(a) for a in order] for row in rows]
-    by_annotator = {a: {row["id"]: row["_labels"][a] for row in rows if a in row["_labels"]}
-                    for a in order}
+    by_annotator = {
+        a: {row["id"]: row["_labels"][a] for row in rows if a in row["_labels"]} for a in order
+    }
     consensus = {row["id"]: row["label"] for row in rows}
     stats = annotator_agreement(by_annotator, consensus)
     summary = {
@@ -215,9 +224,14 @@ def _add_cleanlab(rows, order, table, pred) -> None:
     for row in rows:
         row["cleanlab_label"] = None
         row["cleanlab_quality"] = math.nan
-    classes = sorted({v for r in table for v in r if v is not None} |
-                     {str(pred[r["id"]]["predicted_label"]) for r in rows
-                      if pred.get(r["id"], {}).get("predicted_label") is not None})
+    classes = sorted(
+        {v for r in table for v in r if v is not None}
+        | {
+            str(pred[r["id"]]["predicted_label"])
+            for r in rows
+            if pred.get(r["id"], {}).get("predicted_label") is not None
+        }
+    )
     keep = [i for i, r in enumerate(rows) if r["n_annotators"] > 0]
     probs = [_probabilities(pred.get(rows[i]["id"], {}), classes) for i in keep]
     if not keep or any(p is None for p in probs):
@@ -273,12 +287,20 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     out = review_dir / ANNOTATIONS
     schema = pa.schema(
         [
-            ("id", pa.string()), ("text", pa.string()), ("label", pa.string()),
-            ("n_annotators", pa.int64()), ("agreement", pa.float64()), ("tie", pa.bool_()),
-            ("disagreement", pa.bool_()), ("annotator_labels", pa.string()),
-            ("notes", pa.string()), ("discarded_by", pa.list_(pa.string())),
-            ("given_label", pa.string()), ("predicted_label", pa.string()),
-            ("cleanlab_label", pa.string()), ("cleanlab_quality", pa.float64()),
+            ("id", pa.string()),
+            ("text", pa.string()),
+            ("label", pa.string()),
+            ("n_annotators", pa.int64()),
+            ("agreement", pa.float64()),
+            ("tie", pa.bool_()),
+            ("disagreement", pa.bool_()),
+            ("annotator_labels", pa.string()),
+            ("notes", pa.string()),
+            ("discarded_by", pa.list_(pa.string())),
+            ("given_label", pa.string()),
+            ("predicted_label", pa.string()),
+            ("cleanlab_label", pa.string()),
+            ("cleanlab_quality", pa.float64()),
         ]
     )
     _write_parquet(pa.Table.from_pylist(rows, schema=schema), out)

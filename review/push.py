@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from review.server import Connection
 from thresher.errors import ThresherError
 from thresher.project import Project, atomic_write_json, fingerprint
-from review.server import Connection
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,7 @@ def content_hash(payload: dict[str, Any], vector_model: str | None) -> str:
     return fingerprint({"p": payload, "v": vector_model})[:32]
 
 
-def changed_ids(
-    hashes: dict[str, str], sent: dict[str, str]
-) -> tuple[list[str], list[str]]:
+def changed_ids(hashes: dict[str, str], sent: dict[str, str]) -> tuple[list[str], list[str]]:
     """Split record ids into (to send, unchanged) by comparing content hashes with ``sent``."""
     to_send, unchanged = [], []
     for rid, digest in hashes.items():
@@ -236,8 +234,12 @@ class PushState:
     def save(self) -> None:
         atomic_write_json(
             self.path,
-            {"url": self.url, "dataset": self.dataset, "dataset_id": self.dataset_id,
-             "sent": self.sent},
+            {
+                "url": self.url,
+                "dataset": self.dataset,
+                "dataset_id": self.dataset_id,
+                "sent": self.sent,
+            },
         )
         self.journal.unlink(missing_ok=True)
 
@@ -401,7 +403,9 @@ def push(
             )
         else:
             matrix = embed(texts)
-        vectors = {rid: [round(float(x), 6) for x in vec] for rid, vec in zip(to_send, matrix, strict=True)}
+        vectors = {
+            rid: [round(float(x), 6) for x in vec] for rid, vec in zip(to_send, matrix, strict=True)
+        }
 
     def item(rid: str) -> dict[str, Any]:
         p = payloads[rid]

@@ -175,7 +175,9 @@ def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
 
 def _base_python() -> str:
     """A python to build the venv from: the interpreter behind ours (venvs do not nest well)."""
-    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base = (
+        Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    )
     return str(base) if base.exists() else sys.executable
 
 
@@ -300,7 +302,9 @@ def _wait_port(host: str, port: int, name: str, paths: ServerPaths, timeout_s: f
         if info and not _alive(*info):
             raise ServerError(f"{name} exited at start; see {paths.log_file(name)}")
         time.sleep(0.1)
-    raise ServerError(f"{name} did not open port {port} in {timeout_s:.0f} s; see {paths.log_file(name)}")
+    raise ServerError(
+        f"{name} did not open port {port} in {timeout_s:.0f} s; see {paths.log_file(name)}"
+    )
 
 
 def _wait_ready(url: str, paths: ServerPaths, timeout_s: float) -> None:
@@ -374,7 +378,9 @@ def _load_state(paths: ServerPaths) -> dict[str, Any]:
     return json.loads(paths.state.read_text()) if paths.state.exists() else {}
 
 
-def server_up(options: ServerOptions | None = None, paths: ServerPaths | None = None) -> ServerStatus:
+def server_up(
+    options: ServerOptions | None = None, paths: ServerPaths | None = None
+) -> ServerStatus:
     """Start redis, osmem, the server and its worker; wait until ``/api/v1/version`` answers.
 
     Idempotent: a running server is left as it is. Data (SQLite) survives restarts; the in-memory
@@ -410,15 +416,31 @@ def server_up(options: ServerOptions | None = None, paths: ServerPaths | None = 
     _spawn(
         paths,
         "redis",
-        [redis, "--bind", "127.0.0.1", "--port", str(state["redis_port"]), "--save", "",
-         "--appendonly", "no", "--dir", str(paths.run)],
+        [
+            redis,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(state["redis_port"]),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(paths.run),
+        ],
         env,
     )
     _spawn(
         paths,
         "osmem",
-        [_osmem_binary(paths), "--addr", f"127.0.0.1:{state['osmem_port']}", "--no-ja",
-         "--no-stdin-watch"],
+        [
+            _osmem_binary(paths),
+            "--addr",
+            f"127.0.0.1:{state['osmem_port']}",
+            "--no-ja",
+            "--no-stdin-watch",
+        ],
         env,
     )
     _wait_port("127.0.0.1", state["redis_port"], "redis", paths, 30)
@@ -443,9 +465,7 @@ def server_up(options: ServerOptions | None = None, paths: ServerPaths | None = 
         )
     if done.returncode != 0:
         server_down(paths)
-        raise ServerError(
-            f"database migrate / reindex failed; see {paths.log_file('prepare')}"
-        )
+        raise ServerError(f"database migrate / reindex failed; see {paths.log_file('prepare')}")
     _spawn(
         paths,
         "server",

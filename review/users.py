@@ -71,8 +71,12 @@ def add_user(
             password = password or secrets.token_urlsafe(12)
             resp = http.post(
                 "/api/v1/users",
-                json={"username": username, "first_name": username, "password": password,
-                      "role": role},
+                json={
+                    "username": username,
+                    "first_name": username,
+                    "password": password,
+                    "role": role,
+                },
             )
             user = _check(resp, f"create user {username!r}")
             # The owner sees API keys in the user list; the create answer may not carry it.
@@ -80,8 +84,13 @@ def add_user(
             user = listed.get(username, user)
             _write_secret(
                 cred_file,
-                {"username": username, "password": password, "api_key": user.get("api_key"),
-                 "role": role, "url": conn.url},
+                {
+                    "username": username,
+                    "password": password,
+                    "api_key": user.get("api_key"),
+                    "role": role,
+                    "url": conn.url,
+                },
             )
         else:
             user = users[username]
@@ -92,7 +101,9 @@ def add_user(
                 f"add {username!r} to workspace {workspace!r}",
             )
     log.info("user %s (%s) in workspace %s", username, role, workspace)
-    return UserInfo(username, user.get("role", role), workspace, user["id"], str(cred_file), created)
+    return UserInfo(
+        username, user.get("role", role), workspace, user["id"], str(cred_file), created
+    )
 
 
 def read_credentials(username: str, paths: ServerPaths | None = None) -> dict:

@@ -49,5 +49,9 @@ def _register() -> None:
 
     main.add_command(curate)
 
+    from review.cli import review
+
+    main.add_command(review)
+
 
 _register()
