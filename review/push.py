@@ -391,6 +391,7 @@ def push(
         dims = 384 if options.embedding_model == "default" else None
     dataset_id, questions = ensure_dataset(conn, name, options, labels, dims or _dims(options))
     state.reset(conn.url, name, dataset_id)
+    state.save()  # the journal below belongs to this (server, dataset)
     to_send, unchanged = changed_ids(hashes, state.sent)
     log.info("push: %d to send, %d unchanged", len(to_send), len(unchanged))
     if to_send and options.vectors:
