@@ -62,6 +62,7 @@ class PushOptions:
     priority: str = "default"
     vectors: bool = True
     embedding_model: str = "default"
+    vector_dims: int | None = None  # None: 384 for the default model, else asked of the model
     guidelines: str = (
         "Choose the label that fits the text. The suggestion is the model's guess, not the "
         "answer. Use the note for anything odd (ambiguous, offensive, not in the language)."
@@ -385,11 +386,12 @@ def push(
 
     review_dir = project.root / "review"
     state = PushState.load(review_dir)
-    dims = None
     vectors: dict[str, list[float]] = {}
+    dims = None
     if options.vectors:
-        dims = 384 if options.embedding_model == "default" else None
-    dataset_id, questions = ensure_dataset(conn, name, options, labels, dims or _dims(options))
+        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
+        dims = dims or _dims(options)
+    dataset_id, questions = ensure_dataset(conn, name, options, labels, dims)
     state.reset(conn.url, name, dataset_id)
     state.save()  # the journal below belongs to this (server, dataset)
     to_send, unchanged = changed_ids(hashes, state.sent)

@@ -28,7 +28,9 @@ def test_services_images_and_health_checks():
     compose = _compose()
     services = compose["services"]
     assert set(services) == {"argilla", "worker", "postgres", "elasticsearch", "redis"}
-    assert services["argilla"]["image"] == f"argilla/argilla-server:v{server.ARGILLA_SERVER_VERSION}"
+    assert (
+        services["argilla"]["image"] == f"argilla/argilla-server:v{server.ARGILLA_SERVER_VERSION}"
+    )
     assert services["worker"]["image"] == services["argilla"]["image"]
     assert "elasticsearch:8." in services["elasticsearch"]["image"]
     for name, svc in services.items():
@@ -41,8 +43,14 @@ def test_services_images_and_health_checks():
 def test_server_settings_match_what_the_embedded_server_sets():
     env = _compose()["services"]["argilla"]["environment"]
     # every setting the embedded server passes (except its engine choice) is set in production too
-    embedded = {"ARGILLA_HOME_PATH", "ARGILLA_ELASTICSEARCH", "ARGILLA_REDIS_URL",
-                "ARGILLA_AUTH_SECRET_KEY", "ARGILLA_ENABLE_TELEMETRY", "ARGILLA_SEARCH_ENGINE"}
+    embedded = {
+        "ARGILLA_HOME_PATH",
+        "ARGILLA_ELASTICSEARCH",
+        "ARGILLA_REDIS_URL",
+        "ARGILLA_AUTH_SECRET_KEY",
+        "ARGILLA_ENABLE_TELEMETRY",
+        "ARGILLA_SEARCH_ENGINE",
+    }
     assert embedded <= set(env)
     assert env["ARGILLA_DATABASE_URL"].startswith("postgresql+asyncpg://")
     assert env["ARGILLA_ELASTICSEARCH"] == "http://elasticsearch:9200"
@@ -53,8 +61,12 @@ def test_every_variable_is_in_env_example_and_secrets_are_required():
     example = _env_example()
     used = {m["name"]: m["rest"] for m in VAR.finditer(text)}
     assert set(used) <= set(example), set(used) - set(example)
-    for secret in ("POSTGRES_PASSWORD", "ARGILLA_AUTH_SECRET_KEY", "ARGILLA_API_KEY",
-                   "ARGILLA_OWNER_PASSWORD"):
+    for secret in (
+        "POSTGRES_PASSWORD",
+        "ARGILLA_AUTH_SECRET_KEY",
+        "ARGILLA_API_KEY",
+        "ARGILLA_OWNER_PASSWORD",
+    ):
         assert used[secret].startswith(":?"), secret  # compose refuses to start without it
         assert "change-me" in example[secret]
     # the client-side names are the ones the code reads

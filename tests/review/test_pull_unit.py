@@ -19,13 +19,25 @@ def _resp(user, status, label=None, note=None):
 def test_summarize_consensus_ties_notes_discards_and_agreement():
     names = {"u1": "ann", "u2": "bob", "u3": "cat"}
     records = [
-        {"external_id": "a", "fields": {"text": "A"},
-         "responses": [_resp("u1", "submitted", "pos"), _resp("u2", "submitted", "pos")]},
-        {"external_id": "b", "fields": {"text": "B"},
-         "responses": [_resp("u1", "submitted", "pos"), _resp("u2", "submitted", "neg"),
-                       _resp("u3", "draft", "neg")]},
-        {"external_id": "c", "fields": {"text": "C"},
-         "responses": [_resp("u3", "discarded", note="not English")]},
+        {
+            "external_id": "a",
+            "fields": {"text": "A"},
+            "responses": [_resp("u1", "submitted", "pos"), _resp("u2", "submitted", "pos")],
+        },
+        {
+            "external_id": "b",
+            "fields": {"text": "B"},
+            "responses": [
+                _resp("u1", "submitted", "pos"),
+                _resp("u2", "submitted", "neg"),
+                _resp("u3", "draft", "neg"),
+            ],
+        },
+        {
+            "external_id": "c",
+            "fields": {"text": "C"},
+            "responses": [_resp("u3", "discarded", note="not English")],
+        },
         {"external_id": "d", "fields": {"text": "D"}, "responses": []},
     ]
     pred = {"a": {"label": "neg", "predicted_label": "pos", "predicted_prob": 0.9}}
@@ -55,17 +67,27 @@ def test_merge_keeps_original_label_and_drops_all_discarded():
     ]
     out = merge_reviewed(table, rows).to_pylist()
     assert [r["id"] for r in out] == ["a", "b"]
-    assert out[0] | {} == {"id": "a", "text": "A", "label": "pos", "original_label": "neg",
-                           "label_source": "reviewed"}
+    assert out[0] | {} == {
+        "id": "a",
+        "text": "A",
+        "label": "pos",
+        "original_label": "neg",
+        "label_source": "reviewed",
+    }
     assert out[1]["label"] == "pos" and out[1]["label_source"] == "original"
 
 
 def test_launcher_script_updates_match_the_painless_scripts():
     doc = {"id": "r", "responses": [{"id": 1, "v": "old"}, {"id": 2}], "suggestions": {"label": 1}}
-    upsert = {"source": "... ctx._source.responses.add(params.response)",
-              "params": {"response": {"id": 1, "v": "new"}}}
+    upsert = {
+        "source": "... ctx._source.responses.add(params.response)",
+        "params": {"response": {"id": 1, "v": "new"}},
+    }
     assert _apply_script(doc, upsert)["responses"] == [{"id": 2}, {"id": 1, "v": "new"}]
-    delete = {"source": "for ... ctx._source.responses.remove(i);", "params": {"response": {"id": 2}}}
+    delete = {
+        "source": "for ... ctx._source.responses.remove(i);",
+        "params": {"response": {"id": 2}},
+    }
     assert _apply_script(doc, delete)["responses"] == [{"id": 1, "v": "old"}]
     assert _apply_script({"responses": None}, upsert)["responses"] == [{"id": 1, "v": "new"}]
     gone = _apply_script(doc, 'ctx._source["suggestions"].remove("label")')

@@ -45,14 +45,26 @@ def test_priority_is_a_permutation_with_quality_ascending(qualities):
 
 def test_payload_metadata_and_suggestion():
     p = record_payload(
-        _row(7, label_quality=0.25, dup_cluster=3, label_conflict=True, bias_groups=["b", "a"],
-             predicted_label="neg", predicted_prob=0.8),
+        _row(
+            7,
+            label_quality=0.25,
+            dup_cluster=3,
+            label_conflict=True,
+            bias_groups=["b", "a"],
+            predicted_label="neg",
+            predicted_prob=0.8,
+        ),
         priority=4,
     )
     assert p["external_id"] == "r7" and p["fields"] == {"text": "text 7"}
     assert p["metadata"] == {
-        "priority": 4, "source": "a.csv", "given_label": "pos", "label_quality": 0.25,
-        "dup_cluster": 3, "label_conflict": "true", "bias_groups": ["a", "b"],
+        "priority": 4,
+        "source": "a.csv",
+        "given_label": "pos",
+        "label_quality": 0.25,
+        "dup_cluster": 3,
+        "label_conflict": "true",
+        "bias_groups": ["a", "b"],
     }
     assert p["suggestion"] == {"value": "neg", "agent": "thresher", "score": 0.8}
     bare = record_payload(_row(8, dup_cluster=None, label_quality=float("nan")), priority=1)
