@@ -249,12 +249,17 @@ class PushState:
 
 
 def _client(conn: Connection):
+    from urllib.parse import urlparse
+
     import httpx
 
+    headers = {"X-Argilla-Api-Key": conn.api_key}
+    if urlparse(conn.url).hostname in {"127.0.0.1", "localhost", "::1"}:
+        # The bulk answer echoes every record (vectors included); gzipping it costs the server
+        # a quarter of its CPU and saves nothing on the loopback.
+        headers["Accept-Encoding"] = "identity"
     return httpx.Client(
-        base_url=conn.url,
-        headers={"X-Argilla-Api-Key": conn.api_key},
-        timeout=httpx.Timeout(120.0, connect=10.0),
+        base_url=conn.url, headers=headers, timeout=httpx.Timeout(120.0, connect=10.0)
     )
 
 
