@@ -84,8 +84,14 @@ def main() -> None:
                     id=p["external_id"],
                     fields=p["fields"],
                     metadata=p["metadata"],
-                    suggestions=[rg.Suggestion("label", p["suggestion"]["value"],
-                                               score=p["suggestion"]["score"], agent="thresher")],
+                    suggestions=[
+                        rg.Suggestion(
+                            "label",
+                            p["suggestion"]["value"],
+                            score=p["suggestion"]["score"],
+                            agent="thresher",
+                        )
+                    ],
                     vectors={"embedding": vec.tolist()},
                 )
             )
@@ -94,14 +100,22 @@ def main() -> None:
         sdk_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        res = push(project, conn, PushOptions(dataset="thresher", **_common(opts)),
-                   embed=lambda texts: np.stack([by_text[t] for t in texts]))
+        res = push(
+            project,
+            conn,
+            PushOptions(dataset="thresher", **_common(opts)),
+            embed=lambda texts: np.stack([by_text[t] for t in texts]),
+        )
         ours_s = time.perf_counter() - t0
         assert res.sent == args.size and res.failed == 0
 
         t0 = time.perf_counter()
-        again = push(project, conn, PushOptions(dataset="thresher", **_common(opts)),
-                     embed=lambda texts: np.stack([by_text[t] for t in texts]))
+        again = push(
+            project,
+            conn,
+            PushOptions(dataset="thresher", **_common(opts)),
+            embed=lambda texts: np.stack([by_text[t] for t in texts]),
+        )
         rerun_s = time.perf_counter() - t0
         assert again.sent == 0
 
@@ -136,8 +150,11 @@ def main() -> None:
 
 
 def _common(opts: PushOptions) -> dict:
-    return {"labels": opts.labels, "vector_dims": opts.vector_dims,
-            "embedding_model": opts.embedding_model}
+    return {
+        "labels": opts.labels,
+        "vector_dims": opts.vector_dims,
+        "embedding_model": opts.embedding_model,
+    }
 
 
 if __name__ == "__main__":
