@@ -57,6 +57,27 @@ def server_up_command(port: int | None, project_dir: str, as_json: bool) -> None
     emit(status.to_dict(), as_json, _status_lines(status))
 
 
+@server.command("install")
+@json_option
+def server_install_command(as_json: bool) -> None:
+    """Create the server virtualenv now (`up` does it on first use) and check for redis-server.
+
+    \b
+    Example (what `make` runs):
+      thresher review server install
+    """
+    from review.server import SERVER_PACKAGES, ServerPaths, ensure_server_venv, find_redis
+
+    paths = ServerPaths.default()
+    python = ensure_server_venv(paths)
+    redis = find_redis()
+    emit(
+        {"python": str(python), "redis": redis, "packages": list(SERVER_PACKAGES)},
+        as_json,
+        [f"server virtualenv ready: {paths.venv}", f"redis-server: {redis}"],
+    )
+
+
 @server.command("down")
 @json_option
 def server_down_command(as_json: bool) -> None:
