@@ -273,13 +273,17 @@ def ensure_dataset(
     conn: Connection, name: str, options: PushOptions, labels: Sequence[str], dims: int | None
 ) -> tuple[str, dict[str, str]]:
     """Create (or find) the workspace and dataset; returns (dataset id, question name → id)."""
+    import warnings
+
     import argilla as rg
 
     client = rg.Argilla(api_url=conn.url, api_key=conn.api_key)
-    workspace = client.workspaces(options.workspace)
-    if workspace is None:
-        workspace = rg.Workspace(name=options.workspace, client=client).create()
-    dataset = client.datasets(name=name, workspace=workspace)
+    with warnings.catch_warnings():  # "not found" is expected on the first push
+        warnings.filterwarnings("ignore", message=".*not found", category=UserWarning)
+        workspace = client.workspaces(options.workspace)
+        if workspace is None:
+            workspace = rg.Workspace(name=options.workspace, client=client).create()
+        dataset = client.datasets(name=name, workspace=workspace)
     if dataset is None:
         settings = rg.Settings(
             guidelines=options.guidelines,
