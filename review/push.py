@@ -319,6 +319,28 @@ def ensure_dataset(
     return str(dataset.id), questions
 
 
+def _known_dataset(
+    conn: Connection, dataset_id: str, labels: Sequence[str]
+) -> tuple[str, dict[str, str]] | None:
+    """The dataset of the last push, if it still exists with all the labels (two light GETs;
+    the SDK is not even imported, so an unchanged rerun stays well under a second)."""
+    with _client(conn) as http:
+        if http.get(f"/api/v1/datasets/{dataset_id}").status_code != 200:
+            return None
+        resp = http.get(f"/api/v1/datasets/{dataset_id}/questions")
+        if resp.status_code != 200:
+            return None
+        items = resp.json()["items"]
+    questions = {q["name"]: q["id"] for q in items}
+    label_q = next((q for q in items if q["name"] == LABEL_QUESTION), None)
+    if label_q is None:
+        return None
+    have = {o["value"] for o in label_q["settings"].get("options", [])}
+    if not set(labels) <= have:
+        return None  # ensure_dataset explains the mismatch
+    return dataset_id, questions
+
+
 def _send_batch(http, dataset_id: str, items: list[dict], options: PushOptions) -> None:
     import httpx
 
@@ -346,7 +368,7 @@ def _load_rows(project: Project, limit: int | None, priority: str) -> tuple[str,
     import pyarrow.parquet as pq
 
     stage, path = project.latest_records(["score", "dedup", "ingest"])
-    table = pq.read_table(path)
+    table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset (1 s)
     if "is_representative" in table.column_names:
         # duplicates are reviewed once: their representative carries the cluster
         import pyarrow.compute as pc
@@ -400,7 +422,12 @@ def push(
     if options.vectors:
         dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
         dims = dims or _dims(options)
-    dataset_id, questions = ensure_dataset(conn, name, options, labels, dims)
+    known = (
+        _known_dataset(conn, state.dataset_id, labels)
+        if state.dataset_id and (state.url, state.dataset) == (conn.url, name)
+        else None
+    )
+    dataset_id, questions = known or ensure_dataset(conn, name, options, labels, dims)
     state.reset(conn.url, name, dataset_id)
     state.save()  # the journal below belongs to this (server, dataset)
     to_send, unchanged = changed_ids(hashes, state.sent)
