@@ -51,5 +51,9 @@ def _register() -> None:
     main.add_command(curate)
     main.add_command(simulate_command)
 
+    from review.cli import review
+
+    main.add_command(review)
+
 
 _register()

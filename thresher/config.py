@@ -85,6 +85,25 @@ models:
   embedding: default
   classifier: default
   sft: default
+
+# Review in Argilla (thresher review ...). ARGILLA_API_URL + ARGILLA_API_KEY in the environment
+# select an external (production) server; otherwise the embedded one (`thresher review server up`).
+review:
+  # Dataset name; null = the project folder's name.
+  dataset: null
+  workspace: thresher
+  # Each record goes to this many annotators before it counts as done (agreement needs >= 2).
+  min_submitted: 2
+  # Records per bulk request (at most 500) and requests in flight.
+  batch_size: 250
+  concurrency: 2
+  # Review order: default = label conflicts, then lowest label quality, then highest
+  # uncertainty; or the name of a numeric column (ascending).
+  priority: default
+  # Send the embedding (models.embedding) as a vector for similarity search.
+  vectors: true
+  # Port of the embedded server on 127.0.0.1.
+  port: 6900
 """
 
 DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)
