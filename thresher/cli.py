@@ -50,6 +50,9 @@ def _register() -> None:
 
     main.add_command(curate)
     main.add_command(simulate_command)
+    from loop.round_cli import round_command
+
+    main.add_command(round_command)
 
     from review.cli import review
 

@@ -63,6 +63,9 @@ loop:
   learner: fast
   # Start round k's training from round k-1's adapter (true) or from the base model (false).
   warm_start: true
+  # `thresher round`: which labels train the model. reviewed: only labels people gave in Argilla
+  # (the input labels become the unlabelled pool); all: input labels, reviewed ones winning.
+  labels: reviewed
 
 # `thresher simulate`: the loop with an oracle annotator (the data's gold labels).
 simulate:

@@ -1,61 +1,16 @@
-"""A real embedded Argilla server for the integration tests: started once per test session in a
-temporary THRESHER_HOME (reusing the server virtualenv of the default THRESHER_HOME, created there
-if missing), on a free port, and stopped at the end."""
+"""Helpers of the review tests. The session's real Argilla server (fixture ``argilla``) lives in
+tests/conftest.py, shared with the loop's integration tests (one server per test session)."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 LABELS = ("neg", "pos")
-
-
-@dataclass
-class Embedded:
-    paths: object
-    options: object
-
-    def conn(self):
-        from review.server import connection
-
-        return connection(self.paths)
-
-
-@pytest.fixture(scope="session")
-def argilla(tmp_path_factory, request):
-    from review.server import (
-        ServerOptions,
-        ServerPaths,
-        ensure_server_venv,
-        free_port,
-        server_down,
-        server_up,
-    )
-
-    if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
-        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
-    shared = ServerPaths.default()
-    ensure_server_venv(shared)  # the slow part (pip install) happens once per machine
-    paths = ServerPaths(tmp_path_factory.mktemp("thresher-home"), venv_dir=shared.venv)
-    options = ServerOptions(port=free_port(), timeout_s=240)
-    try:
-        server_up(options, paths)
-    except BaseException:
-        for name in ("prepare", "server", "worker"):
-            log = paths.log_file(name)
-            if log.exists():
-                print(f"--- {log}\n{log.read_text()[-3000:]}")
-        server_down(paths)
-        raise
-    request.addfinalizer(lambda: server_down(paths))
-    return Embedded(paths, options)
 
 
 def make_project(root: Path, n: int, seed: int = 0, stage: str = "score") -> Path:

@@ -1,0 +1,237 @@
+"""DEMO / TEST TOOL: simulated annotators that label through the real Argilla server.
+
+Not part of a real workflow (people annotate in the web UI). ``make demo`` and the integration
+tests use it to stand in for people:
+
+    python -m loop.demo_annotators -p DIR --annotators 2 --disagreement 0.15 [--limit N]
+
+Each annotator (``demo-annotator-1``, ``-2``, ...) is created like a real one
+(``review.users.add_user``, the same as ``thresher review users add``; credentials in
+``THRESHER_HOME/argilla/users/NAME.json``) and then works with its OWN API key through the
+annotator routes: ``/api/v1/me/datasets`` to find the dataset,
+``/api/v1/me/datasets/{id}/records/search`` to read its queue, ``/api/v1/me/responses/bulk`` to
+submit. The answer is the record's gold label (the project's input label), or, with probability
+``disagreement`` (independently per annotator and record), another label chosen at random —
+so two annotators disagree on about 2·p·(1−p) of the records. Records are answered in
+``priority`` order (metadata, 1 = first), skipping ones the annotator has already answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PAGE = 500
+PREFIX = "demo-annotator-"
+
+
+@dataclass(frozen=True)
+class AnnotatorReport:
+    annotator: str
+    submitted: int
+    disagreed: int
+    credentials_file: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _http(url: str, key: str):
+    import httpx
+
+    return httpx.Client(
+        base_url=url, headers={"X-Argilla-Api-Key": key}, timeout=httpx.Timeout(120.0)
+    )
+
+
+def _ok(resp, what: str) -> Any:
+    if resp.status_code >= 400:
+        raise RuntimeError(f"{what}: HTTP {resp.status_code} {resp.text[:300]}")
+    return resp.json()
+
+
+def my_queue(http, dataset: str, workspace: str | None = None) -> tuple[str, list[dict]]:
+    """(dataset id, records this user has not answered, priority order) via the /me routes."""
+    items = _ok(http.get("/api/v1/me/datasets"), "list my datasets")["items"]
+    found = [d for d in items if d["name"] == dataset]
+    if workspace is not None and len(found) > 1:
+        spaces = {w["id"]: w["name"] for w in _ok(http.get("/api/v1/me/workspaces"), "ws")["items"]}
+        found = [d for d in found if spaces.get(d["workspace_id"]) == workspace]
+    if not found:
+        raise RuntimeError(f"no dataset {dataset!r} visible to this annotator; push it first")
+    ds = found[0]["id"]
+    records: list[dict] = []
+    offset = 0
+    while True:
+        page = _ok(
+            http.post(
+                f"/api/v1/me/datasets/{ds}/records/search",
+                json={"query": {}},
+                params={"include": "responses", "offset": offset, "limit": PAGE},
+            ),
+            "search my records",
+        )
+        records.extend(item["record"] for item in page["items"])
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            break
+    todo = [r for r in records if not r.get("responses")]
+    todo.sort(key=lambda r: ((r.get("metadata") or {}).get("priority", 10**9), r["external_id"]))
+    return ds, todo
+
+
+def answer(gold: str, labels: Sequence[str], rng: np.random.Generator, p: float) -> str:
+    """The gold label, or with probability ``p`` another label (uniform)."""
+    others = [lab for lab in labels if lab != gold]
+    if others and rng.random() < p:
+        return str(others[int(rng.integers(len(others)))])
+    return gold
+
+
+def annotate(
+    url: str,
+    api_key: str,
+    dataset: str,
+    gold: Mapping[str, str],
+    labels: Sequence[str],
+    *,
+    disagreement: float = 0.15,
+    limit: int | None = None,
+    seed: int = 0,
+    round: int | None = None,
+    workspace: str | None = None,
+) -> tuple[int, int]:
+    """Submit labels as the user of ``api_key``; returns (submitted, disagreed with gold).
+    ``round``: only records pushed for that round (metadata ``round``)."""
+    rng = np.random.default_rng(seed)
+    with _http(url, api_key) as http:
+        _, todo = my_queue(http, dataset, workspace)
+        if round is not None:
+            todo = [r for r in todo if (r.get("metadata") or {}).get("round") == round]
+        todo = [r for r in todo if r.get("external_id") in gold]
+        if limit is not None:
+            todo = todo[:limit]
+        items, wrong = [], 0
+        for rec in todo:
+            truth = gold[rec["external_id"]]
+            value = answer(truth, labels, rng, disagreement)
+            wrong += value != truth
+            items.append(
+                {"record_id": rec["id"], "status": "submitted", "values": {"label": {"value": value}}}
+            )
+        for i in range(0, len(items), 100):
+            out = _ok(
+                http.post("/api/v1/me/responses/bulk", json={"items": items[i : i + 100]}),
+                "submit responses",
+            )
+            errors = [x["error"] for x in out["items"] if x.get("error")]
+            if errors:
+                raise RuntimeError(f"{len(errors)} responses refused: {errors[0]}")
+    return len(items), int(wrong)
+
+
+def run(
+    project,
+    conn,
+    *,
+    annotators: int = 2,
+    disagreement: float = 0.15,
+    limit: int | None = None,
+    dataset: str | None = None,
+    workspace: str = "thresher",
+    round: int | None = None,
+    seed: int = 0,
+    paths=None,
+) -> list[AnnotatorReport]:
+    """Create ``annotators`` demo users and let each label the project's dataset."""
+    import pyarrow.parquet as pq
+
+    from review.push import PushState
+    from review.users import add_user
+
+    state = PushState.load(project.root / "review")
+    name = dataset or state.dataset or project.root.resolve().name
+    _, path = project.latest_records(["score", "dedup", "ingest"])
+    table = pq.read_table(path, columns=["id", "label"]).to_pylist()
+    gold = {str(r["id"]): str(r["label"]) for r in table if r["label"] is not None}
+    labels = sorted(set(gold.values()))
+    reports = []
+    for k in range(1, annotators + 1):
+        user = add_user(conn, f"{PREFIX}{k}", role="annotator", workspace=workspace, paths=paths)
+        creds = json.loads(open(user.credentials_file, encoding="utf-8").read())
+        n, wrong = annotate(
+            conn.url,
+            creds["api_key"],
+            name,
+            gold,
+            labels,
+            disagreement=disagreement,
+            limit=limit,
+            seed=seed * 1000 + k,
+            round=round,
+            workspace=workspace,
+        )
+        log.info("%s submitted %d labels (%d differ from gold)", user.username, n, wrong)
+        reports.append(AnnotatorReport(user.username, n, wrong, user.credentials_file))
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loop.demo_annotators",
+        description="DEMO/TEST TOOL: simulated annotators submit labels through the real "
+        "Argilla server with their own accounts (gold label, sometimes another one).",
+    )
+    parser.add_argument("-p", "--project", default="thresher-project")
+    parser.add_argument("--annotators", type=int, default=2)
+    parser.add_argument("--disagreement", type=float, default=0.15, help="per-annotator flip rate")
+    parser.add_argument("--limit", type=int, default=None, help="records per annotator")
+    parser.add_argument("--round", type=int, default=None, help="only records of this round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from review.server import connection
+    from thresher.config import load_config
+    from thresher.errors import ThresherError
+    from thresher.project import Project
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        project = Project.at(args.project)
+        config = load_config(project.root)
+        reports = run(
+            project,
+            connection(),
+            annotators=args.annotators,
+            disagreement=args.disagreement,
+            limit=args.limit,
+            dataset=config.get("review.dataset"),
+            workspace=config.get("review.workspace"),
+            round=args.round,
+            seed=args.seed,
+        )
+    except (ThresherError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports]))
+    else:
+        for r in reports:
+            print(
+                f"{r.annotator} (simulated) submitted {r.submitted} labels, "
+                f"{r.disagreed} differ from gold; login in {r.credentials_file}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

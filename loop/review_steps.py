@@ -1,0 +1,341 @@
+"""Round steps that talk to Argilla through ``review``: pull, push of a selection, the probe.
+
+- ``pull_step``: ``review.pull.pull`` (consensus, agreement, ``DIR/review/annotations.parquet``),
+  then the round's ``annotations.parquet``: id, label (consensus; ties left out), label_issue
+  (the annotators disagreed, or cleanlab's consensus differs from the majority: such records go
+  to re-review as ``conflict``).
+- ``push_step``: the round's ``selection.parquet`` → the project's Argilla dataset as round k+1:
+  metadata ``round`` (k+1), ``reason`` (uncertain / diverse / random / model-error / conflict)
+  and ``priority`` (1 = first), the model's label as suggestion with its probability as score,
+  the other metadata and the vector as ``thresher review push`` sends them. Upserts by record id,
+  so a rerun (or a resumed round) sends the same records again without duplicates.
+- ``submitted_probe``: the count of submitted responses (one GET), so ``thresher round`` starts
+  round k+1 by itself once people have annotated since round k started.
+- ``records_for_round``: the curated records the rebuild step starts from; with
+  ``labels="reviewed"`` only human labels count (the input labels become the unlabelled pool,
+  which is what a fully pre-labelled corpus such as the demo needs), ``all`` keeps input labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loop.errors import RoundStateError
+from loop.rounds import Step, StepContext
+from thresher.project import Project
+
+log = logging.getLogger(__name__)
+
+ROUND_METADATA = ("round", "reason")
+LABEL_MODES = ("reviewed", "all")
+
+
+def pull_step(
+    connect: Callable[[], Any], *, dataset: str | None = None, workspace: str = "thresher"
+) -> Step:
+    """Pull every annotation from Argilla (``connect()`` → ``review.server.Connection``)."""
+
+    def pull(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        from review.pull import ANNOTATIONS, PullOptions
+        from review.pull import pull as review_pull
+
+        result = review_pull(
+            ctx.project, connect(), PullOptions(dataset=dataset, workspace=workspace)
+        )
+        ann = pd.read_parquet(ctx.project.root / "review" / ANNOTATIONS)
+        out = annotations_frame(ann)
+        out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
+        before = 0
+        prev = ctx.previous_outputs("pull")
+        if prev:
+            before = int(prev.get("annotations", 0))
+
+        def clean(x: Any) -> Any:
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        return {
+            "annotations": int(len(out)),
+            "new": int(len(out)) - before,
+            "submitted": int(result.submitted),
+            "ties": int(result.ties),
+            "disagreements": int(result.disagreements),
+            "alpha": clean(result.alpha),
+            "fleiss_kappa": clean(result.fleiss_kappa),
+            "dataset": result.dataset,
+        }
+
+    return pull
+
+
+def annotations_frame(ann):
+    """id, label, label_issue from review's annotations (pure). Ties (no consensus) are left
+    out; label_issue = the annotators disagreed or cleanlab's consensus label differs."""
+    import pandas as pd
+
+    if ann.empty:
+        return pd.DataFrame(
+            {
+                "id": pd.Series(dtype=str),
+                "label": pd.Series(dtype=str),
+                "label_issue": pd.Series(dtype=bool),
+            }
+        )
+    ann = ann[ann["label"].notna()].copy()
+    issue = ann["disagreement"].fillna(False).astype(bool)
+    if "cleanlab_label" in ann:
+        cl = ann["cleanlab_label"]
+        issue = issue | (cl.notna() & (cl.astype(str) != ann["label"].astype(str)))
+    return pd.DataFrame(
+        {
+            "id": ann["id"].astype(str).to_numpy(),
+            "label": ann["label"].astype(str).to_numpy(),
+            "label_issue": issue.to_numpy(dtype=bool),
+        }
+    )
+
+
+def records_for_round(labels: str = "reviewed") -> Callable[[StepContext], Any]:
+    """The rebuild step's records: curated records (representatives) with ``label`` kept
+    (``all``) or cleared (``reviewed``: only pulled annotations label a record), and
+    ``label_issue`` from the pull step (annotator disagreement) or, with ``all``, the score
+    stage's cleanlab flag as well."""
+    if labels not in LABEL_MODES:
+        raise RoundStateError(f"loop.labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
+
+    def records(ctx: StepContext):
+        import pandas as pd
+
+        from loop.steps import load_project_records
+
+        frame = load_project_records(ctx)
+        stage_issue = (
+            frame["label_issue"].fillna(False).astype(bool)
+            if labels == "all" and "label_issue" in frame
+            else pd.Series(False, index=frame.index)
+        )
+        if labels == "reviewed":
+            frame = frame.assign(label=None)
+        ann_path = ctx.step_dir("pull") / "annotations.parquet"
+        flagged: set[str] = set()
+        if ann_path.exists():
+            ann = pd.read_parquet(ann_path)
+            if "label_issue" in ann:
+                flagged = set(ann.loc[ann["label_issue"].astype(bool), "id"])
+        frame = frame.assign(label_issue=stage_issue.to_numpy() | frame["id"].isin(flagged))
+        return frame
+
+    return records
+
+
+# ---------------------------------------------------------------- push
+
+
+def _ensure_round_metadata(conn, dataset_id: str) -> None:
+    """Add the ``round`` (integer) and ``reason`` (terms) metadata properties when missing."""
+    from review.push import _check, _client
+
+    with _client(conn) as http:
+        have = {
+            p["name"]
+            for p in _check(
+                http.get(f"/api/v1/datasets/{dataset_id}/metadata-properties"), "metadata"
+            )["items"]
+        }
+        specs = {
+            "round": {"type": "integer"},
+            "reason": {"type": "terms"},
+        }
+        for name, settings in specs.items():
+            if name in have:
+                continue
+            _check(
+                http.post(
+                    f"/api/v1/datasets/{dataset_id}/metadata-properties",
+                    json={
+                        "name": name,
+                        "title": name.capitalize(),
+                        "settings": settings,
+                        "visible_for_annotators": True,
+                    },
+                ),
+                f"add metadata property {name!r}",
+            )
+
+
+def push_rows(
+    project: Project,
+    conn,
+    options,
+    rows: Sequence[dict[str, Any]],
+    *,
+    next_round: int,
+    embed: Callable[[list[str]], Any] | None = None,
+) -> dict[str, Any]:
+    """Upsert ``rows`` (selection rows merged with their stage columns) into the project's
+    dataset with round metadata. ``options``: ``review.push.PushOptions``. Returns
+    ``{dataset, dataset_id, url, sent, unchanged, failed, seconds}``."""
+    from review.push import (
+        LABEL_QUESTION,
+        TEXT_FIELD,
+        VECTOR_NAME,
+        PushError,
+        PushState,
+        _client,
+        _known_dataset,
+        _send_batch,
+        content_hash,
+        ensure_dataset,
+        record_payload,
+    )
+
+    t0 = time.perf_counter()
+    name = options.dataset or project.root.resolve().name
+    labels = list(options.labels) or sorted(
+        {str(r["suggestion"]) for r in rows if r.get("suggestion") is not None}
+        | {str(r["label"]) for r in rows if r.get("label") is not None}
+    )
+    if not labels:
+        raise PushError(f"no labels to push; set `labels:` in {project.root / 'thresher.yaml'}")
+    state = PushState.load(project.root / "review")
+    dims = None
+    if options.vectors:
+        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
+        if dims is None:
+            from review.push import _dims
+
+            dims = _dims(options)
+    known = (
+        _known_dataset(conn, state.dataset_id, labels)
+        if state.dataset_id and (state.url, state.dataset) == (conn.url, name)
+        else None
+    )
+    dataset_id, questions = known or ensure_dataset(conn, name, options, labels, dims)
+    state.reset(conn.url, name, dataset_id)
+    state.save()
+    _ensure_round_metadata(conn, dataset_id)
+
+    payloads: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        p = record_payload(row, int(row["priority"]))
+        p["metadata"]["round"] = int(next_round)
+        p["metadata"]["reason"] = str(row["reason"])
+        payloads[str(row["id"])] = p
+    ids = list(payloads)
+    model_key = options.embedding_model if options.vectors else None
+    hashes = {rid: content_hash(payloads[rid], model_key) for rid in ids}
+    vectors: dict[str, list[float]] = {}
+    if ids and options.vectors:
+        texts = [payloads[rid]["fields"][TEXT_FIELD] for rid in ids]
+        if embed is None:
+            from curate.embeddings import embed_texts
+
+            matrix = embed_texts(
+                texts, options.embedding_model, cache_dir=project.root / ".cache" / "embeddings"
+            )
+        else:
+            matrix = embed(texts)
+        vectors = {rid: [round(float(x), 6) for x in v] for rid, v in zip(ids, matrix, strict=True)}
+
+    def item(rid: str) -> dict[str, Any]:
+        p = payloads[rid]
+        out = {k: v for k, v in p.items() if k != "suggestion"}
+        if "suggestion" in p and p["suggestion"]["value"] in labels:
+            out["suggestions"] = [
+                {"question_id": questions[LABEL_QUESTION], "type": "model", **p["suggestion"]}
+            ]
+        if rid in vectors:
+            out["vectors"] = {VECTOR_NAME: vectors[rid]}
+        return out
+
+    size = max(1, min(options.batch_size, 500))
+    sent = 0
+    with _client(conn) as http:
+        for i in range(0, len(ids), size):
+            batch = ids[i : i + size]
+            _send_batch(http, dataset_id, [item(r) for r in batch], options)
+            state.record_batch({rid: hashes[rid] for rid in batch})
+            sent += len(batch)
+    state.save()
+    return {
+        "dataset": name,
+        "dataset_id": dataset_id,
+        "url": conn.url,
+        "sent": sent,
+        "unchanged": 0,
+        "failed": 0,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def push_step(
+    connect: Callable[[], Any],
+    options,
+    *,
+    embed: Callable[[list[str]], Any] | None = None,
+) -> Step:
+    """Push the round's selection to Argilla as round k+1 (see module doc)."""
+
+    def push(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        from loop.steps import load_project_records
+
+        sel = pd.read_parquet(ctx.step_dir("select") / "selection.parquet")
+        stage = load_project_records(ctx)
+        extra = stage.set_index("id")
+        rows = []
+        for rec in sel.to_dict(orient="records"):
+            row = dict(extra.loc[rec["id"]]) if rec["id"] in extra.index else {}
+            row = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in row.items()
+                if k not in {"predicted_label", "predicted_prob"}
+            }
+            row.update(
+                id=rec["id"],
+                text=rec["text"],
+                priority=int(rec["priority"]),
+                reason=rec["reason"],
+                suggestion=rec["suggestion"],
+                predicted_label=rec["suggestion"],
+                predicted_prob=float(rec["suggestion_score"]),
+            )
+            rows.append(row)
+        if not rows:
+            return {"dataset": None, "sent": 0, "unchanged": 0, "failed": 0, "round": ctx.round + 1}
+        out = push_rows(ctx.project, connect(), options, rows, next_round=ctx.round + 1, embed=embed)
+        (ctx.work_dir / "pushed.json").write_text(
+            json.dumps({"round": ctx.round + 1, "ids": [r["id"] for r in rows]}), encoding="utf-8"
+        )
+        out["round"] = ctx.round + 1
+        return out
+
+    return push
+
+
+def submitted_probe(connect: Callable[[], Any]) -> Callable[[Project], dict[str, Any]]:
+    """``project → {"submitted": n}``: submitted responses in the project's dataset (or
+    ``{"submitted": 0}`` before the first push)."""
+
+    def probe(project: Project) -> dict[str, Any]:
+        from review.push import PushState, _client
+
+        state = PushState.load(project.root / "review")
+        if not state.dataset_id:
+            return {"submitted": 0}
+        conn = connect()
+        with _client(conn) as http:
+            resp = http.get(f"/api/v1/datasets/{state.dataset_id}/progress")
+            if resp.status_code != 200:
+                return {"submitted": None}
+            users = resp.json().get("users") or []
+        return {"submitted": sum(int((u.get("submitted") or 0)) for u in users)}
+
+    return probe
