@@ -126,7 +126,11 @@ def annotate(
             value = answer(truth, labels, rng, disagreement)
             wrong += value != truth
             items.append(
-                {"record_id": rec["id"], "status": "submitted", "values": {"label": {"value": value}}}
+                {
+                    "record_id": rec["id"],
+                    "status": "submitted",
+                    "values": {"label": {"value": value}},
+                }
             )
         for i in range(0, len(items), 100):
             out = _ok(

@@ -61,7 +61,6 @@ class LoraLearner:
         import pandas as pd
 
         from thresher.project import Project
-        from tune.options import DataOptions
         from tune.train import train
 
         if len(texts) != len(labels) or not len(texts):

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from loop.errors import RoundStateError
 from loop.rounds import Step, StepContext
 from thresher.project import Project
@@ -52,6 +54,8 @@ def pull_step(
         ann = pd.read_parquet(ctx.project.root / "review" / ANNOTATIONS)
         out = annotations_frame(ann)
         out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
+        ties = ann.loc[ann["label"].isna() & (ann["n_annotators"] > 0), ["id", "text"]]
+        ties.to_parquet(ctx.work_dir / "conflicts.parquet", index=False)
         before = 0
         prev = ctx.previous_outputs("pull")
         if prev:
@@ -107,7 +111,9 @@ def records_for_round(labels: str = "reviewed") -> Callable[[StepContext], Any]:
     ``label_issue`` from the pull step (annotator disagreement) or, with ``all``, the score
     stage's cleanlab flag as well."""
     if labels not in LABEL_MODES:
-        raise RoundStateError(f"loop.labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}")
+        raise RoundStateError(
+            f"loop.labels must be one of {', '.join(LABEL_MODES)}, not {labels!r}"
+        )
 
     def records(ctx: StepContext):
         import pandas as pd
@@ -129,9 +135,50 @@ def records_for_round(labels: str = "reviewed") -> Callable[[StepContext], Any]:
             if "label_issue" in ann:
                 flagged = set(ann.loc[ann["label_issue"].astype(bool), "id"])
         frame = frame.assign(label_issue=stage_issue.to_numpy() | frame["id"].isin(flagged))
-        return frame
+        ties = ctx.step_dir("pull") / "conflicts.parquet"
+        if ties.exists():  # no consensus yet: re-reviewed as `conflict`, not trained or pooled
+            frame = frame[~frame["id"].isin(set(pd.read_parquet(ties)["id"]))]
+        return frame.reset_index(drop=True)
 
     return records
+
+
+def with_conflicts(select: Step, limit: int) -> Step:
+    """``select``, then up to ``limit`` records the annotators tied on (pull's
+    ``conflicts.parquet``) appended with reason ``conflict`` and no suggestion."""
+
+    def run(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        outputs = dict(select(ctx) or {})
+        ties_path = ctx.step_dir("pull") / "conflicts.parquet"
+        if not limit or not ties_path.exists():
+            return outputs
+        ties = pd.read_parquet(ties_path).head(limit)
+        if ties.empty:
+            return outputs
+        path = ctx.work_dir / "selection.parquet"
+        sel = pd.read_parquet(path)
+        ties = ties[~ties["id"].isin(set(sel["id"]))]
+        extra = pd.DataFrame(
+            {
+                "id": ties["id"].to_numpy(),
+                "text": ties["text"].to_numpy(),
+                "reason": "conflict",
+                "priority": np.arange(len(sel) + 1, len(sel) + len(ties) + 1),
+                "score": 1.0,
+                "suggestion": None,
+                "suggestion_score": np.nan,
+                "round": ctx.round,
+            }
+        )
+        sel = pd.concat([sel, extra], ignore_index=True) if len(sel) else extra
+        sel.to_parquet(path, index=False)
+        outputs["selected"] = int(len(sel))
+        outputs["by_reason"] = {k: int(v) for k, v in sel["reason"].value_counts().items()}
+        return outputs
+
+    return run
 
 
 # ---------------------------------------------------------------- push
@@ -145,7 +192,7 @@ def _ensure_round_metadata(conn, dataset_id: str) -> None:
         have = {
             p["name"]
             for p in _check(
-                http.get(f"/api/v1/datasets/{dataset_id}/metadata-properties"), "metadata"
+                http.get(f"/api/v1/me/datasets/{dataset_id}/metadata-properties"), "metadata"
             )["items"]
         }
         specs = {
@@ -305,12 +352,14 @@ def push_step(
                 reason=rec["reason"],
                 suggestion=rec["suggestion"],
                 predicted_label=rec["suggestion"],
-                predicted_prob=float(rec["suggestion_score"]),
+                predicted_prob=rec["suggestion_score"],
             )
             rows.append(row)
         if not rows:
             return {"dataset": None, "sent": 0, "unchanged": 0, "failed": 0, "round": ctx.round + 1}
-        out = push_rows(ctx.project, connect(), options, rows, next_round=ctx.round + 1, embed=embed)
+        out = push_rows(
+            ctx.project, connect(), options, rows, next_round=ctx.round + 1, embed=embed
+        )
         (ctx.work_dir / "pushed.json").write_text(
             json.dumps({"round": ctx.round + 1, "ids": [r["id"] for r in rows]}), encoding="utf-8"
         )
@@ -332,10 +381,14 @@ def submitted_probe(connect: Callable[[], Any]) -> Callable[[Project], dict[str,
             return {"submitted": 0}
         conn = connect()
         with _client(conn) as http:
-            resp = http.get(f"/api/v1/datasets/{state.dataset_id}/progress")
+            resp = http.get(f"/api/v1/datasets/{state.dataset_id}/users/progress")
             if resp.status_code != 200:
                 return {"submitted": None}
             users = resp.json().get("users") or []
-        return {"submitted": sum(int((u.get("submitted") or 0)) for u in users)}
+        total = 0
+        for user in users:
+            for part in ("completed", "pending"):
+                total += int((user.get(part) or {}).get("submitted") or 0)
+        return {"submitted": total}
 
     return probe

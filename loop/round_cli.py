@@ -58,12 +58,18 @@ def round_command(
 
     project = Project.at(project_dir)
     config = load_config(project.root).with_overrides(
-        {"loop.strategy": strategy, "loop.size": size, "loop.learner": learner, "loop.labels": labels}
+        {
+            "loop.strategy": strategy,
+            "loop.size": size,
+            "loop.learner": learner,
+            "loop.labels": labels,
+        }
     )
     runner = build_runner(project, config, connect=connection)
     result = runner.run(new=new)
     summary = result.to_dict()
     ev = result.outputs("eval")
+    reb = result.outputs("rebuild")
     sel = result.outputs("select")
     push = result.outputs("push")
     lines = [
@@ -74,9 +80,9 @@ def round_command(
             else f"ran {', '.join(result.ran)}"
             + (f" (resumed; done before: {', '.join(result.skipped)})" if result.skipped else "")
         ),
-        f"  labels: {result.outputs('rebuild').get('train')} train, "
-        f"{result.outputs('rebuild').get('test')} test, pool {result.outputs('rebuild').get('pool')}",
-        f"  eval: macro-F1 {ev.get('macro_f1')}  accuracy {ev.get('accuracy')} (n={ev.get('n_test')})",
+        f"  labels: {reb.get('train')} train, {reb.get('test')} test, pool {reb.get('pool')}",
+        f"  eval: macro-F1 {ev.get('macro_f1')}  accuracy {ev.get('accuracy')}"
+        f" (n={ev.get('n_test')})",
         f"  selected {sel.get('selected')} by {sel.get('strategy')}: {sel.get('by_reason')}",
         f"  pushed to {push.get('dataset')} as round {push.get('round')}: sent {push.get('sent')}",
         "  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()),

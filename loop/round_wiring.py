@@ -98,7 +98,13 @@ def build_runner(
 ) -> RoundRunner:
     """The ``RoundRunner`` of ``thresher round`` (``connect()`` → the Argilla connection;
     ``embed`` overrides the vectors sent with pushed records, for tests)."""
-    from loop.review_steps import pull_step, push_step, records_for_round, submitted_probe
+    from loop.review_steps import (
+        pull_step,
+        push_step,
+        records_for_round,
+        submitted_probe,
+        with_conflicts,
+    )
     from loop.steps import eval_step, predict_step, rebuild_step, select_step, train_step
     from loop.strategies import get_strategy
 
@@ -113,13 +119,16 @@ def build_runner(
         "train": train_step(factory),
         "eval": eval_step(),
         "predict": predict_step(),
-        "select": select_step(
-            str(loop["strategy"]),
-            int(loop["size"]),
-            rereview_threshold=float(loop["rereview_threshold"]),
-            rereview_size=int(loop["rereview_size"]),
-            diversity_factor=int(loop["diversity_factor"]),
-            seed=int(config.get("seed")),
+        "select": with_conflicts(
+            select_step(
+                str(loop["strategy"]),
+                int(loop["size"]),
+                rereview_threshold=float(loop["rereview_threshold"]),
+                rereview_size=int(loop["rereview_size"]),
+                diversity_factor=int(loop["diversity_factor"]),
+                seed=int(config.get("seed")),
+            ),
+            int(loop["rereview_size"]),
         ),
         "push": push_step(connect, push_options(config), embed=embed),
     }
