@@ -11,8 +11,8 @@ import pytest
 from loop.demo_annotators import answer
 from loop.errors import LearnerError, RoundStateError, UnknownStrategyError
 from loop.review_steps import annotations_frame, records_for_round, with_conflicts
-from loop.rounds import StepContext
 from loop.round_wiring import build_runner
+from loop.rounds import StepContext
 from thresher.config import load_config
 from thresher.project import Project
 
