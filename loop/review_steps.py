@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,10 @@ def _ensure_round_metadata(conn, dataset_id: str) -> None:
             )
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def push_rows(
     project: Project,
     conn,
@@ -245,8 +250,7 @@ def push_rows(
     t0 = time.perf_counter()
     name = options.dataset or project.root.resolve().name
     labels = list(options.labels) or sorted(
-        {str(r["suggestion"]) for r in rows if r.get("suggestion") is not None}
-        | {str(r["label"]) for r in rows if r.get("label") is not None}
+        {str(r[key]) for r in rows for key in ("suggestion", "label") if _present(r.get(key))}
     )
     if not labels:
         raise PushError(f"no labels to push; set `labels:` in {project.root / 'thresher.yaml'}")
@@ -332,13 +336,19 @@ def push_step(
     def push(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
+        opts = options
+
         from loop.steps import load_project_records
 
         sel = pd.read_parquet(ctx.step_dir("select") / "selection.parquet")
         stage = load_project_records(ctx)
         extra = stage.set_index("id")
         rows = []
+        if not opts.labels:  # the model's classes: every label the dataset must offer
+            classes = json.loads((ctx.step_dir("predict") / "classes.json").read_text())
+            opts = replace(opts, labels=tuple(str(c) for c in classes))
         for rec in sel.to_dict(orient="records"):
+            rec = {k: (v if _present(v) else None) for k, v in rec.items()}
             row = dict(extra.loc[rec["id"]]) if rec["id"] in extra.index else {}
             row = {
                 k: (None if isinstance(v, float) and math.isnan(v) else v)
