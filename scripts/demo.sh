@@ -8,7 +8,7 @@
 #
 # Knobs (environment): DEMO (project folder, demo-project), DEMO_SIZE (records sampled from the
 # 12.8k-record corpus, 1500), DEMO_PUSH (records pushed first, 200), DEMO_ROUND_SIZE (records the
-# round selects, 50), DEMO_MAX_STEPS (LoRA optimizer steps, 30), DEMO_LEARNER (round learner:
+# round selects, 50), DEMO_MAX_STEPS (LoRA optimizer steps, 120), DEMO_LEARNER (round learner:
 # fast | tfidf | lora, fast), DEMO_DISAGREEMENT (annotator flip rate, 0.15).
 # Rerunning it is cheap: every stage is a no-op when its inputs did not change.
 set -euo pipefail
@@ -17,7 +17,7 @@ DEMO=${DEMO:-demo-project}
 SIZE=${DEMO_SIZE:-1500}
 PUSH=${DEMO_PUSH:-200}
 ROUND_SIZE=${DEMO_ROUND_SIZE:-50}
-MAX_STEPS=${DEMO_MAX_STEPS:-30}
+MAX_STEPS=${DEMO_MAX_STEPS:-120}
 LEARNER=${DEMO_LEARNER:-fast}
 DISAGREEMENT=${DEMO_DISAGREEMENT:-0.15}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
