@@ -82,27 +82,59 @@ def _term_pattern(term: str) -> str:
     return r"(?<![\w-])" + core + tail + r"(?![\w-])"
 
 
+_WORD_RUN = re.compile(r"[\w-]+")
+
+
 @dataclass
 class Matcher:
-    """Compiled word-boundary matcher for a lexicon."""
+    """Word-boundary matcher for a lexicon. A text is split once into maximal runs of word
+    characters and hyphens (so "man" matches "man," but not "manual" or "non-man"); one-word
+    terms are set look-ups, wildcards prefix checks, and only phrases use a regex."""
 
     lexicon: dict[str, list[str]]
-    _group_re: dict[str, re.Pattern] = field(default_factory=dict, repr=False)
-    _term_re: dict[str, re.Pattern] = field(default_factory=dict, repr=False)
+    _words: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _prefixes: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _phrases: dict[str, list[tuple[str, re.Pattern]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for group, terms in self.lexicon.items():
-            self._group_re[group] = re.compile("|".join(map(_term_pattern, terms)), re.IGNORECASE)
+            words, prefixes, phrases = set(), [], []
             for term in terms:
-                self._term_re.setdefault(term, re.compile(_term_pattern(term), re.IGNORECASE))
+                if _WORD_RUN.fullmatch(term) and not term.endswith("*"):
+                    words.add(term)
+                elif term.endswith("*") and _WORD_RUN.fullmatch(term[:-1]):
+                    prefixes.append(term[:-1])
+                else:
+                    phrases.append((term, re.compile(_term_pattern(term), re.IGNORECASE)))
+            self._words[group] = words
+            self._prefixes[group] = tuple(prefixes)
+            self._phrases[group] = phrases
+
+    def _found(self, text: str) -> dict[str, list[str]]:
+        tokens = set(_WORD_RUN.findall(text.lower()))
+        found: dict[str, list[str]] = {}
+        for group in self.lexicon:
+            hits = [t for t in self._words[group] if t in tokens]
+            for prefix in self._prefixes[group]:
+                if any(tok.startswith(prefix) for tok in tokens):
+                    hits.append(prefix + "*")
+            hits += [term for term, rx in self._phrases[group] if rx.search(text)]
+            if hits:
+                found[group] = hits
+        return found
 
     def groups(self, text: str) -> list[str]:
         """Sorted names of the groups ``text`` mentions."""
-        return sorted(g for g, rx in self._group_re.items() if rx.search(text))
+        return sorted(self._found(text))
+
+    def groups_and_terms(self, text: str) -> tuple[list[str], list[str]]:
+        """The groups ``text`` mentions and the lexicon terms that matched."""
+        found = self._found(text)
+        return sorted(found), sorted({t for hits in found.values() for t in hits})
 
     def terms(self, text: str) -> list[str]:
         """Lexicon terms found in ``text``."""
-        return sorted(t for t, rx in self._term_re.items() if rx.search(text))
+        return self.groups_and_terms(text)[1]
 
 
 def bias_groups(texts: Sequence[str], lexicon: Mapping[str, list[str]] | None = None):
@@ -291,7 +323,9 @@ def slice_table(
             "size": len(idx),
             "share": round(len(idx) / n, 6) if n else 0.0,
             "labeled": len(labeled),
-            "label_rates": {c: round(counts[c] / len(labeled), 6) if labeled else None for c in classes},
+            "label_rates": {
+                c: round(counts[c] / len(labeled), 6) if labeled else None for c in classes
+            },
         }
         if label_issue is not None and labeled:
             row["noise_rate"] = round(sum(bool(label_issue[i]) for i in labeled) / len(labeled), 6)
@@ -331,8 +365,9 @@ def score_bias(
 ) -> tuple[list[list[str]], BiasReport]:
     """Everything bias scoring produces: ``bias_groups`` per record and the report."""
     matcher = Matcher(dict(lexicon if lexicon is not None else default_lexicon()))
-    groups = [matcher.groups(t) for t in texts]
-    terms = [matcher.terms(t) for t in texts]
+    found = [matcher.groups_and_terms(t) for t in texts]
+    groups = [g for g, _ in found]
+    terms = [t for _, t in found]
     group_rows = associations(groups, labels, kind="group", min_count=min_count, alpha=alpha)
     term_rows = associations(terms, labels, kind="term", min_count=min_count, alpha=alpha)
     report = BiasReport(

@@ -119,7 +119,9 @@ def ingest_command(
 
 @curate.command("score")
 @project_option
-@click.option("--folds", type=int, default=None, help="Cross-validation folds [config score.folds: 5].")
+@click.option(
+    "--folds", type=int, default=None, help="Cross-validation folds [config score.folds: 5]."
+)
 @click.option(
     "--model",
     default=None,

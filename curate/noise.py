@@ -133,8 +133,12 @@ def text_features(texts: Sequence[str]) -> TextFeatures:
     word = CountVectorizer(ngram_range=(1, 2), min_df=min_df, lowercase=True)
     char = CountVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=min_df, lowercase=True)
     counts = sp.hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
-    word_tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts[:, : len(word.vocabulary_)])
-    char_tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts[:, len(word.vocabulary_) :])
+    word_tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(
+        counts[:, : len(word.vocabulary_)]
+    )
+    char_tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(
+        counts[:, len(word.vocabulary_) :]
+    )
     tfidf = sp.hstack([word_tfidf, char_tfidf]).tocsr() / np.sqrt(2.0)
     return TextFeatures(tfidf=sp.csr_matrix(tfidf), counts=counts)
 
@@ -298,7 +302,9 @@ def score_label_noise(
     folds = effective_folds(y, opts.folds)
     learners = tuple(opts.learners)
     if "emb" in learners and embeddings is None:
-        raise InputError("learner 'emb' needs embeddings; pass them or drop 'emb' (--no-embeddings)")
+        raise InputError(
+            "learner 'emb' needs embeddings; pass them or drop 'emb' (--no-embeddings)"
+        )
     if embeddings is not None and embeddings.shape[0] != len(texts):
         raise InputError(f"{embeddings.shape[0]} embeddings for {len(texts)} texts")
 
@@ -413,7 +419,5 @@ def score_multiannotator(
         consensus_label=[classes[int(c)] for c in quality["consensus_label"]],
         consensus_quality=quality["consensus_quality_score"].to_numpy(dtype=float),
         annotator_agreement=quality["annotator_agreement"].to_numpy(dtype=float),
-        annotator_quality={
-            str(who): float(q) for who, q in stats["annotator_quality"].items()
-        },
+        annotator_quality={str(who): float(q) for who, q in stats["annotator_quality"].items()},
     )

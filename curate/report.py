@@ -127,12 +127,16 @@ def _summary(data: ReportData) -> str:
         ("near-OOD", int(df["near_ood"].fillna(False).astype(bool).sum())),
         ("with identity terms", int(df["bias_groups"].map(lambda g: len(g) > 0).sum())),
     ]
-    html_cards = "".join(f'<div class="card"><b>{_fmt(v)}</b><span>{_esc(k)}</span></div>' for k, v in cards)
+    html_cards = "".join(
+        f'<div class="card"><b>{_fmt(v)}</b><span>{_esc(k)}</span></div>' for k, v in cards
+    )
     scoring = ""
     if data.scoring:
-        scoring = '<p class="muted">' + _esc(
-            ", ".join(f"{k}: {v}" for k, v in data.scoring.items())
-        ) + "</p>"
+        scoring = (
+            '<p class="muted">'
+            + _esc(", ".join(f"{k}: {v}" for k, v in data.scoring.items()))
+            + "</p>"
+        )
     return _section("summary", "Counts", f'<div class="cards">{html_cards}</div>{scoring}')
 
 
@@ -157,7 +161,11 @@ def _labels(data: ReportData) -> str:
         for k, v in counts.items()
     ]
     table = _table(["label", "records", "share", "label issues"], rows, ["", "num", "num", "num"])
-    return _section("labels", "Label distribution", f'<div class="row"><div>{_png(fig)}</div><div>{table}</div></div>')
+    return _section(
+        "labels",
+        "Label distribution",
+        f'<div class="row"><div>{_png(fig)}</div><div>{table}</div></div>',
+    )
 
 
 def _quality_hist(data: ReportData) -> str:
@@ -216,7 +224,12 @@ def _duplicates(data: ReportData) -> str:
     for cluster, members in list(conflicted.groupby("dup_cluster"))[:30]:
         labels = ", ".join(f"{k}×{v}" for k, v in members["label"].value_counts().items())
         rows.append(
-            [_esc(int(cluster)), _fmt(len(members)), _esc(labels), _esc(_cut(str(members["text"].iloc[0]), 200))]
+            [
+                _esc(int(cluster)),
+                _fmt(len(members)),
+                _esc(labels),
+                _esc(_cut(str(members["text"].iloc[0]), 200)),
+            ]
         )
     n_clusters = int(df["dup_cluster"].dropna().nunique())
     body = (
@@ -257,7 +270,17 @@ def _bias(data: ReportData) -> str:
         for g in groups[:25]
     ]
     body += "<h3>Group ↔ label associations</h3>" + _table(
-        ["group", "label", "count", "group size", "rate in group", "rate elsewhere", "lift", "q (BH)", "significant"],
+        [
+            "group",
+            "label",
+            "count",
+            "group size",
+            "rate in group",
+            "rate elsewhere",
+            "lift",
+            "q (BH)",
+            "significant",
+        ],
         rows,
         ["", "", "num", "num", "num", "num", "num", "num", ""],
     )
@@ -302,7 +325,9 @@ def _embedding_map(data: ReportData) -> str:
     for i, lab in enumerate(sorted(set(labels))):
         m = labels == lab
         ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.5, color=plt.cm.tab10(i % 10), label=lab)
-    ax.scatter(xy[issue, 0], xy[issue, 1], s=14, marker="x", color="#000", lw=0.7, label="label issue")
+    ax.scatter(
+        xy[issue, 0], xy[issue, 1], s=14, marker="x", color="#000", lw=0.7, label="label issue"
+    )
     ax.legend(markerscale=2, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -323,9 +348,9 @@ def render_report(data: ReportData) -> str:
     ]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{_esc(data.title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_esc(data.title)}</h1><p>{_esc(data.project)} · {when}</p></header>"
@@ -344,7 +369,8 @@ def stage_counts(project) -> dict[str, dict[str, Any]]:
 
 
 def build_report(project) -> str:
-    """Re-render ``DIR/score/report.html`` from the score folder (no rescoring); returns the path."""
+    """Re-render ``DIR/score/report.html`` from the score folder (no rescoring); returns the path.
+    """
     import pandas as pd
 
     from thresher.project import atomic_write_text

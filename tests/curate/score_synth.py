@@ -28,4 +28,3 @@ def make_corpus(n: int = 400, flip: float = 0.1, seed: int = 0):
     flipped = rng.random(n) < flip
     noisy = np.where(flipped, np.where(true == "pos", "neg", "pos"), true)
     return texts, noisy.tolist(), true.tolist(), flipped
-

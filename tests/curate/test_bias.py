@@ -102,7 +102,10 @@ def test_slice_table_noise_rates():
     groups = [["g"], ["g"], [], [], ["g"], []]
     labels = ["a", "b", "a", None, "a", "b"]
     issues = [True, False, False, False, True, False]
-    rows = {r["slice"]: r for r in bias.slice_table(groups, labels, issues, [0.1, 0.9, 0.8, np.nan, 0.2, 0.7])}
+    rows = {
+        r["slice"]: r
+        for r in bias.slice_table(groups, labels, issues, [0.1, 0.9, 0.8, np.nan, 0.2, 0.7])
+    }
     assert rows["g"]["size"] == 3 and rows["g"]["noise_rate"] == pytest.approx(2 / 3)
     assert rows["(all)"]["labeled"] == 5 and rows["(all)"]["noise_rate"] == pytest.approx(0.4)
     assert rows["g"]["label_rates"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}

@@ -91,7 +91,9 @@ def test_order_invariance():
 @settings(max_examples=25, deadline=None)
 @given(
     st.lists(st.floats(0.01, 1.0), min_size=6, max_size=30).flatmap(
-        lambda p: st.tuples(st.just(p), st.lists(st.integers(0, 2), min_size=len(p) // 3, max_size=len(p) // 3))
+        lambda p: st.tuples(
+            st.just(p), st.lists(st.integers(0, 2), min_size=len(p) // 3, max_size=len(p) // 3)
+        )
     )
 )
 def test_quality_scores_in_unit_interval(data):
@@ -180,5 +182,7 @@ def test_multiannotator_consensus_and_bad_annotator():
         rows.append(row)
     res = noise.score_multiannotator(rows, probs, classes)
     assert [classes.index(c) for c in res.consensus_label] == truth.tolist()
-    assert res.annotator_quality["mallory"] < min(res.annotator_quality["alice"], res.annotator_quality["bob"])
+    assert res.annotator_quality["mallory"] < min(
+        res.annotator_quality["alice"], res.annotator_quality["bob"]
+    )
     assert np.all((res.consensus_quality >= 0) & (res.consensus_quality <= 1))
