@@ -136,7 +136,7 @@ def ingest_command(
 @click.option(
     "--learners",
     default=None,
-    help="Comma-separated learners from nb,svm,lr,emb [config score.learners: all four].",
+    help="Comma-separated learners from emb,svm,nb,lr [config score.learners: emb,svm].",
 )
 @click.option(
     "--probs-from",

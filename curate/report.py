@@ -369,8 +369,7 @@ def stage_counts(project) -> dict[str, dict[str, Any]]:
 
 
 def build_report(project) -> str:
-    """Re-render ``DIR/score/report.html`` from the score folder (no rescoring); returns the path.
-    """
+    """Re-render ``DIR/score/report.html`` from the score folder (no rescoring); returns it."""
     import pandas as pd
 
     from thresher.project import atomic_write_text

@@ -40,8 +40,8 @@ class ScoreOptions:
     """What the score stage needs from the config (resolved by the caller)."""
 
     folds: int = 5
-    learners: tuple[str, ...] = ("nb", "svm", "lr", "emb")
-    second_pass: bool = True
+    learners: tuple[str, ...] = ("emb", "svm")
+    second_pass: bool = False
     embeddings: bool = True
     model: str = "default"
     bias_lexicon: str | None = None
@@ -72,6 +72,23 @@ class ScoreResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_learners(learners: tuple[str, ...], embeddings: bool) -> tuple[str, ...]:
+    """The learners to run. Without embeddings, ``emb`` is replaced by ``nb`` (naive Bayes on
+    word + character n-grams: a second, differently-biased text view; measured in docs/score.md)."""
+    from curate.noise import ALL_LEARNERS
+
+    unknown = [ln for ln in learners if ln not in ALL_LEARNERS]
+    if unknown:
+        raise InputError(f"unknown learners {unknown}; choose from {', '.join(ALL_LEARNERS)}")
+    if embeddings:
+        return tuple(dict.fromkeys(learners))
+    out = [("nb" if ln == "emb" else ln) for ln in learners]
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise InputError("no learners given; choose from " + ", ".join(ALL_LEARNERS))
+    return tuple(out)
 
 
 def _representatives(df) -> np.ndarray:
@@ -191,9 +208,7 @@ def score(
                     texts, opts.model, cache_dir=project.root / ".cache" / "embeddings",
                     progress=progress,
                 )  # fmt: skip
-        learners = tuple(ln for ln in opts.learners if opts.embeddings or ln != "emb")
-        if not learners:
-            raise InputError("no learners left (with --no-embeddings, 'emb' is dropped)")
+        learners = resolve_learners(opts.learners, opts.embeddings)
         nopts = noise.NoiseOptions(
             folds=opts.folds, learners=learners, second_pass=opts.second_pass, seed=opts.seed
         )

@@ -124,6 +124,14 @@ def test_dedup_input_scores_representatives_and_carries_clusters(tmp_path):
     assert "1 with members that disagree" in html
 
 
+def test_fast_mode_replaces_emb_with_nb():
+    from curate.score import resolve_learners
+
+    assert resolve_learners(("emb", "svm"), embeddings=False) == ("nb", "svm")
+    assert resolve_learners(("emb", "svm"), embeddings=True) == ("emb", "svm")
+    assert resolve_learners(("nb", "emb"), embeddings=False) == ("nb",)
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(StageMissingError, match="curate ingest"):
         score(Project.at(tmp_path / "empty"), FAST)
@@ -141,9 +149,9 @@ def test_cli_score_fast_mode(tmp_path):
         and summary["label_issues"] > 0
     )
     out = CliRunner().invoke(
-        main, ["curate", "score", "-p", str(project.root), "--no-embeddings", "--learners", "emb"]
+        main, ["curate", "score", "-p", str(project.root), "--no-embeddings", "--learners", "bogus"]
     )
-    assert out.exit_code == 1 and "no learners" in out.output
+    assert out.exit_code == 1 and "unknown learners" in out.output
 
 
 @pytest.mark.slow
