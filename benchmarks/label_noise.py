@@ -83,8 +83,9 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--learners", default="nb,svm,lr,emb")
-    parser.add_argument("--no-second-pass", action="store_true")
+    parser.add_argument("--learners", default="emb,svm", help="the score stage default")
+    parser.add_argument("--second-pass", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -106,7 +107,11 @@ def main() -> None:
     embed_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     opts = NoiseOptions(
-        folds=args.folds, learners=learners, second_pass=not args.no_second_pass, seed=args.seed
+        folds=args.folds,
+        repeats=args.repeats,
+        learners=learners,
+        second_pass=args.second_pass,
+        seed=args.seed,
     )
     res = score_label_noise(texts, labels, opts, embeddings=embeddings)
     ours = metrics(flipped, res.label_quality, res.label_issue, time.perf_counter() - t1)

@@ -180,6 +180,7 @@ def score_command(
     section = config.section("score")
     opts = ScoreOptions(
         folds=int(section["folds"]),
+        repeats=int(section["repeats"]),
         learners=tuple(str(x).strip() for x in section["learners"]),
         second_pass=bool(section["second_pass"]),
         embeddings=bool(section["embeddings"]),

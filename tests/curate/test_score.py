@@ -14,7 +14,7 @@ from thresher.cli import main
 from thresher.errors import StageMissingError
 from thresher.project import Project
 
-FAST = ScoreOptions(embeddings=False, learners=("nb", "lr"), folds=4)
+FAST = ScoreOptions(embeddings=False, learners=("nb", "svm"), folds=4, repeats=1)
 SCRIPT = '<script>alert("x")</script> <b>bold</b> she was great'
 COLUMNS = {
     "label_quality",
@@ -97,7 +97,9 @@ def test_rerun_is_noop_and_force_redoes(tmp_path):
     score(project, FAST)
     assert score(project, FAST).noop
     assert not score(project, FAST, force=True).noop
-    assert not score(project, ScoreOptions(embeddings=False, learners=("nb",), folds=4)).noop
+    assert not score(
+        project, ScoreOptions(embeddings=False, learners=("nb",), folds=4, repeats=1)
+    ).noop
 
 
 def test_dedup_input_scores_representatives_and_carries_clusters(tmp_path):
@@ -140,12 +142,12 @@ def test_missing_input_is_a_clear_error(tmp_path):
 def test_cli_score_fast_mode(tmp_path):
     project, _ = _project(tmp_path, n=150)
     args = ["curate", "score", "-p", str(project.root), "--no-embeddings", "--folds", "3", "--json"]
-    out = CliRunner().invoke(main, [*args, "--learners", "nb,lr"])
+    out = CliRunner().invoke(main, [*args, "--learners", "nb,svm"])
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output)
     assert (
         summary["folds"] == 3
-        and summary["learners"] == ["nb", "lr"]
+        and summary["learners"] == ["nb", "svm"]
         and summary["label_issues"] > 0
     )
     out = CliRunner().invoke(
