@@ -235,9 +235,16 @@ def score(
                 label_quality=res.label_quality, alpha=opts.bias_alpha,
                 min_count=opts.bias_min_count,
             )  # fmt: skip
-        multi = None
+        multi, annotator_quality = None, {}
         if annotations:
-            multi = _score_annotations(reps["id"].tolist(), annotations, res, noise)
+            multi, annotator_quality = _score_annotations(
+                reps["id"].tolist(), annotations, res, noise
+            )
+            if annotator_quality:
+                run.path("annotators.json").write_text(
+                    json.dumps({"annotator_quality": annotator_quality}, indent=2) + "\n",
+                    encoding="utf-8",
+                )
 
         # Carry representatives' results to every row (cluster members included).
         full = _expand(df, rep, reps, res, out_score, near_ood, groups, coords)
@@ -310,10 +317,10 @@ def _score_annotations(ids, annotations, res, noise):
 
     pos = [i for i, rid in enumerate(ids) if str(rid) in annotations]
     if not pos:
-        return None
+        return None, {}
     rows = [annotations[str(ids[i])] for i in pos]
     multi = noise.score_multiannotator(rows, res.pred_probs[pos], res.classes)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "id": [ids[i] for i in pos],
             "consensus_label": multi.consensus_label,
@@ -321,6 +328,7 @@ def _score_annotations(ids, annotations, res, noise):
             "annotator_agreement": multi.annotator_agreement,
         }
     )
+    return frame, multi.annotator_quality
 
 
 def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):

@@ -190,3 +190,24 @@ def test_multiannotator_consensus_and_bad_annotator():
         res.annotator_quality["alice"], res.annotator_quality["bob"]
     )
     assert np.all((res.consensus_quality >= 0) & (res.consensus_quality <= 1))
+
+
+def test_three_classes_planted_noise():
+    rng = np.random.default_rng(11)
+    vocab = {
+        "a": "apple banana cherry grape lemon".split(),
+        "b": "engine wheel brake clutch piston".split(),
+        "c": "violin cello flute oboe trumpet".split(),
+    }
+    filler = "the a of and with from this that".split()
+    true = rng.choice(list(vocab), size=240)
+    texts = [" ".join([*rng.choice(vocab[t], size=2), *rng.choice(filler, size=4)]) for t in true]
+    flipped = rng.random(len(true)) < 0.1
+    labels = [
+        str(rng.choice([c for c in vocab if c != t])) if f else str(t)
+        for t, f in zip(true, flipped, strict=True)
+    ]
+    res = score_label_noise(texts, labels, FAST)
+    assert res.pred_probs.shape == (240, 3) and res.classes == ["a", "b", "c"]
+    precision, recall = _prf(res.label_issue, flipped)
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall)

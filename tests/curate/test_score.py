@@ -190,3 +190,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
         "Embedding map",
     ):
         assert title in dom
+
+
+def test_multiannotator_labels_from_review_are_scored(tmp_path):
+    project, _ = _project(tmp_path, n=120, flip=0.0)
+    df = pd.read_parquet(project.records_path("ingest"))
+    rows = df.head(30)
+    other = {"pos": "neg", "neg": "pos"}
+    ann = pd.DataFrame(
+        {
+            "id": rows["id"],
+            "annotator_labels": [
+                json.dumps({"ann1": lab, "ann2": lab, "bad": other[lab] if i % 2 else lab})
+                for i, lab in enumerate(rows["label"])
+            ],
+        }
+    )
+    (project.root / "review").mkdir()
+    ann.to_parquet(project.root / "review" / "annotations.parquet")
+    score(project, FAST)
+    out = pd.read_parquet(project.records_path("score")).set_index("id")
+    scored = out.loc[rows["id"]]
+    assert (scored["consensus_label"] == rows.set_index("id")["label"]).all()
+    assert scored["consensus_quality"].between(0, 1).all()
+    assert out["consensus_label"].isna().sum() == len(out) - 30
+    quality = json.loads((project.stage_dir("score") / "annotators.json").read_text())
+    assert quality["annotator_quality"]["bad"] < quality["annotator_quality"]["ann1"]
