@@ -174,30 +174,40 @@ class _RecordWriter:
         self._schema = record_schema()
         self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
         self._batch_size = batch_size
-        self._cols: dict[str, list[Any]] = {name: [] for name in self._schema.names}
+        self._rows: list[tuple[Any, ...]] = []
 
     def add(self, values: tuple[Any, ...]) -> None:
-        for name, value in zip(self._schema.names, values, strict=True):
-            self._cols[name].append(value)
-        if len(self._cols["id"]) >= self._batch_size:
+        self._rows.append(values)
+        if len(self._rows) >= self._batch_size:
             self.flush()
 
     def flush(self) -> None:
         import pyarrow as pa
 
-        if self._cols["id"]:
-            self._writer.write_table(pa.table(self._cols, schema=self._schema))
-            self._cols = {name: [] for name in self._schema.names}
+        if self._rows:
+            columns = [
+                pa.array(list(values), type=f.type)
+                for f, values in zip(self._schema, zip(*self._rows, strict=True), strict=True)
+            ]
+            self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+            self._rows = []
 
     def close(self) -> None:
         self.flush()
         self._writer.close()
 
 
-def _metadata_json(data: dict[str, Any], opts: IngestOptions) -> str:
-    skip = {opts.text_col, opts.label_col, opts.id_col}
+def metadata_json(data: dict[str, Any], skip: frozenset[str | None]) -> str:
+    """Every field not in ``skip`` as a JSON object string (keys sorted)."""
     extra = {k: v for k, v in data.items() if k not in skip}
-    return json.dumps(extra, ensure_ascii=False, default=str, sort_keys=True)
+    if not extra:
+        return "{}"
+    try:
+        import orjson
+
+        return orjson.dumps(extra, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    except (ImportError, TypeError):  # non-string keys or no orjson: the stdlib handles both
+        return json.dumps(extra, ensure_ascii=False, default=str, sort_keys=True)
 
 
 def _check_columns(source: Source, opts: IngestOptions) -> None:
@@ -252,6 +262,7 @@ def ingest(
         project, STAGE, stage_fp, inputs=inputs, config=config, packages=("pyarrow",)
     ) as run:
         ids = _IdRegistry()
+        skip = frozenset({opts.text_col, opts.label_col, opts.id_col})
         writer = _RecordWriter(run.path("records.parquet"), opts.batch_size)
         by_reason: Counter[str] = Counter()
         labels: Counter[str] = Counter()
@@ -263,7 +274,7 @@ def ingest(
         ):
             for source in sources:
                 rows_in = kept = 0
-                saw_text_col = False
+                objects = with_text_col = 0
                 for row in read_rows(source, opts.batch_size):
                     rows_in += 1
                     where = f"{source.name}:{row.row}"
@@ -271,7 +282,8 @@ def ingest(
                         if row.error is not None:
                             raise Rejection(*row.error)
                         assert row.data is not None
-                        saw_text_col = saw_text_col or opts.text_col in row.data
+                        objects += 1
+                        with_text_col += opts.text_col in row.data
                         text, label, raw_id, cleaned = validate_row(row.data, opts)
                         rid = ids.assign(raw_id, text, where)
                     except Rejection as rejection:
@@ -289,11 +301,11 @@ def ingest(
                     kept += 1
                     if label is not None:
                         labels[label] += 1
-                    meta = _metadata_json(row.data, opts)
+                    meta = metadata_json(row.data, skip)
                     writer.add((rid, text, label, source.name, row.row, meta))
                     if progress is not None and rows_in % 10_000 == 0:
                         progress(10_000)
-                if rows_in and kept == 0 and not saw_text_col and source.format == "jsonl":
+                if objects and not with_text_col and source.format == "jsonl":
                     raise InputError(
                         f"{source.path}: no row has a {opts.text_col!r} field; pass --text-col NAME"
                     )

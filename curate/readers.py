@@ -14,7 +14,7 @@ import io
 import json
 import lzma
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +35,11 @@ _SUFFIX_FORMAT = {
 }
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 RAW_CUT = 500
+
+try:  # orjson parses JSON Lines several times faster; the stdlib is the fallback
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency, but stay usable without it
+    _fast_loads = json.loads
 
 
 @dataclass(frozen=True)
@@ -156,16 +161,25 @@ def columns_of(source: Source) -> list[str] | None:
 # --- JSON Lines -------------------------------------------------------------------------------
 
 
+def _is_json_suffix(path: Path) -> bool:
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] == ".json"
+
+
 def _read_jsonl(source: Source, batch_size: int) -> Iterator[RawRow]:
+    """JSON Lines; a ``.json`` file holding one JSON array of objects is read whole."""
     with _open_binary(source.path) as fh:
-        head = fh.read(1 << 16)
-        stripped = head.lstrip()
-        if stripped.startswith(b"\xef\xbb\xbf"):
-            stripped = stripped[3:].lstrip()
-        if stripped.startswith(b"["):
-            yield from _read_json_array(source, head + fh.read())
-            return
-        stream = io.BufferedReader(_Prefixed(head, fh)) if head else fh
+        if _is_json_suffix(source.path):
+            blob = fh.read()
+            items = _json_array(blob)
+            if items is not None:
+                yield from _rows_of_array(items)
+                return
+            stream: Iterable[bytes] = io.BytesIO(blob)
+        else:
+            stream = fh
         for lineno, line in enumerate(stream, start=1):
             if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
@@ -174,68 +188,46 @@ def _read_jsonl(source: Source, batch_size: int) -> Iterator[RawRow]:
             yield _parse_json_line(lineno, line)
 
 
-def _parse_json_line(lineno: int, line: bytes) -> RawRow:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raw = cut(line.decode("utf-8", errors="replace").rstrip("\r\n"))
-        return RawRow(lineno, None, ("invalid_utf8", f"invalid UTF-8 at byte {err.start}"), raw)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        return RawRow(
-            lineno,
-            None,
-            ("malformed_json", f"malformed JSON: {err.msg} at column {err.colno}"),
-            cut(text.rstrip("\r\n")),
-        )
-    if not isinstance(obj, dict):
-        return RawRow(
-            lineno,
-            None,
-            ("not_an_object", f"not a JSON object (got {type(obj).__name__})"),
-            cut(text.rstrip("\r\n")),
-        )
-    return RawRow(lineno, obj, None, "")
-
-
-def _read_json_array(source: Source, blob: bytes) -> Iterator[RawRow]:
+def _json_array(blob: bytes) -> list | None:
+    if not blob.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        return None
     try:
         items = json.loads(blob.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"{source.path}: a JSON array file must be valid UTF-8 JSON as a whole ({err}); "
-            "convert it to JSON Lines to quarantine bad rows one by one"
-        ) from err
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not one array after all: read it line by line, row errors quarantined
+    return items if isinstance(items, list) else None
+
+
+def _rows_of_array(items: list) -> Iterator[RawRow]:
     for index, obj in enumerate(items, start=1):
         if isinstance(obj, dict):
             yield RawRow(index, obj)
         else:
+            detail = f"not a JSON object (got {type(obj).__name__})"
             raw = cut(json.dumps(obj, ensure_ascii=False, default=str))
-            yield RawRow(
-                index, None, ("not_an_object", f"not a JSON object (got {type(obj).__name__})"), raw
-            )
+            yield RawRow(index, None, ("not_an_object", detail), raw)
 
 
-class _Prefixed(io.RawIOBase):
-    """A binary stream that replays already-read bytes before the rest of ``fh``."""
-
-    def __init__(self, prefix: bytes, fh: BinaryIO) -> None:
-        self._prefix = memoryview(prefix)
-        self._fh = fh
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._fh.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def _parse_json_line(lineno: int, line: bytes) -> RawRow:
+    try:
+        obj = _fast_loads(line)  # fast path; any failure is classified by the stdlib below
+    except ValueError:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raw = cut(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+            detail = f"invalid UTF-8 at byte {err.start}"
+            return RawRow(lineno, None, ("invalid_utf8", detail), raw)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            detail = f"malformed JSON: {err.msg} at column {err.colno}"
+            return RawRow(lineno, None, ("malformed_json", detail), cut(text.rstrip("\r\n")))
+    if not isinstance(obj, dict):
+        detail = f"not a JSON object (got {type(obj).__name__})"
+        raw = cut(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+        return RawRow(lineno, None, ("not_an_object", detail), raw)
+    return RawRow(lineno, obj, None, "")
 
 
 # --- CSV / TSV --------------------------------------------------------------------------------

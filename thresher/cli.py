@@ -46,8 +46,14 @@ def init_command(directory: str, force: bool) -> None:
 
 def _register() -> None:
     from curate.cli import curate
+    from loop.cli import simulate_command
 
     main.add_command(curate)
+    main.add_command(simulate_command)
+
+    from review.cli import review
+
+    main.add_command(review)
 
 
 _register()

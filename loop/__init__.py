@@ -1,0 +1,1 @@
+"""The active-learning loop: query strategies, learners, the simulator and resumable rounds."""

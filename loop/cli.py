@@ -1,0 +1,108 @@
+"""``thresher simulate`` (thin: parse, call the library, print). ``thresher round`` is wired by
+the lead once review/tune land (see docs/loop.md)."""
+
+from __future__ import annotations
+
+import click
+
+from thresher.cli_common import emit, force_option, json_option, progress_bar, project_option
+
+
+@click.command("simulate")
+@project_option
+@click.option("--rounds", type=int, default=None, help="Rounds after the seed set [10].")
+@click.option("--size", type=int, default=None, help="Records labelled per round [50].")
+@click.option("--seed-size", type=int, default=None, help="Initial random labels [= --size].")
+@click.option(
+    "--strategies",
+    default=None,
+    help="Comma-separated: margin, entropy, least-confidence, random, NAME+kmeans, "
+    "NAME+coreset [margin,entropy,random].",
+)
+@click.option("--seeds", type=int, default=None, help="Repeats with different seed sets [3].")
+@click.option(
+    "--learner",
+    type=click.Choice(["fast", "tfidf"]),
+    default=None,
+    help="fast: embeddings + logistic regression; tfidf: TF-IDF + LR [fast].",
+)
+@click.option("--noise", type=float, default=None, help="Oracle annotator error rate [0.0].")
+@click.option("--test-fraction", type=float, default=None, help="Fixed test split [0.2].")
+@force_option
+@json_option
+def simulate_command(
+    project_dir: str,
+    rounds: int | None,
+    size: int | None,
+    seed_size: int | None,
+    strategies: str | None,
+    seeds: int | None,
+    learner: str | None,
+    noise: float | None,
+    test_fraction: float | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Simulate active learning with an oracle annotator (the data's gold labels).
+
+    \b
+    Reads the project's labelled records (score > dedup > ingest), repeats each strategy
+    over several seeds, and writes DIR/simulate/: curves.csv, learning_curves.png,
+    summary.json (AULC per strategy, mean ± std over seeds) and manifest.json.
+    Example:
+      thresher curate ingest --demo -p proj
+      thresher simulate -p proj --rounds 10 --size 50 --strategies margin,entropy,random --seeds 3
+    """
+    from loop.simulate import SimulateOptions, run_simulation
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides(
+        {
+            "simulate.rounds": rounds,
+            "simulate.size": size,
+            "simulate.seed_size": seed_size,
+            "simulate.strategies": strategies,
+            "simulate.seeds": seeds,
+            "simulate.learner": learner,
+            "simulate.noise": noise,
+            "simulate.test_fraction": test_fraction,
+        }
+    )
+    section = config.section("simulate")
+    names = section["strategies"]
+    if isinstance(names, str):
+        names = [s for s in (part.strip() for part in names.split(",")) if s]
+    opts = SimulateOptions(
+        rounds=int(section["rounds"]),
+        size=int(section["size"]),
+        seed_size=int(section["seed_size"]) if section["seed_size"] is not None else None,
+        strategies=tuple(names),
+        seeds=int(section["seeds"]),
+        seed=int(config.get("seed")),
+        noise=float(section["noise"]),
+        test_fraction=float(section["test_fraction"]),
+        learner=str(section["learner"]),
+        embedding_model=str(config.get("models.embedding")),
+        target=float(section["target"]),
+        diversity_factor=int(config.get("loop.diversity_factor")),
+    )
+    with progress_bar(len(opts.strategies) * opts.seeds, desc="simulate", unit="runs") as bar:
+        result = run_simulation(project, opts, force=force, progress=bar.update)
+    lines = []
+    if result.noop:
+        lines.append("simulate is up to date (inputs and options unchanged); --force redoes it")
+    lines.append(
+        f"pool {result.pool_size}, test {result.test_size}, full-data macro-F1 "
+        f"{result.full_macro_f1:.4f}"
+    )
+    for name in opts.strategies:
+        need = result.labels_to_target.get(name)
+        reach = f"{need} labels" if need is not None else "not reached"
+        lines.append(
+            f"  {name:<20} AULC {result.aulc[name]:.4f} ± {result.aulc_std[name]:.4f}"
+            f"   {opts.target:.0%} of full F1: {reach}"
+        )
+    lines.append(f"curves and plot in {result.path}")
+    emit(result.to_dict(), as_json, lines)

@@ -1,0 +1,340 @@
+"""Ready-made round steps for the parts the loop owns, and stand-ins for review's pull/push.
+
+Each factory returns a ``Step`` (``ctx -> outputs``) for ``loop.rounds.RoundRunner``. Steps talk
+through files in ``DIR/rounds/<k>/<step>/`` (the contract review and tune steps follow too):
+
+- pull     → ``annotations.parquet``: id, label — every human label known so far
+- rebuild  → ``labeled.parquet``: id, text, label, split (train|test); ``pool.parquet``: id, text
+- train    → the model (``learner.pkl``, or a learner's own ``save(dir)`` files)
+- eval     → outputs ``{macro_f1, accuracy, n_test}`` on the fixed test split
+- predict  → ``predictions.parquet``: id, split (pool|labeled), label, predicted_label,
+             predicted_prob, probs (list, columns in ``classes`` order)
+- select   → ``selection.parquet``: id, text, reason (uncertain|diverse|random|model-error|
+             conflict), priority (1 = first), score, suggestion, suggestion_score, round
+- push     → outputs ``{dataset, sent, unchanged, failed}``
+
+The test split is fixed: round 1 puts a stable ``test_fraction`` of the labelled ids (by id
+hash) in it; later rounds reuse exactly those ids, so metrics are comparable across rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loop.errors import LearnerError, RoundStateError
+from loop.learners import Learner
+from loop.rounds import Step, StepContext
+from loop.strategies import Diverse, get_strategy, reason_of, rereview
+
+log = logging.getLogger(__name__)
+
+LearnerFactory = Callable[[Sequence[str], StepContext], Learner]
+
+
+def _read(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise RoundStateError(f"{path} not found; the step that writes it has not run")
+    return pd.read_parquet(path)
+
+
+def in_test_split(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """Stable membership of each id in the test split (a hash bucket, not random state)."""
+    cut = int(fraction * 10_000)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=4).digest(), "big") % 10_000
+            < cut
+            for i in ids
+        ],
+        dtype=bool,
+    )
+
+
+def load_project_records(ctx: StepContext):
+    """Curated records (score > dedup > ingest; representatives only): id, text, label."""
+    import pandas as pd
+
+    stage, path = ctx.project.latest_records(["score", "dedup", "ingest"])
+    frame = pd.read_parquet(path)
+    if "is_representative" in frame.columns:
+        frame = frame[frame["is_representative"].fillna(True).astype(bool)]
+    return frame.reset_index(drop=True)
+
+
+def rebuild_step(
+    records: Callable[[StepContext], Any] = load_project_records, *, test_fraction: float = 0.2
+) -> Step:
+    """Merge the curated records with pull's annotations (annotation wins) and split them."""
+
+    def rebuild(ctx: StepContext) -> dict[str, Any]:
+        frame = records(ctx)
+        # cleanlab's label_issue (score stage) rides along so select can send those to re-review
+        keep = ["id", "text", "label"] + (["label_issue"] if "label_issue" in frame else [])
+        frame = frame[keep].copy()
+        ann_path = ctx.step_dir("pull") / "annotations.parquet"
+        if ann_path.exists():
+            ann = _read(ann_path)
+            if len(ann):
+                override = dict(zip(ann["id"], ann["label"], strict=True))
+                frame["label"] = [
+                    override.get(i, lab) for i, lab in zip(frame["id"], frame["label"], strict=True)
+                ]
+        labeled = frame[frame["label"].notna()].copy()
+        pool = frame[frame["label"].isna()][["id", "text"]]
+        prev = ctx.previous_step_dir("rebuild")
+        test_ids: set[str] | None = None
+        if prev is not None and (prev / "labeled.parquet").exists():
+            old = _read(prev / "labeled.parquet")
+            test_ids = set(old.loc[old["split"] == "test", "id"])
+        if test_ids:
+            is_test = labeled["id"].isin(test_ids).to_numpy()
+        else:
+            is_test = in_test_split(labeled["id"].tolist(), test_fraction)
+        labeled["split"] = np.where(is_test, "test", "train")
+        labeled.to_parquet(ctx.work_dir / "labeled.parquet", index=False)
+        pool.to_parquet(ctx.work_dir / "pool.parquet", index=False)
+        return {
+            "labeled": int(len(labeled)),
+            "train": int((~is_test).sum()),
+            "test": int(is_test.sum()),
+            "pool": int(len(pool)),
+            "classes": sorted(labeled["label"].astype(str).unique().tolist()),
+        }
+
+    return rebuild
+
+
+def save_learner(learner: Learner, folder: Path) -> None:
+    """``learner.save(folder)`` when it has one (tune's LoRA learner), else a pickle."""
+    if hasattr(learner, "save"):
+        learner.save(folder)
+        cls = type(learner)
+        (folder / "learner.json").write_text(
+            json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}"}), encoding="utf-8"
+        )
+    else:
+        with open(folder / "learner.pkl", "wb") as fh:
+            pickle.dump(learner, fh)
+
+
+def load_learner(folder: Path) -> Learner:
+    """Inverse of ``save_learner`` (``Class.load(folder)`` or the pickle)."""
+    import importlib
+
+    meta = folder / "learner.json"
+    if meta.exists():
+        module, _, name = json.loads(meta.read_text(encoding="utf-8"))["class"].partition(":")
+        return getattr(importlib.import_module(module), name).load(folder)
+    path = folder / "learner.pkl"
+    if not path.exists():
+        raise LearnerError(f"no trained model in {folder}; rerun the round's train step")
+    with open(path, "rb") as fh:
+        return pickle.load(fh)  # our own file, written by save_learner
+
+
+def train_step(factory: LearnerFactory) -> Step:
+    """Fit ``factory(classes, ctx)`` on the train split; save it in the step folder."""
+
+    def train(ctx: StepContext) -> dict[str, Any]:
+        labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
+        train_rows = labeled[labeled["split"] == "train"]
+        if train_rows.empty:
+            raise LearnerError(
+                f"no labelled training records in {ctx.step_dir('rebuild')}; "
+                "label a seed set (ingest labels or annotate) first"
+            )
+        classes = ctx.outputs["rebuild"]["classes"]
+        learner = factory(classes, ctx)
+        learner.fit(train_rows["text"].tolist(), train_rows["label"].astype(str).tolist())
+        save_learner(learner, ctx.work_dir)
+        return {"n_train": int(len(train_rows)), "classes": list(learner.classes)}
+
+    return train
+
+
+def eval_step() -> Step:
+    """Macro-F1 and accuracy of the trained model on the fixed test split (high = better)."""
+
+    def evaluate(ctx: StepContext) -> dict[str, Any]:
+        from loop.simulate import macro_f1
+
+        labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
+        test = labeled[labeled["split"] == "test"]
+        if test.empty:
+            return {"macro_f1": None, "accuracy": None, "n_test": 0}
+        learner = load_learner(ctx.step_dir("train"))
+        index = {c: i for i, c in enumerate(learner.classes)}
+        known = test["label"].astype(str).isin(index)
+        test = test[known]
+        y = np.array([index[lab] for lab in test["label"].astype(str)])
+        f1, acc = macro_f1(y, learner.predict_proba(test["text"].tolist()))
+        return {"macro_f1": round(f1, 6), "accuracy": round(acc, 6), "n_test": int(len(test))}
+
+    return evaluate
+
+
+def predict_step() -> Step:
+    """Class probabilities on the unlabelled pool and on the labelled set."""
+
+    def predict(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
+        pool = _read(ctx.step_dir("rebuild") / "pool.parquet")
+        learner = load_learner(ctx.step_dir("train"))
+        frames = []
+        for split, part in (("pool", pool), ("labeled", labeled)):
+            if part.empty:
+                continue
+            probs = learner.predict_proba(part["text"].tolist())
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "id": part["id"].to_numpy(),
+                        "split": split,
+                        "label": part["label"].to_numpy() if "label" in part else None,
+                        "predicted_label": np.asarray(learner.classes)[probs.argmax(axis=1)],
+                        "predicted_prob": probs.max(axis=1),
+                        "probs": list(probs),
+                    }
+                )
+            )
+        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        out.to_parquet(ctx.work_dir / "predictions.parquet", index=False)
+        (ctx.work_dir / "classes.json").write_text(json.dumps(list(learner.classes)))
+        return {"pool": int(len(pool)), "labeled": int(len(labeled))}
+
+    return predict
+
+
+def select_step(
+    strategy: str,
+    size: int,
+    *,
+    rereview_threshold: float = 0.9,
+    rereview_size: int = 0,
+    diversity_factor: int = 10,
+    embed: Callable[[Sequence[str], StepContext], np.ndarray] | None = None,
+    seed: int = 0,
+) -> Step:
+    """Pick ``size`` pool records with ``strategy`` and up to ``rereview_size`` labelled records
+    a confident model disputes; write them, in priority order, to ``selection.parquet``."""
+
+    def select(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        preds = _read(ctx.step_dir("predict") / "predictions.parquet")
+        classes = json.loads((ctx.step_dir("predict") / "classes.json").read_text())
+        texts, issues = {}, {}
+        for name in ("labeled.parquet", "pool.parquet"):
+            part = _read(ctx.step_dir("rebuild") / name)
+            texts.update(zip(part["id"], part["text"], strict=True))
+            if "label_issue" in part:
+                flags = part["label_issue"].fillna(False).astype(bool)
+                issues.update(zip(part["id"], flags, strict=True))
+        pool = preds[preds["split"] == "pool"]
+        rows = []
+        if len(pool):
+            probs = np.stack(pool["probs"].to_numpy())
+            strat = get_strategy(strategy, factor=diversity_factor)
+            emb = lab_emb = None
+            if isinstance(strat, Diverse):
+                fn = embed or _project_embeddings
+                emb = fn([texts[i] for i in pool["id"]], ctx)
+            picked = strat(
+                probs, size, embeddings=emb, labeled_embeddings=lab_emb, seed=seed + ctx.round
+            )
+            reason = reason_of(strategy)
+            for pos in picked:
+                rows.append(
+                    (pool["id"].iloc[pos], reason, 1.0 - float(probs[pos].max()), probs[pos])
+                )
+        labeled = preds[preds["split"] == "labeled"]
+        if rereview_size and len(labeled):
+            probs = np.stack(labeled["probs"].to_numpy())
+            index = {c: i for i, c in enumerate(classes)}
+            y = np.array([index.get(str(lab), -1) for lab in labeled["label"]])
+            flagged = np.array([issues.get(i, False) for i in labeled["id"]], dtype=bool)
+            rr = rereview(probs, y, rereview_size, threshold=rereview_threshold, flagged=flagged)
+            for pos, why, score in zip(rr.positions, rr.reasons, rr.scores, strict=True):
+                rows.append((labeled["id"].iloc[pos], why, float(score), probs[pos]))
+        out = pd.DataFrame(
+            {
+                "id": [r[0] for r in rows],
+                "text": [texts[r[0]] for r in rows],
+                "reason": [r[1] for r in rows],
+                "priority": np.arange(1, len(rows) + 1),
+                "score": [r[2] for r in rows],
+                "suggestion": [classes[int(np.argmax(r[3]))] for r in rows],
+                "suggestion_score": [float(np.max(r[3])) for r in rows],
+                "round": ctx.round,
+            }
+        )
+        out.to_parquet(ctx.work_dir / "selection.parquet", index=False)
+        by_reason = out["reason"].value_counts().to_dict() if len(out) else {}
+        return {"selected": int(len(out)), "by_reason": by_reason, "strategy": strategy}
+
+    return select
+
+
+def _project_embeddings(texts: Sequence[str], ctx: StepContext) -> np.ndarray:
+    from curate.embeddings import embed_texts
+
+    model = ctx.options.get("embedding_model", "default")
+    return embed_texts(texts, model, cache_dir=ctx.project.root / ".cache" / "embeddings")
+
+
+# --- stand-ins for review's pull/push (simulation, benchmarks, tests) ------------------------
+
+
+def oracle_pull_step(gold: Mapping[str, str]) -> Step:
+    """Annotate what the previous round selected with ``gold`` labels (an oracle annotator);
+    carries earlier annotations forward. ``annotations.parquet``: id, label."""
+
+    def pull(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        frames = []
+        prev_pull = ctx.previous_step_dir("pull")
+        if prev_pull is not None and (prev_pull / "annotations.parquet").exists():
+            frames.append(_read(prev_pull / "annotations.parquet"))
+        new = 0
+        prev_select = ctx.previous_step_dir("select")
+        if prev_select is not None and (prev_select / "selection.parquet").exists():
+            sel = _read(prev_select / "selection.parquet")
+            ids = [i for i in sel["id"] if i in gold]
+            frames.append(pd.DataFrame({"id": ids, "label": [gold[i] for i in ids]}))
+            new = len(ids)
+        ann = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame({"id": pd.Series(dtype=str), "label": pd.Series(dtype=str)})
+        )
+        ann = ann.drop_duplicates("id", keep="last")
+        ann.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
+        return {"annotations": int(len(ann)), "new": new}
+
+    return pull
+
+
+def file_push_step() -> Step:
+    """Write the selection to ``push/sent.jsonl`` instead of Argilla (same summary keys)."""
+
+    def push(ctx: StepContext) -> dict[str, Any]:
+        sel = _read(ctx.step_dir("select") / "selection.parquet")
+        with open(ctx.work_dir / "sent.jsonl", "w", encoding="utf-8") as fh:
+            for rec in sel.to_dict(orient="records"):
+                fh.write(json.dumps(rec, default=str) + "\n")
+        return {"dataset": "file", "sent": int(len(sel)), "unchanged": 0, "failed": 0}
+
+    return push

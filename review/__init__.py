@@ -1,0 +1,1 @@
+"""Review in Argilla: an embedded server, push with priority, pull with agreement."""

@@ -1,0 +1,220 @@
+"""Agreement between annotators and consensus labels: pure functions over label tables.
+
+A label table is a list of items, each a list of the labels its annotators gave (``None`` or a
+missing entry means the annotator did not label the item). Labels are any hashable values.
+
+Score directions: every agreement score here is *higher = more agreement*. Krippendorff's alpha
+and Fleiss' kappa are 1 for perfect agreement, about 0 for chance-level agreement and below 0 for
+systematic disagreement; ``nan`` when undefined (fewer than two labels per item, or one category).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Label = Hashable
+
+
+def _present(values: Sequence[Label | None]) -> list[Label]:
+    return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def krippendorff_alpha_nominal(items: Sequence[Sequence[Label | None]]) -> float:
+    """Krippendorff's alpha for nominal data (1 = perfect, 0 = chance, < 0 = worse than chance).
+
+    Items with fewer than two labels are not pairable and are ignored. ``nan`` when fewer than two
+    pairable labels remain or only one category is used (expected disagreement is zero).
+    """
+    coincidences: Counter[tuple[Label, Label]] = Counter()
+    for values in items:
+        present = _present(values)
+        m = len(present)
+        if m < 2:
+            continue
+        counts = Counter(present)
+        for c, n_c in counts.items():
+            for k, n_k in counts.items():
+                pairs = n_c * (n_k - 1) if c == k else n_c * n_k
+                if pairs:
+                    coincidences[(c, k)] += pairs / (m - 1)
+    totals: Counter[Label] = Counter()
+    for (c, _k), o in coincidences.items():
+        totals[c] += o
+    n = sum(totals.values())
+    if n < 2:
+        return math.nan
+    observed = sum(o for (c, k), o in coincidences.items() if c != k)
+    expected = (n * n - sum(v * v for v in totals.values())) / (n - 1)
+    if expected == 0:
+        return math.nan
+    return 1.0 - observed / expected
+
+
+def fleiss_kappa(items: Sequence[Sequence[Label | None]]) -> float:
+    """Fleiss' kappa, generalised to a varying number of raters per item.
+
+    Per item i with n_i >= 2 labels: P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1)); category shares
+    p_j are pooled over those items; kappa = (mean P_i - sum p_j^2) / (1 - sum p_j^2).
+    ``nan`` when no item has two labels or only one category is used.
+    """
+    per_item: list[float] = []
+    pooled: Counter[Label] = Counter()
+    for values in items:
+        present = _present(values)
+        n_i = len(present)
+        if n_i < 2:
+            continue
+        counts = Counter(present)
+        per_item.append((sum(c * c for c in counts.values()) - n_i) / (n_i * (n_i - 1)))
+        pooled.update(counts)
+    if not per_item:
+        return math.nan
+    total = sum(pooled.values())
+    p_e = sum((c / total) ** 2 for c in pooled.values())
+    if p_e >= 1.0:
+        return math.nan
+    p_bar = sum(per_item) / len(per_item)
+    return (p_bar - p_e) / (1.0 - p_e)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """Majority consensus of one item.
+
+    ``label`` is None when nobody labelled the item or the top labels tie (``tie`` is then True for
+    a tie). ``agreement`` is the share of the item's labels equal to the majority label (0..1,
+    higher = more agreement); ``disagreement`` is True when annotators gave different labels.
+    """
+
+    label: Label | None
+    n_annotators: int
+    agreement: float
+    tie: bool
+    disagreement: bool
+
+
+def majority_consensus(values: Sequence[Label | None]) -> Consensus:
+    """Majority label of one item; ties are flagged and give no label."""
+    present = _present(values)
+    if not present:
+        return Consensus(None, 0, math.nan, False, False)
+    counts = Counter(present).most_common()
+    top = counts[0][1]
+    tie = len(counts) > 1 and counts[1][1] == top
+    return Consensus(
+        label=None if tie else counts[0][0],
+        n_annotators=len(present),
+        agreement=top / len(present),
+        tie=tie,
+        disagreement=len(counts) > 1,
+    )
+
+
+@dataclass(frozen=True)
+class AnnotatorStats:
+    """One annotator against the consensus: how many items they labelled, how many of those have
+    a consensus (no tie), and the share of those where they match it (0..1, higher = better).
+    ``cohen_kappa`` is their chance-corrected agreement with the consensus (nan if undefined)."""
+
+    annotator: str
+    n_labelled: int
+    n_with_consensus: int
+    agreement_with_consensus: float
+    cohen_kappa: float
+
+
+def cohen_kappa(a: Sequence[Label], b: Sequence[Label]) -> float:
+    """Cohen's kappa of two equally long label sequences (nan when chance agreement is 1)."""
+    n = len(a)
+    if n == 0 or n != len(b):
+        return math.nan
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    p_e = sum(ca[k] * cb.get(k, 0) for k in ca) / (n * n)
+    if p_e >= 1.0:
+        return math.nan
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+def annotator_agreement(
+    by_annotator: Mapping[str, Mapping[Any, Label]], consensus: Mapping[Any, Label | None]
+) -> list[AnnotatorStats]:
+    """Per-annotator agreement with the consensus label.
+
+    ``by_annotator``: annotator → {item id → label}; ``consensus``: item id → label (None = tie or
+    unlabelled, such items are skipped)."""
+    stats = []
+    for name in sorted(by_annotator):
+        labels = by_annotator[name]
+        pairs = [(lab, consensus[i]) for i, lab in labels.items() if consensus.get(i) is not None]
+        mine = [p[0] for p in pairs]
+        theirs = [p[1] for p in pairs]
+        match = sum(x == y for x, y in pairs)
+        stats.append(
+            AnnotatorStats(
+                annotator=name,
+                n_labelled=len(labels),
+                n_with_consensus=len(pairs),
+                agreement_with_consensus=match / len(pairs) if pairs else math.nan,
+                cohen_kappa=cohen_kappa(mine, theirs),
+            )
+        )
+    return stats
+
+
+def cleanlab_consensus(
+    items: Sequence[Sequence[Label | None]],
+    annotators: Sequence[str],
+    pred_probs,
+    classes: Sequence[Label],
+) -> dict[str, Any] | None:
+    """cleanlab's multi-annotator consensus (CROWDLAB) where model probabilities exist.
+
+    ``items[i][a]`` is annotator ``annotators[a]``'s label of item i; ``pred_probs`` (n, K) are the
+    model's probabilities over ``classes``. Returns ``{"consensus_label": [...],
+    "consensus_quality_score": [...] (0..1, higher = more trustworthy), "annotator_quality":
+    {name: score}}`` for the items with at least one label, or None when cleanlab cannot score
+    (for example fewer than two annotators or no item with a label)."""
+    import logging
+
+    import numpy as np
+    import pandas as pd
+
+    log = logging.getLogger(__name__)
+    index = {c: k for k, c in enumerate(classes)}
+    rows = [i for i, values in enumerate(items) if _present(values)]
+    if not rows or len(annotators) < 2:
+        return None
+    table = pd.DataFrame(
+        [[index.get(v, np.nan) if v is not None else np.nan for v in items[i]] for i in rows],
+        columns=list(annotators),
+        dtype="float64",
+    )
+    keep = table.columns[table.notna().any(axis=0)]
+    table = table[keep]
+    if table.shape[1] < 2:
+        return None
+    probs = np.asarray(pred_probs, dtype="float64")[rows]
+    try:
+        from cleanlab.multiannotator import get_label_quality_multiannotator
+
+        result = get_label_quality_multiannotator(table, probs, verbose=False)
+    except (ValueError, AssertionError) as err:
+        log.warning("cleanlab multi-annotator consensus skipped: %s", err)
+        return None
+    quality = result["label_quality"]
+    consensus = [None] * len(items)
+    score = [math.nan] * len(items)
+    for pos, i in enumerate(rows):
+        consensus[i] = classes[int(quality["consensus_label"].iloc[pos])]
+        score[i] = float(quality["consensus_quality_score"].iloc[pos])
+    stats = result["annotator_stats"]
+    return {
+        "consensus_label": consensus,
+        "consensus_quality_score": score,
+        "annotator_quality": {str(k): float(v) for k, v in stats["annotator_quality"].items()},
+    }

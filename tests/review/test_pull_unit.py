@@ -1,0 +1,96 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from review.argilla_launcher import _apply_script
+from review.pull import merge_reviewed, summarize
+
+
+def _resp(user, status, label=None, note=None):
+    values = {}
+    if label is not None:
+        values["label"] = {"value": label}
+    if note is not None:
+        values["note"] = {"value": note}
+    return {"user_id": user, "status": status, "values": values or None}
+
+
+def test_summarize_consensus_ties_notes_discards_and_agreement():
+    names = {"u1": "ann", "u2": "bob", "u3": "cat"}
+    records = [
+        {
+            "external_id": "a",
+            "fields": {"text": "A"},
+            "responses": [_resp("u1", "submitted", "pos"), _resp("u2", "submitted", "pos")],
+        },
+        {
+            "external_id": "b",
+            "fields": {"text": "B"},
+            "responses": [
+                _resp("u1", "submitted", "pos"),
+                _resp("u2", "submitted", "neg"),
+                _resp("u3", "draft", "neg"),
+            ],
+        },
+        {
+            "external_id": "c",
+            "fields": {"text": "C"},
+            "responses": [_resp("u3", "discarded", note="not English")],
+        },
+        {"external_id": "d", "fields": {"text": "D"}, "responses": []},
+    ]
+    pred = {"a": {"label": "neg", "predicted_label": "pos", "predicted_prob": 0.9}}
+    rows, summary = summarize(records, names, pred)
+    by_id = {r["id"]: r for r in rows}
+    assert set(by_id) == {"a", "b", "c"}  # d has no response; drafts do not count
+    assert by_id["a"]["label"] == "pos" and by_id["a"]["agreement"] == 1.0
+    assert by_id["a"]["given_label"] == "neg"
+    assert by_id["b"]["label"] is None and by_id["b"]["tie"] and by_id["b"]["disagreement"]
+    assert json.loads(by_id["b"]["annotator_labels"]) == {"ann": "pos", "bob": "neg"}
+    assert by_id["c"]["discarded_by"] == ["cat"] and by_id["c"]["n_annotators"] == 0
+    assert json.loads(by_id["c"]["notes"]) == {"cat": "not English"}
+    # items (pos,pos), (pos,neg): o_pp=2+... alpha by hand: n_pos=3, n_neg=1, n=4,
+    # D_o = 2 (one disagreeing pair, both orders), sum n_c n_k (c!=k) = 6 -> 1 - 3*2/6 = 0
+    assert summary["alpha"] == pytest.approx(0.0)
+    assert summary["ties"] == 1 and summary["consensus"] == 1 and summary["discarded"] == 1
+    stats = {a["annotator"]: a for a in summary["annotators"]}
+    assert stats["ann"]["agreement_with_consensus"] == 1.0 and stats["ann"]["n_with_consensus"] == 1
+
+
+def test_merge_keeps_original_label_and_drops_all_discarded():
+    table = pa.table({"id": ["a", "b", "c"], "text": ["A", "B", "C"], "label": ["neg", "pos", "x"]})
+    rows = [
+        {"id": "a", "label": "pos", "n_annotators": 2, "discarded_by": []},
+        {"id": "b", "label": None, "n_annotators": 2, "discarded_by": []},
+        {"id": "c", "label": None, "n_annotators": 0, "discarded_by": ["cat"]},
+    ]
+    out = merge_reviewed(table, rows).to_pylist()
+    assert [r["id"] for r in out] == ["a", "b"]
+    assert out[0] | {} == {
+        "id": "a",
+        "text": "A",
+        "label": "pos",
+        "original_label": "neg",
+        "label_source": "reviewed",
+    }
+    assert out[1]["label"] == "pos" and out[1]["label_source"] == "original"
+
+
+def test_launcher_script_updates_match_the_painless_scripts():
+    doc = {"id": "r", "responses": [{"id": 1, "v": "old"}, {"id": 2}], "suggestions": {"label": 1}}
+    upsert = {
+        "source": "... ctx._source.responses.add(params.response)",
+        "params": {"response": {"id": 1, "v": "new"}},
+    }
+    assert _apply_script(doc, upsert)["responses"] == [{"id": 2}, {"id": 1, "v": "new"}]
+    delete = {
+        "source": "for ... ctx._source.responses.remove(i);",
+        "params": {"response": {"id": 2}},
+    }
+    assert _apply_script(doc, delete)["responses"] == [{"id": 1, "v": "old"}]
+    assert _apply_script({"responses": None}, upsert)["responses"] == [{"id": 1, "v": "new"}]
+    gone = _apply_script(doc, 'ctx._source["suggestions"].remove("label")')
+    assert gone["suggestions"] == {} and doc["suggestions"] == {"label": 1}
+    with pytest.raises(ValueError):
+        _apply_script(doc, {"source": "ctx._source.x = 1", "params": {}})
