@@ -302,7 +302,14 @@ def score(
              "near_ood": summary.near_ood}
         )  # fmt: skip
         summary.timings = dict(run.timings)
-        run.extra.update({"summary": _summary_json(summary), "scoring": scoring, "seed": opts.seed})
+        run.extra.update(
+            {
+                "summary": _summary_json(summary),
+                "scoring": scoring,
+                "seed": opts.seed,
+                "classes": res.classes,
+            }
+        )
     return summary
 
 
@@ -379,6 +386,8 @@ def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):
     out["label_issue"] = issue.astype(bool)
     out["predicted_label"] = [res.predicted_label[j] for j in row_of]
     out["predicted_prob"] = res.predicted_prob[row_of]
+    # Class probabilities in sorted-label order (``classes`` in the manifest), for review/loop.
+    out["pred_probs"] = [row.tolist() for row in probs]
     out["outlier_score"] = out_score[row_of]
     out["near_ood"] = near_ood[row_of].astype(bool)
     out["bias_groups"] = [list(groups[j]) for j in row_of]

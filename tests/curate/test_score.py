@@ -70,6 +70,11 @@ def test_score_stage_outputs(tmp_path):
     bias = json.loads((project.stage_dir("score") / "bias.json").read_text())
     assert {"groups", "terms", "data_driven_terms", "slices"} <= set(bias)
     manifest = project.read_manifest("score")
+    assert manifest["classes"] == ["neg", "pos"]
+    probs = np.stack(df["pred_probs"].to_numpy())
+    assert np.allclose(probs.sum(axis=1), 1) and np.allclose(
+        probs.max(axis=1), df["predicted_prob"]
+    )
     assert manifest["seed"] == 0 and manifest["counts"]["scored"] == 302
 
 
