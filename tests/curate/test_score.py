@@ -11,7 +11,7 @@ from score_synth import make_corpus
 from curate.ingest import IngestOptions, ingest
 from curate.score import ScoreOptions, score
 from thresher.cli import main
-from thresher.errors import StageMissingError
+from thresher.errors import InputError, StageMissingError
 from thresher.project import Project
 
 FAST = ScoreOptions(embeddings=False, learners=("nb", "svm"), folds=4, repeats=1)
@@ -221,3 +221,22 @@ def test_multiannotator_labels_from_review_are_scored(tmp_path):
     assert out["consensus_label"].isna().sum() == len(out) - 30
     quality = json.loads((project.stage_dir("score") / "annotators.json").read_text())
     assert quality["annotator_quality"]["bad"] < quality["annotator_quality"]["ann1"]
+
+
+def test_probs_from_tune_run_hook(tmp_path):
+    texts, labels, true, flipped = make_corpus(n=150, flip=0.1, seed=4)
+    project, _ = _project(tmp_path, n=150, flip=0.1, seed=4)
+    ids = pd.read_parquet(project.records_path("ingest"))["id"]
+    run_dir = project.root / "tune" / "run1"
+    run_dir.mkdir(parents=True)
+    good = np.array([t == "pos" for t in true])
+    pd.DataFrame(
+        {"id": ids, "prob_neg": np.where(good, 0.1, 0.9), "prob_pos": np.where(good, 0.9, 0.1)}
+    ).to_parquet(run_dir / "predictions.parquet")
+    opts = ScoreOptions(embeddings=False, learners=("nb",), repeats=1, probs_from="run1")
+    result = score(project, opts)
+    assert result.learners == ["external"]
+    out = pd.read_parquet(project.records_path("score"))
+    assert (out["label_issue"].to_numpy() == flipped).all()
+    with pytest.raises(InputError, match="not found"):
+        score(project, ScoreOptions(embeddings=False, probs_from="nope"), force=True)
