@@ -9,7 +9,7 @@ and ``find_label_issues``). Ours: ``curate.noise.score_label_noise`` with the st
 Scores: AUPRC and AUROC of ``1 - label_quality`` for "this label was flipped", and precision,
 recall and F1 of the issue set. Prints one JSON object.
 
-    python benchmarks/label_noise.py [--size N] [--flip 0.12] [--seed 0]
+    python benchmarks/noise.py [--size N] [--flip 0.12] [--seed 0]
 """
 
 from __future__ import annotations
