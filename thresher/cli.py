@@ -46,7 +46,9 @@ def init_command(directory: str, force: bool) -> None:
 
 def _register() -> None:
     from curate.cli import curate
+    from curate.dedup_cli import register as register_dedup
 
+    register_dedup(curate)
     main.add_command(curate)
 
 
