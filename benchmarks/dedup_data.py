@@ -1,4 +1,4 @@
-"""Synthetic news-like corpus with planted exact and near duplicates (seeded), for the dedup benchmarks.
+"""Synthetic news-like corpus with planted exact and near duplicates (seeded), for dedup.
 
 Each planted cluster is an original plus 1-3 variants: an exact copy (case/whitespace changed),
 word edits of 1-5 % (substitute/insert/delete), or a truncation to 90-97 % of the words. The other

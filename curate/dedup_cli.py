@@ -108,8 +108,8 @@ def dedup_command(
     )
     if result.label_conflicts:
         lines.append(
-            f"label conflicts: {result.label_conflicts} clusters ({result.label_conflict_rows} rows);"
-            " review them first"
+            f"label conflicts: {result.label_conflicts} clusters"
+            f" ({result.label_conflict_rows} rows); review them first"
         )
     if result.semantic_clusters is not None:
         lines.append(f"semantic clusters (flagged, kept): {result.semantic_clusters}")
@@ -159,7 +159,8 @@ def export_command(
     lines = [
         f"exported {result.exported} of {result.rows_in} rows from the {result.stage} stage"
         f" → {result.path} ({result.format})",
-        f"dropped: {result.dropped_duplicates} duplicates, {result.dropped_label_issues} label issues",
+        f"dropped: {result.dropped_duplicates} duplicates,"
+        f" {result.dropped_label_issues} label issues",
     ]
     emit(result.to_dict(), as_json, lines)
 
