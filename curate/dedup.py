@@ -137,7 +137,6 @@ def _sketch_batches(
     """Pass 1: sketch every batch. With ``n_rows`` known, signatures go straight into one
     preallocated array (no concatenation copy)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     norm = NormalizeOptions(punctuation=opts.punctuation)
     mopts = opts.minhash()
@@ -153,7 +152,7 @@ def _sketch_batches(
             part.signatures = part.signatures[:0]
         row += len(texts)
         parts.append(part)
-        lengths.append(pc.utf8_length(pc.fill_null(texts, "")).to_numpy(zero_copy_only=False))
+        lengths.append(_text_lengths(texts))
         if with_labels and "label" in batch.schema.names:
             labels.append(batch.column("label").cast(pa.string()))
         else:
@@ -168,6 +167,17 @@ def _sketch_batches(
     return _Corpus(sketch, codes, names, length)
 
 
+def _text_lengths(texts) -> np.ndarray:
+    """Characters per text (0 for null), via buffers (``fill_null`` with a Python value would
+    import pandas)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    return _int_values(pc.utf8_length(texts), 0)
+
+
 def _label_codes(chunks) -> tuple[np.ndarray, list[str]]:
     """Labels as int32 codes in alphabetical order of the label (-1 = null)."""
     import pyarrow as pa
@@ -176,9 +186,32 @@ def _label_codes(chunks) -> tuple[np.ndarray, list[str]]:
     if not chunks:
         return np.zeros(0, np.int32), []
     labels = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
-    names = sorted(v for v in pc.unique(labels).to_pylist() if v is not None)
-    codes = pc.index_in(labels, value_set=pa.array(names, pa.string()))
-    return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int32), names
+    uniq = pc.drop_null(pc.unique(labels))
+    uniq = uniq.take(pc.sort_indices(uniq))  # alphabetical codes (no pa.array: see _arrow)
+    codes = pc.index_in(labels, value_set=uniq)
+    return _int_values(codes, -1).astype(np.int32), [str(v) for v in uniq.to_pylist()]
+
+
+def _int_values(arr, fill: int) -> np.ndarray:
+    """An Arrow int32/int64 array as int64 numpy, nulls → ``fill`` (no ``pc.fill_null``: with a
+    Python fill value it imports pandas)."""
+    import pyarrow as pa
+
+    dtype = np.int32 if arr.type == pa.int32() else np.int64
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
+    values = values.astype(np.int64)
+    if arr.null_count:
+        values[~_valid_mask(arr)] = fill
+    return values
+
+
+def _valid_mask(arr) -> np.ndarray:
+    """Validity bitmap → bool numpy (``is_valid().to_numpy`` would import pandas)."""
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.ones(len(arr), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
 
 
 # --------------------------------------------------------------------------- clustering
@@ -444,21 +477,47 @@ def _against(
 # --------------------------------------------------------------------------- the stage
 
 
-def _output_columns(clusters: Clusters, start: int, stop: int) -> dict[str, Any]:
+def _bits(values: np.ndarray):
     import pyarrow as pa
 
+    return pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))
+
+
+def _arrow(values: np.ndarray, kind: str, valid: np.ndarray | None = None):
+    """numpy → Arrow through buffers (``pa.array`` would import pandas: +0.5 s start-up)."""
+    import pyarrow as pa
+
+    n = len(values)
+    validity = None if valid is None or valid.all() else _bits(valid)
+    nulls = 0 if validity is None else int(n - valid.sum())
+    if kind == "bool":
+        return pa.Array.from_buffers(pa.bool_(), n, [validity, _bits(values)], null_count=nulls)
+    arrow_type = {"int64": pa.int64(), "int8": pa.int8()}[kind]
+    data = pa.py_buffer(np.ascontiguousarray(values, dtype=kind))
+    return pa.Array.from_buffers(arrow_type, n, [validity, data], null_count=nulls)
+
+
+def _kinds():
+    import pyarrow as pa
+
+    offsets = pa.py_buffer(np.array([0, 5, 9], dtype=np.int32))
+    return pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"exactnear")])
+
+
+def _output_columns(clusters: Clusters, start: int, stop: int) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
     dc = clusters.dup_cluster[start:stop]
-    unique = dc < 0
-    kind = np.where(clusters.exact_dup[start:stop], "exact", "near").astype(object)
-    kind[unique] = None
+    in_cluster = dc >= 0
+    kind_codes = np.where(clusters.exact_dup[start:stop], 0, 1).astype(np.int8)
     sem = clusters.semantic_cluster
     sem_part = sem[start:stop] if sem is not None else np.full(stop - start, -1)
     return {
-        "dup_cluster": pa.array(dc, pa.int64(), mask=unique),
-        "dup_kind": pa.array(kind, pa.string()),
-        "is_representative": pa.array(clusters.is_representative[start:stop], pa.bool_()),
-        "label_conflict": pa.array(clusters.label_conflict[start:stop], pa.bool_()),
-        "semantic_cluster": pa.array(sem_part, pa.int64(), mask=sem_part < 0),
+        "dup_cluster": _arrow(dc, "int64", in_cluster),
+        "dup_kind": pc.take(_kinds(), _arrow(kind_codes, "int8", in_cluster)),
+        "is_representative": _arrow(clusters.is_representative[start:stop], "bool"),
+        "label_conflict": _arrow(clusters.label_conflict[start:stop], "bool"),
+        "semantic_cluster": _arrow(sem_part, "int64", sem_part >= 0),
     }
 
 
