@@ -104,8 +104,10 @@ def test_columns_kinds_and_normalisation(tmp_path):
     base = "the quick brown fox jumps over the lazy dog near the river bank today"
     rows = [
         {"text": base, "label": "a"},
-        {"text": "  THE quick\tbrown fox jumps over the lazy dog near the river bank today ",
-         "label": "a"},
+        {
+            "text": "  THE quick\tbrown fox jumps over the lazy dog near the river bank today ",
+            "label": "a",
+        },
         {"text": base.replace("today", "tonight"), "label": "b"},
         {"text": "something else entirely, with no relation at all to foxes", "label": "a"},
     ]
