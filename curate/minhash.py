@@ -32,7 +32,7 @@ _M1 = _U64(0xBF58476D1CE4E5B9)
 _M2 = _U64(0x94D049BB133111EB)
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
 _MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
-_DENSIFY_TRIES = 48
+_DENSIFY_TRIES = 64  # a try fills each empty bin with probability (non-empty bins)/num_perm
 
 
 @dataclass(frozen=True)
@@ -233,18 +233,27 @@ def _densify(sig: np.ndarray, has_any: np.ndarray, donors: np.ndarray) -> None:
     try t whose donor bin is non-empty (same donors for every document, so equal sets get equal
     signatures and P[match] stays the Jaccard similarity). Bins still empty after all tries take
     the document's first non-empty bin."""
-    original = sig.copy()
-    docs, bins = np.nonzero((original == EMPTY) & has_any[:, None])
+    n_docs, num_perm = sig.shape
+    original = sig.ravel().copy()
+    flat = sig.reshape(-1)
+    empty = original == EMPTY
+    if not has_any.all():
+        empty &= np.repeat(has_any, num_perm)
+    todo = np.flatnonzero(empty)  # flat indices; row-major, so doc = i // num_perm
     for t in range(donors.shape[0]):
-        if len(docs) == 0:
+        if len(todo) == 0:
             return
-        val = original[docs, donors[t, bins]]
-        ok = val != EMPTY
-        sig[docs[ok], bins[ok]] = val[ok]
-        docs, bins = docs[~ok], bins[~ok]
-    if len(docs):
-        first = np.argmax(original != EMPTY, axis=1)
-        sig[docs, bins] = original[docs, first[docs]]
+        bins = todo % num_perm
+        base = todo - bins
+        val = original[base + donors[t][bins]]
+        flat[todo] = val  # a miss writes EMPTY over EMPTY
+        todo = todo[val == EMPTY]
+    bins = todo % num_perm
+    base = todo - bins
+    if len(todo):
+        rows = base // num_perm
+        first = np.argmax(original.reshape(n_docs, num_perm)[rows] != EMPTY, axis=1)
+        flat[todo] = original[base + first]
 
 
 def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:

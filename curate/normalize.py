@@ -114,20 +114,25 @@ def normalized_bytes(texts, opts: NormalizeOptions | None = None):
     view = memoryview(raw)
     bounds = offsets.tolist()
     pieces: list = [view[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    replaced: list[int] = []
     if texts.null_count:
         bits = np.unpackbits(np.frombuffer(texts.buffers()[0], dtype=np.uint8), bitorder="little")
         valid = bits[texts.offset : texts.offset + len(texts)].astype(bool)
         for i in np.flatnonzero(~valid).tolist():
             pieces[i] = b""
+            replaced.append(i)
     if len(raw) and raw.max() >= 0x80:
         high = np.zeros(len(raw) + 1, dtype=np.int64)
         np.cumsum(raw >= 0x80, out=high[1:])
         for i in np.flatnonzero(high[offsets[1:]] > high[offsets[:-1]]).tolist():
             text = bytes(pieces[i]).decode("utf-8", errors="replace")
             pieces[i] = normalize_text(text, opts).encode("utf-8")
+            replaced.append(i)
     joined = b" ".join(pieces) + b" " if pieces else b""
     data = np.frombuffer(joined.translate(_table_bytes(opts.punctuation)), dtype=np.uint8)
-    lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=len(pieces))
+    lengths = np.diff(offsets) + 1
+    for i in replaced:
+        lengths[i] = len(pieces[i]) + 1
     new_offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
     return data, new_offsets
