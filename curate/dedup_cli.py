@@ -66,6 +66,7 @@ def dedup_command(
     from thresher.config import load_config
     from thresher.project import Project
 
+    _tune_allocator()
     project = Project.at(project_dir)
     config = load_config(project.root).with_overrides(
         {
@@ -163,6 +164,24 @@ def export_command(
         f" {result.dropped_label_issues} label issues",
     ]
     emit(result.to_dict(), as_json, lines)
+
+
+def _tune_allocator() -> None:
+    """Keep freed memory in the heap (glibc only): the stage allocates many short-lived numpy
+    arrays of a few MB per batch, and returning them to the kernel makes every batch page-fault
+    its memory in again (a third of the run's CPU time on a busy VM). No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(m_top_pad, 64 << 20)
+    except (OSError, AttributeError):
+        return
 
 
 def register(group: click.Group) -> None:
