@@ -56,22 +56,40 @@ def prepare_project(texts: list[str], root: Path):
     return project
 
 
-def run_process(args: list[str]) -> dict[str, float]:
-    """Run a child process; wall seconds, CPU seconds (user+sys) and peak RSS (MiB)."""
+# A small launcher forks and execs the command and reports the child's rusage: a child forked
+# straight from this (large) process would inherit its peak RSS as a floor.
+_LAUNCHER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+report = {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+          "peak_rss_mib": usage.ru_maxrss / 1024, "status": status}
+os.write(int(sys.argv[1]), json.dumps(report).encode())
+"""
+
+
+def run_process(args: list[str]) -> dict:
+    """Run a child process; wall seconds, CPU seconds (user+sys), peak RSS (MiB), stdout."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read() if proc.stdout else b""
-    if status != 0:
-        raise RuntimeError(f"{args} failed with status {status}")
-    return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "stdout": out.decode(),
-    }
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(write_fd), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)
+    out, _ = proc.communicate()
+    with os.fdopen(read_fd, "rb") as fh:
+        report = json.loads(fh.read() or b"{}")
+    if proc.returncode != 0 or report.get("status") != 0:
+        raise RuntimeError(f"{args} failed: {report}")
+    report.pop("status")
+    return {**report, "stdout": out.decode()}
 
 
 def _shingles(text: str) -> list[str]:

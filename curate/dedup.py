@@ -69,7 +69,7 @@ class DedupOptions:
     semantic_threshold: float = 0.95
     embedding_model: str = "default"
     batch_size: int = 4096
-    keep_in_memory_mb: int = 1024
+    keep_in_memory_mb: int = 256
     seed: int = 0
 
     def minhash(self) -> mh.MinHashOptions:
