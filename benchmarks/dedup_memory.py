@@ -80,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dedup-mem-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
-        small_mib = write_records(work / "small", 1000)
+        write_records(work / "small", 1000)
         big_mib = write_records(work / "big", args.size)
         generate_s = time.perf_counter() - t0
         small = measure(work / "small")
