@@ -106,21 +106,28 @@ def _local_positions(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(firsts, counts)
 
 
+def _position_multipliers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random odd 64-bit multipliers for word positions 0..n-1, two per position; a function of
+    the position alone (so every batch agrees)."""
+    pos = np.arange(max(n, 1), dtype=np.uint64)
+    first = mix64(pos * _GOLDEN + _U64(0xE4AC7)) | _U64(1)
+    second = mix64(pos * _M1 + _U64(0x5EC0D)) | _U64(1)
+    return first, second
+
+
 def exact_keys(hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Two 64-bit keys per document from its word sequence (order-sensitive): equal keys ⇔ equal
-    normalised text (up to 2^-128 collisions). Returns uint64 array (n_docs, 2)."""
+    normalised text (up to ~2^-128 collisions). Each key is a sum of word hash × a random odd
+    multiplier for the word's position. Returns uint64 array (n_docs, 2)."""
     n_docs = len(counts)
     keys = np.zeros((n_docs, 2), dtype=np.uint64)
-    if len(hashes) == 0:
-        keys[:, 0] = counts.astype(np.uint64)
-        return keys
-    pos = _local_positions(counts).astype(np.uint64)
-    t = mix64(hashes ^ ((pos + _U64(1)) * _GOLDEN))
-    nonempty = counts > 0
-    firsts = (np.cumsum(counts) - counts)[nonempty]
-    keys[nonempty, 0] = np.add.reduceat(t, firsts)
-    mix64(t)
-    keys[nonempty, 1] = np.add.reduceat(t, firsts)
+    if len(hashes):
+        pos = _local_positions(counts)
+        first_mult, second_mult = _position_multipliers(int(counts.max()))
+        nonempty = counts > 0
+        firsts = (np.cumsum(counts) - counts)[nonempty]
+        keys[nonempty, 0] = np.add.reduceat(hashes * first_mult[pos], firsts)
+        keys[nonempty, 1] = np.add.reduceat(hashes * second_mult[pos], firsts)
     keys[:, 0] ^= counts.astype(np.uint64) * _M2
     return keys
 
