@@ -1,8 +1,10 @@
 """Peak memory (RSS) of the whole ``thresher curate dedup`` process on many documents.
 
-Writes ``--size`` news-length documents (``dedup_data``, generated in chunks of 100k with their own
-planted duplicates) straight into ``DIR/ingest/records.parquet`` in the ingest schema (running
-ingest on a million rows is not what is measured here), then runs ``python -m thresher curate
+Writes ``--size`` news-length documents straight into ``DIR/ingest/records.parquet`` in the ingest schema (running
+ingest on a million rows is not what is measured here). One 100k chunk comes from ``dedup_data``
+(planted duplicates); each further chunk is that chunk under its own letter-substitution cipher,
+so chunks share no words or shingles (generation would otherwise take longer than the run). Then
+it runs ``python -m thresher curate
 dedup`` as a child process and reads its peak RSS with ``os.wait4``. A 1k-document run gives the
 fixed overhead (interpreter, numpy, pyarrow), so ``(peak - overhead) / docs`` is the memory per
 document. Prints one JSON object.
@@ -24,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import numpy as np  # noqa: E402
 from dedup_data import make_corpus  # noqa: E402
 from dedup_speed import run_process  # noqa: E402
 
@@ -41,10 +44,14 @@ def write_records(root: Path, size: int) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = record_schema()
     done = 0
+    base, _, _ = make_corpus(min(CHUNK, size), seed=0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         while done < size:
             n = min(CHUNK, size - done)
-            texts, _, _ = make_corpus(n, seed=done // CHUNK)
+            perm = "".join(np.random.default_rng(done // CHUNK).permutation(list(letters)))
+            cipher = str.maketrans(letters + letters.upper(), perm + perm.upper())
+            texts = [t.translate(cipher) for t in base[:n]] if done else base[:n]
             ids = [f"{text_id(t)}-{done + i}" for i, t in enumerate(texts)]
             table = pa.table(
                 {

@@ -300,7 +300,7 @@ def cluster_corpus(corpus: _Corpus, opts: DedupOptions) -> tuple[Clusters, dict[
     exact = mh.exact_groups(sk.exact)
     exact_dup = np.bincount(exact, minlength=n)[exact] >= 2
     reps = np.flatnonzero((exact == np.arange(n)) & sk.has_shingles)
-    pairs, _ = mh.near_pairs(sk.signatures[reps], opts.minhash())
+    pairs, _ = mh.near_pairs(sk.signatures, opts.minhash(), subset=reps)
     edges = np.concatenate(
         [np.stack([np.arange(n), exact], axis=1), reps[pairs]] if n else [np.zeros((0, 2))]
     ).astype(np.int64)
@@ -433,7 +433,7 @@ def leakage_pairs(mine: mh.Sketch, theirs: mh.Sketch, opts: mh.MinHashOptions):
     ]
     exact_rows = {i for i, _ in exact_hits}
     usable = np.flatnonzero(both.has_shingles)
-    pairs, sim = mh.near_pairs(both.signatures[usable], opts)
+    pairs, sim = mh.near_pairs(both.signatures, opts, subset=usable)
     pairs = usable[pairs]
     cross = (pairs[:, 0] < n_mine) & (pairs[:, 1] >= n_mine)
     near = [

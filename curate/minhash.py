@@ -283,44 +283,62 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
+def _band_multipliers(rows: int) -> np.ndarray:
+    rng = np.random.default_rng(0xBA5D)
+    return rng.integers(1, 2**63, size=rows, dtype=np.uint64) * _U64(2) + _U64(1)
+
+
+def band_hash(sig: np.ndarray, band: int, rows: int, subset: np.ndarray | None = None):
+    """uint64 hash of one band (columns ``band*rows .. band*rows+rows-1``) for the rows of
+    ``sig`` (or its ``subset`` of rows), without copying the signature matrix."""
+    mults = _band_multipliers(rows)
+    n = sig.shape[0] if subset is None else len(subset)
+    acc = np.full(n, ((band + 1) * int(_GOLDEN)) % (1 << 64), dtype=np.uint64)
+    for r in range(rows):
+        column = sig[:, band * rows + r] if subset is None else sig[subset, band * rows + r]
+        acc += column.astype(np.uint64) * mults[r]
+    return mix64(acc)
+
+
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64 hash per (document, band): shape (n_docs, bands)."""
-    n_docs = sig.shape[0]
-    rng = np.random.default_rng(0xBA5D)
-    mults = rng.integers(1, 2**63, size=rows, dtype=np.uint64) * _U64(2) + _U64(1)
-    out = np.empty((n_docs, bands), dtype=np.uint64)
-    for b in range(bands):
-        acc = np.full(n_docs, ((b + 1) * int(_GOLDEN)) % (1 << 64), dtype=np.uint64)
-        for r in range(rows):
-            acc += sig[:, b * rows + r].astype(np.uint64) * mults[r]
-        out[:, b] = mix64(acc)
-    return out
+    return np.stack([band_hash(sig, b, rows) for b in range(bands)], axis=1).reshape(
+        sig.shape[0], bands
+    )
+
+
+def bucket_pairs(hashes: np.ndarray, max_bucket: int = 16) -> np.ndarray:
+    """Pairs (i, j) of positions with equal ``hashes`` (one LSH band). In a bucket each member is
+    paired with the next ``max_bucket - 1`` members in hash order: every pair for buckets up to
+    ``max_bucket``, a connected band of pairs for bigger ones, so work stays linear."""
+    n = len(hashes)
+    order = np.argsort(hashes, kind="stable")
+    sorted_h = hashes[order]
+    found = []
+    for delta in range(1, min(max_bucket, n)):
+        same = np.flatnonzero(sorted_h[:-delta] == sorted_h[delta:])
+        if len(same) == 0:
+            break
+        found.append(np.stack([order[same], order[same + delta]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.concatenate(found).astype(np.int64)
+
+
+def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(pairs, axis=1)
+    keys = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([keys // n, keys % n], axis=1)
 
 
 def candidate_pairs(bands: np.ndarray, max_bucket: int = 16) -> np.ndarray:
-    """Pairs (i < j) of rows sharing a bucket in any band: int64 array (n_pairs, 2), unique.
-
-    In a bucket, each member is paired with the next ``max_bucket - 1`` members (in hash order):
-    every pair for buckets up to ``max_bucket``, a connected band of pairs for bigger ones, so the
-    work stays linear in the number of documents."""
+    """Pairs (i < j) of rows sharing a bucket in any band (columns of ``bands``): int64 array
+    (n_pairs, 2), unique. See ``bucket_pairs`` for large buckets."""
     n_docs = bands.shape[0]
-    found = []
-    for b in range(bands.shape[1]):
-        order = np.argsort(bands[:, b], kind="stable")
-        sorted_h = bands[order, b]
-        for delta in range(1, max_bucket):
-            if delta >= n_docs:
-                break
-            same = np.flatnonzero(sorted_h[:-delta] == sorted_h[delta:])
-            if len(same) == 0:
-                break
-            found.append(np.stack([order[same], order[same + delta]], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found).astype(np.int64)
-    pairs.sort(axis=1)
-    keys = np.unique(pairs[:, 0] * n_docs + pairs[:, 1])
-    return np.stack([keys // n_docs, keys % n_docs], axis=1)
+    found = [bucket_pairs(bands[:, b], max_bucket) for b in range(bands.shape[1])]
+    return _unique_pairs(np.concatenate(found) if found else np.zeros((0, 2), np.int64), n_docs)
 
 
 def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -404,16 +422,22 @@ def exact_groups(exact: np.ndarray) -> np.ndarray:
     return labels
 
 
-def near_pairs(sig: np.ndarray, opts: MinHashOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Verified near-duplicate pairs among the rows of ``sig`` and their estimated Jaccard."""
+def near_pairs(
+    sig: np.ndarray, opts: MinHashOptions, subset: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Verified near-duplicate pairs among the rows of ``sig`` (or its ``subset`` of rows; the
+    pairs are then positions in ``subset``) and their estimated Jaccard. Bands are hashed one at a
+    time, so the extra memory is a few arrays of one value per row."""
     bands, rows = (
         (opts.bands, opts.rows) if opts.bands else optimal_bands(opts.threshold, opts.num_perm)
     )
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
-    if sig.shape[0] < 2:
+    n = sig.shape[0] if subset is None else len(subset)
+    if n < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    pairs = candidate_pairs(band_hashes(sig, bands, rows), opts.max_bucket)
-    sim = estimated_jaccard(sig, pairs)
+    found = [bucket_pairs(band_hash(sig, b, rows, subset), opts.max_bucket) for b in range(bands)]
+    pairs = _unique_pairs(np.concatenate(found), n)
+    sim = estimated_jaccard(sig, pairs if subset is None else subset[pairs])
     keep = sim >= opts.threshold
     return pairs[keep], sim[keep]
