@@ -1,13 +1,13 @@
 """Peak memory (RSS) of the whole ``thresher curate dedup`` process on many documents.
 
-Writes ``--size`` news-length documents straight into ``DIR/ingest/records.parquet`` in the ingest schema (running
-ingest on a million rows is not what is measured here). One 100k chunk comes from ``dedup_data``
-(planted duplicates); each further chunk is that chunk under its own letter-substitution cipher,
-so chunks share no words or shingles (generation would otherwise take longer than the run). Then
-it runs ``python -m thresher curate
-dedup`` as a child process and reads its peak RSS with ``os.wait4``. A 1k-document run gives the
-fixed overhead (interpreter, numpy, pyarrow), so ``(peak - overhead) / docs`` is the memory per
-document. Prints one JSON object.
+Writes ``--size`` news-length documents straight into ``DIR/ingest/records.parquet`` in the
+ingest schema (running ingest on a million rows is not what is measured here). One 100k chunk
+comes from ``dedup_data`` (planted duplicates); each further chunk is that chunk under its own
+letter-substitution cipher, so chunks share no words or shingles (generating every chunk afresh
+would take longer than the run). Then it runs ``python -m thresher curate dedup`` as a child
+process and reads its peak RSS with ``os.wait4`` (through a small launcher). A 1k-document run
+gives the fixed overhead (interpreter, numpy, pyarrow), so ``(peak - overhead) / docs`` is the
+memory per document. Prints one JSON object.
 
     python benchmarks/dedup_memory.py [--size 1000000] [--workdir DIR]
 """
