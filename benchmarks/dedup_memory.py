@@ -82,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the generated projects")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dedup-mem-", dir=args.workdir))
@@ -93,7 +94,8 @@ def main() -> None:
         small = measure(work / "small")
         big = measure(work / "big")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     per_doc = (big["peak_rss_mib"] - small["peak_rss_mib"]) * 2**20 / args.size
     result = {
         "benchmark": "dedup_memory",
@@ -112,6 +114,7 @@ def main() -> None:
         "clusters": big["clusters"],
         "removed": big["removed"],
         "generate_s": round(generate_s, 1),
+        "workdir": str(work) if args.keep else None,
         "note": "a ~150-word document; short documents need less pass-1 scratch, the same sketch",
     }
     print(json.dumps(result))

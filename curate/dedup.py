@@ -149,7 +149,7 @@ def _sketch_batches(
         part = mh.sketch_batch(data, offsets, mopts)
         if sig_all is not None:
             sig_all[row : row + len(texts)] = part.signatures
-            part.signatures = part.signatures[:0]
+            part.signatures = np.empty((0, opts.num_perm), np.uint32)  # no view: frees it
         row += len(texts)
         parts.append(part)
         lengths.append(_text_lengths(texts))
