@@ -578,6 +578,8 @@ def dedup(
             with run.timed("against"):
                 ids = pq.read_table(src, columns=["id"]).column("id").to_pylist()
                 leaked = _against(Path(against), corpus, ids, opts, text_col, run.path(LEAKAGE))
+        # Signatures are not needed past this point: free them before pass 2 (peak memory).
+        corpus.sketch.signatures = np.empty((0, opts.num_perm), np.uint32)
         with run.timed("write"):
             batches = (
                 kept
