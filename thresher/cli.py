@@ -46,8 +46,10 @@ def init_command(directory: str, force: bool) -> None:
 
 def _register() -> None:
     from curate.cli import curate
+    from curate.dedup_cli import register as register_dedup
     from loop.cli import simulate_command
 
+    register_dedup(curate)
     main.add_command(curate)
     main.add_command(simulate_command)
 

@@ -47,6 +47,24 @@ ingest:
   # Rows per batch when streaming input and writing Parquet.
   batch_size: 50000
 
+# Duplicates (thresher curate dedup). Normalisation before hashing: Unicode NFKC, case folding,
+# whitespace runs → one space; punctuation: true also turns punctuation/symbols into spaces.
+dedup:
+  # Near duplicates: estimated Jaccard similarity of shingle sets at or above this (0..1).
+  threshold: 0.8
+  # Shingles: word | char (char = byte n-grams of the normalised text, ngram <= 8).
+  shingle: word
+  ngram: 3
+  # MinHash signature length (memory: 4 bytes x num_perm per document).
+  num_perm: 128
+  punctuation: false
+  # Semantic duplicates (opt-in): cosine similarity of sentence embeddings at or above this;
+  # flagged in semantic_cluster, never dropped.
+  semantic: false
+  semantic_threshold: 0.95
+  # Rows per Arrow batch while streaming (small batches stay in CPU cache).
+  batch_size: 4096
+
 score:
   # Cross-validation folds for out-of-sample probabilities (shuffled, stratified).
   folds: 5
