@@ -46,8 +46,10 @@ def init_command(directory: str, force: bool) -> None:
 
 def _register() -> None:
     from curate.cli import curate
+    from tune.cli import tune
 
     main.add_command(curate)
+    main.add_command(tune)
 
 
 _register()
