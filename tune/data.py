@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,11 @@ def _cluster_info(project: Project, frame):
     cols = ["dup_cluster", "is_representative"]
     if all(c in frame.columns for c in cols):
         return frame
+    import pyarrow.parquet as pq
+
     for stage in ("score", "dedup"):
         path = project.records_path(stage)
-        if path.exists():
+        if path.exists() and set(cols) <= set(pq.read_schema(path).names):
             extra = pd.read_parquet(path, columns=["id", *cols])
             return frame.drop(columns=[c for c in cols if c in frame.columns]).merge(
                 extra, on="id", how="left"
@@ -97,10 +100,13 @@ def _groups(frame) -> Any:
     """Group key per record: its duplicate cluster, or its own id when unique."""
     if "dup_cluster" not in frame.columns:
         return "i:" + frame["id"].astype(str)
-    cluster = frame["dup_cluster"]
-    return cluster.map(lambda c: None if c is None or c != c else f"c:{int(c)}").fillna(
-        "i:" + frame["id"].astype(str)
-    )
+    import pandas as pd
+
+    cluster = frame["dup_cluster"].astype("object")
+    present = cluster.notna()
+    keys = "i:" + frame["id"].astype(str)
+    keys[present] = ["c:" + str(int(c)) for c in cluster[present]]
+    return pd.Series(keys, index=frame.index)
 
 
 def _stratified_group_split(groups, group_labels, fraction: float, seed: int):
@@ -151,7 +157,7 @@ def ensure_split(project: Project, frame, best_label, opts: DataOptions):
         return _extend_split(split, frame, best_label)
     split = make_split(frame, best_label, opts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     split.to_parquet(tmp, index=False)
     tmp.replace(path)
     atomic_write_text(
@@ -226,11 +232,10 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
             "slice": _slices(frame),
         }
     )
-    is_rep = (
-        _flag(frame, "is_representative") | frame.get("dup_cluster", frame["id"]).isna()
-        if "is_representative" in frame.columns
-        else frame["id"].map(lambda _: True)
-    )
+    if "is_representative" in frame.columns:
+        is_rep = _flag(frame, "is_representative") | frame["dup_cluster"].isna()
+    else:
+        is_rep = frame["id"].map(lambda _: True)
     issue = _flag(frame, "label_issue") & ~frame["id"].isin(reviewed.keys())
 
     # Evaluation splits: same records and gold labels for raw and curated runs.

@@ -176,12 +176,18 @@ def train(
     project = project if isinstance(project, Project) else Project.at(project)
     opts = options or TuneOptions()
     tune_dir = project.root / "tune"
-    work, opts = _work_dir(tune_dir, opts, resume)
     d = _init_distributed()
+    if d.world > 1 and opts.run is None:  # every rank must agree on the run name
+        import torch.distributed as dist
+
+        names = [time.strftime("run-%Y%m%d-%H%M%S")]
+        dist.broadcast_object_list(names, 0)
+        opts = replace(opts, run=names[0])
+    work, opts = _work_dir(tune_dir, opts, resume)
     _seed_everything(opts.seed)
 
-    # -- setup: data, model, optimizer
-    data = build_dataset(project, replace(opts.data, seed=opts.data.seed))
+    # -- setup: data (rank 0 first: it may create the project's split), model, optimizer
+    data = _rank0_first(d, lambda: build_dataset(project, opts.data))
     ref = resolve_base(opts.base, opts.task)
     run_fp = _fingerprint(opts, data, ref)
     final = tune_dir / str(opts.run)
@@ -305,6 +311,21 @@ def train(
     return final
 
 
+def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0, then on the other ranks (for steps that write shared files)."""
+    if d.world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    if d.main:
+        result = fn()
+        dist.barrier()
+    else:
+        dist.barrier()
+        result = fn()
+    return result
+
+
 def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:
     """The run's checkpoint folder; on resume the saved options win (same recipe, same result)."""
     root = tune_dir / WORK
@@ -323,7 +344,7 @@ def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, Tu
     run = opts.run or time.strftime("run-%Y%m%d-%H%M%S")
     opts = replace(opts, run=run)
     work = root / run
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under DDP
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         (work / "options.json").write_text(json.dumps(opts.to_dict(), indent=2))
