@@ -221,6 +221,7 @@ def train(
     eval_every = opts.eval_steps or steps_per_epoch
 
     # -- train
+    model.train()  # from_pretrained returns eval mode (dropout off)
     while state.step < total and not state.stopped_early:
         batches = _rank_batches(train_set.lengths(), opts, state.epoch, d)
         done_in_epoch = state.step - _steps_before_epoch(state, steps_per_epoch)

@@ -13,13 +13,15 @@ NEG = ["awful", "boring", "dull", "tedious", "clumsy", "lifeless", "mess", "stal
 FILLER = ["the", "film", "movie", "story", "cast", "plot", "was", "and", "a", "very", "with", "it"]
 
 
-def synthetic_rows(n: int, seed: int = 0, flip: float = 0.0) -> list[dict[str, str]]:
-    """Texts whose sentiment words decide the label; ``flip`` of the labels are wrong."""
+def synthetic_rows(
+    n: int, seed: int = 0, flip: float = 0.0, cue_words: int = 4
+) -> list[dict[str, str]]:
+    """Texts whose ``cue_words`` sentiment words decide the label; ``flip`` of labels are wrong."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         label = "pos" if i % 2 == 0 else "neg"
-        words = rng.sample(POS if label == "pos" else NEG, 2) + rng.sample(FILLER, 5)
+        words = rng.sample(POS if label == "pos" else NEG, cue_words) + rng.sample(FILLER, 2)
         rng.shuffle(words)
         if rng.random() < flip:
             label = "neg" if label == "pos" else "pos"
@@ -52,23 +54,17 @@ def _tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide random BERT with the MiniLM tokenizer (saved to a folder)."""
-    import torch
-    from transformers import BertConfig, BertModel
+    """A 1-layer slice of the shipped MiniLM encoder (its word embeddings + first layer), saved
+    to a folder: fast on CPU and, unlike a random 32-wide BERT, it learns in a few steps."""
+    from transformers import BertModel
 
-    torch.manual_seed(0)
+    from thresher.assets import default_encoder_path
+
     path = tmp_path_factory.mktemp("tiny-bert")
-    tok = _tokenizer()
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    BertModel.from_pretrained(str(default_encoder_path()), num_hidden_layers=1).save_pretrained(
+        path
     )
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
+    _tokenizer().save_pretrained(path)
     return str(path)
 
 

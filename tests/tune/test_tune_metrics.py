@@ -49,7 +49,9 @@ def test_ece_perfectly_confident_and_right_is_zero():
 
 
 def test_classification_metrics_names_labels():
-    m = classification_metrics([0, 1, 1], np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), ["a", "b"])
+    m = classification_metrics(
+        [0, 1, 1], np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), ["a", "b"]
+    )
     assert m["n"] == 3 and m["accuracy"] == pytest.approx(2 / 3)
     assert m["per_class_f1"] == pytest.approx({"a": 2 / 3, "b": 2 / 3})
 
