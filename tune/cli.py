@@ -41,7 +41,9 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option("--epochs", type=float, default=None, help="Epochs [config tune.epochs: 3].")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps; overrides --epochs.")
 @click.option("--data", "data_mode", type=click.Choice(["raw", "curated"]), default=None)
-@click.option("--run", default=None, help="Run name [run-<timestamp>].")
+@click.option(
+    "--run", "--name", "run", default=None, help="Run name [run-<timestamp>] (--name: torchrun)."
+)
 @click.option(
     "--resume", is_flag=True, help="Continue the run (or latest unfinished) after a kill."
 )
@@ -80,7 +82,8 @@ def train_command(
     \b
     Writes DIR/tune/<run>/: adapter/, label_map.json, config.json, metrics.json,
     predictions.parquet, errors.parquet, loss_curve.png. Several GPUs: run the same command
-    under `torchrun --nproc-per-node N -m thresher tune train ...`.
+    under `torchrun --nproc-per-node N -m thresher tune train --name RUN ...` (torchrun
+    mistakes --run for its own --run-path, so name the run with --name there).
     Examples:
       thresher tune train -p proj --max-steps 200
       thresher tune train -p proj --data raw --run raw-1

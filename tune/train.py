@@ -487,9 +487,8 @@ def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, 
             state.bad_evals += 1
             stop[0] = float(state.bad_evals >= opts.patience)
         model.train()
-    elif d.main:
+    else:  # every rank records the eval step, so all agree on whether a final eval is due
         state.evals.append({"step": state.step, "val_macro_f1": float("nan")})
-        model.train()
     if d.world > 1:
         import torch.distributed as dist
 

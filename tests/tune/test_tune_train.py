@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_ddp_two_processes_gloo(project, tiny_bert):
         str(project),
         "--base",
         tiny_bert,
-        "--run",
+        "--name",
         "ddp",
         "--max-steps",
         "6",
@@ -158,8 +159,20 @@ def test_ddp_two_processes_gloo(project, tiny_bert):
         "32",
         "--json",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only torchrun
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     metrics = json.loads((project / "tune" / "ddp" / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 6
 
