@@ -226,6 +226,42 @@ def weighted_loss(logits, labels, weights, task: str):
     return (per_token * token_w).sum() / token_w.sum().clamp_min(1e-8)
 
 
+def _fast_sft_ok(model) -> bool:
+    """The decoder + LM head can be called apart (no logit scaling/soft-capping in between)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    plain = not getattr(cfg, "final_logit_softcapping", None) and getattr(
+        cfg, "logit_scale", 1
+    ) in (
+        None,
+        1,
+    )
+    return plain and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
+
+
+def forward_loss(model, input_ids, attention_mask, labels, weights, task: str, fast_sft: bool):
+    """The training loss for one micro-batch.
+
+    ``fast_sft`` (one process, plain decoders): run the decoder, then the LM head only at positions
+    that have an answer target. With a 150k vocabulary most of a causal LM's logits (and their fp32
+    upcast in the loss) are wasted on prompt tokens; this skips them. Same loss value."""
+    if task == "sft" and fast_sft:
+        import torch.nn.functional as F
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = base.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        shift = labels[:, 1:]
+        keep = shift != -100
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+        per_token = F.cross_entropy(logits.float(), shift[keep], reduction="none")
+        token_w = weights[:, None].expand_as(shift)[keep]
+        return (per_token * token_w).sum() / token_w.sum().clamp_min(1e-8)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return weighted_loss(logits, labels, weights, task)
+
+
 # ---- scoring ----------------------------------------------------------------------------------
 
 

@@ -27,15 +27,16 @@ from thresher.project import Project, fingerprint, stage_output
 from tune.data import TuneData, build_dataset
 from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
+    _fast_sft_ok,
     add_lora,
     collate,
     encode_classify,
     encode_sft,
+    forward_loss,
     load_base,
     load_tokenizer,
     resolve_base,
     score_texts,
-    weighted_loss,
 )
 from tune.options import TuneOptions
 
@@ -219,6 +220,7 @@ def train(
         state, best = _load_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, d)
         log.info("resumed %s at step %d/%d", opts.run, state.step, total)
     eval_every = opts.eval_steps or steps_per_epoch
+    fast_sft = opts.task == "sft" and d.world == 1 and _fast_sft_ok(model)
 
     # -- train
     model.train()  # from_pretrained returns eval mode (dropout off)
@@ -229,31 +231,20 @@ def train(
             if state.step >= total:
                 break
             t0 = time.perf_counter()
-            group = batches[start : start + opts.grad_accum]
-            loss_sum, tokens = 0.0, 0
-            for k, idx in enumerate(group):
-                x, m, y = collate(
+            micro = [
+                collate(
                     [train_set.input_ids[i] for i in idx],
                     [train_set.labels[i] for i in idx],
                     tok.pad_token_id,
                     opts.task,
                     multiple=8 if device.type == "cuda" else 1,
                 )
-                w = torch.tensor([train_set.weights[i] for i in idx], dtype=torch.float32)
-                x, m, y, w = x.to(device), m.to(device), y.to(device), w.to(device)
-                sync = k == len(group) - 1 or d.world == 1
-                with _no_sync(ddp, not sync), _autocast(device, amp):
-                    logits = ddp(input_ids=x, attention_mask=m).logits
-                    loss = weighted_loss(logits, y, w, opts.task) / len(group)
-                scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
-                tokens += int(m.sum())
-            scaler.unscale_(optim)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optim)
-            scaler.update()
-            optim.zero_grad(set_to_none=True)
-            sched.step()
+                + (torch.tensor([train_set.weights[i] for i in idx], dtype=torch.float32),)
+                for idx in batches[start : start + opts.grad_accum]
+            ]
+            loss_sum, tokens = train_step(
+                ddp, micro, optim, sched, scaler, trainable, opts.task, device, amp, fast_sft
+            )
             state.step += 1
             state.tokens += tokens * d.world
             state.train_seconds += time.perf_counter() - t0
@@ -325,6 +316,30 @@ def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
         dist.barrier()
         result = fn()
     return result
+
+
+def train_step(model, micro, optim, sched, scaler, trainable, task, device, amp, fast_sft=False):
+    """One optimizer step over ``micro`` = [(input_ids, mask, labels, weights), ...] CPU tensors
+    (gradient accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens).
+    The benchmark calls this too, so what it measures is the recipe's own step."""
+    import torch
+
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    for k, (x, m, y, w) in enumerate(micro):
+        tokens += int(m.sum())  # on CPU: no device sync
+        x, m, y, w = (t.to(device, non_blocking=True) for t in (x, m, y, w))
+        with _no_sync(model, k < len(micro) - 1), _autocast(device, amp):
+            loss = forward_loss(model, x, m, y, w, task, fast_sft) / len(micro)
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optim)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    scaler.step(optim)
+    scaler.update()
+    optim.zero_grad(set_to_none=True)
+    sched.step()
+    return float(loss_sum), tokens
 
 
 def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:

@@ -190,3 +190,34 @@ def test_unknown_base_is_a_one_line_error(project):
 def test_train_without_records_says_what_to_run(tmp_path):
     result = CliRunner().invoke(main, ["tune", "train", "-p", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "thresher curate ingest" in result.output
+
+
+def test_fast_sft_loss_matches_full_logits(tiny_llama):
+    """Logits only at answer positions give the same loss (and gradients) as full logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.modeling import _fast_sft_ok, add_lora, collate, encode_sft, forward_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
+    enc = encode_sft(
+        tok,
+        ["a great film", "dull and long"],
+        ["pos", "neg"],
+        [1.0, 0.5],
+        "Text: {text}\nLabel:",
+        32,
+    )
+    x, m, y = collate(enc.input_ids, enc.labels, tok.pad_token_id, "sft")
+    w = torch.tensor(enc.weights)
+    assert _fast_sft_ok(model)
+    fast = forward_loss(model, x, m, y, w, "sft", fast_sft=True)
+    full = forward_loss(model, x, m, y, w, "sft", fast_sft=False)
+    assert torch.allclose(fast, full, atol=1e-5)
+    fast.backward()
+    g_fast = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    full.backward()
+    g_full = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_fast, g_full, strict=True))
