@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--flip", type=float, default=0.2)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

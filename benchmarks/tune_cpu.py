@@ -62,7 +62,7 @@ def main() -> None:
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 max_length=args.max_length,
-                lr=5e-4,
+                lr=1e-3,
             ),
         )
         wall = time.perf_counter() - t0

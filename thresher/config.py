@@ -73,7 +73,7 @@ tune:
   max_steps: 0
   batch_size: 16
   grad_accum: 1
-  lr: 0.0005
+  lr: 0.001
   max_length: 128
   lora_r: 8
   lora_alpha: 16

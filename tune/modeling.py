@@ -124,8 +124,22 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float, target_module
 
     task_type = TaskType.SEQ_CLS if task == "classify" else TaskType.CAUSAL_LM
     targets = list(target_modules) or None
+    # BERT-style heads read a pooler (dense + tanh over [CLS]) that sentence-embedding models never
+    # trained; it must learn along with the head or the classifier sees near-random features.
+    extra = (
+        ["pooler"]
+        if task == "classify" and hasattr(getattr(model, "bert", None), "pooler")
+        else None
+    )
+    if extra and model.bert.pooler is None:
+        extra = None
     config = LoraConfig(
-        task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets
+        task_type=task_type,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=extra,
     )
     try:
         peft_model = get_peft_model(model, config)

@@ -31,7 +31,7 @@ class TuneOptions:
     max_steps: int = 0
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     max_length: int = 128

@@ -98,6 +98,17 @@ def test_classify_round_trip(project, tiny_bert, tmp_path):
     adapter = export_run(run, tmp_path / "adapter")
     assert (adapter / "adapter_model.safetensors").exists()
 
+    runner = CliRunner()
+    scored = tmp_path / "scored.csv"
+    result = runner.invoke(
+        main, ["tune", "predict", "-p", str(project), "--run", "r1", "--out", str(scored), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(scored)
+    assert len(table) == 160 and {"id", "predicted", "prob", "p_neg", "p_pos"} <= set(table.columns)
+    result = runner.invoke(main, ["tune", "export", "-p", str(project), str(tmp_path / "cli-out")])
+    assert result.exit_code == 0 and (tmp_path / "cli-out" / "adapter_config.json").exists()
+
 
 def test_resume_after_interrupt_matches_uninterrupted(project, tiny_bert):
     common = dict(base=tiny_bert, max_steps=10, eval_steps=5, save_steps=3, **FAST)
@@ -112,6 +123,8 @@ def test_resume_after_interrupt_matches_uninterrupted(project, tiny_bert):
     assert b["test"]["macro_f1"] == pytest.approx(a["test"]["macro_f1"])
     assert b["test"]["ece"] == pytest.approx(a["test"]["ece"], abs=1e-5)
     assert not (project / "tune" / ".work" / "cut").exists()
+    same = evaluate_run(resumed, against=str(full), n_boot=50)
+    assert same["comparison"]["diff"] == 0 and same["comparison"]["n_shared"] == same["n"]
 
 
 def test_sft_round_trip(project, tiny_llama):
