@@ -39,6 +39,7 @@ def test_length_grouped_batches_cover_everything_once():
     assert spread < plain_spread / 2  # less padding
 
 
+@pytest.mark.slow
 def test_classify_round_trip(project, tiny_bert, tmp_path):
     opts = TuneOptions(base=tiny_bert, run="r1", max_steps=24, eval_steps=8, **FAST)
     run = train(project, opts)
@@ -110,6 +111,7 @@ def test_classify_round_trip(project, tiny_bert, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "cli-out" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted(project, tiny_bert):
     common = dict(base=tiny_bert, max_steps=10, eval_steps=5, save_steps=3, **FAST)
     full = train(project, TuneOptions(run="full", **common))
@@ -127,6 +129,7 @@ def test_resume_after_interrupt_matches_uninterrupted(project, tiny_bert):
     assert same["comparison"]["diff"] == 0 and same["comparison"]["n_shared"] == same["n"]
 
 
+@pytest.mark.slow
 def test_sft_round_trip(project, tiny_llama):
     opts = TuneOptions(base=tiny_llama, task="sft", run="sft", max_steps=12, eval_steps=6, **FAST)
     run = train(project, opts)
@@ -138,11 +141,13 @@ def test_sft_round_trip(project, tiny_llama):
     assert 0 <= result["macro_f1"] <= 1
 
 
+@pytest.mark.slow
 def test_decoder_classification_head(project, tiny_llama):
     run = train(project, TuneOptions(base=tiny_llama, run="dec", max_steps=4, **FAST))
     assert predict_proba(run, ["great film"]).shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(project, tiny_bert):
     """The same CLI command under torchrun: 2 CPU processes, gloo, one run folder."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
