@@ -192,9 +192,15 @@ def train(
     ref = resolve_base(opts.base, opts.task)
     run_fp = _fingerprint(opts, data, ref)
     final = tune_dir / str(opts.run)
-    if not resume and not force and (Project(tune_dir).is_fresh(str(opts.run), run_fp)):
-        log.info("%s is up to date (same data and options); force redoes it", final)
-        return final
+    if not resume and not force:
+        done = _finished_run(
+            tune_dir, str(opts.run), run_fp, named=options is not None and bool(options.run)
+        )
+        if done is not None:
+            log.info("%s is up to date (same data and options); force redoes it", done)
+            if d.main:
+                shutil.rmtree(work, ignore_errors=True)
+            return done
     device = _device(d)
     amp = _amp_dtype(opts.precision, device)
     tok = load_tokenizer(ref)
@@ -367,6 +373,21 @@ def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, Tu
     return work, opts
 
 
+def _finished_run(tune_dir: Path, run: str, run_fp: str, named: bool) -> Path | None:
+    """A finished run with this fingerprint: the named one, or (no name given) any."""
+    tune_project = Project(tune_dir)
+    if tune_project.is_fresh(run, run_fp):
+        return tune_dir / run
+    if named:
+        return None
+    for manifest in sorted(tune_dir.glob("*/manifest.json")):
+        if not manifest.parent.name.startswith(".") and tune_project.is_fresh(
+            manifest.parent.name, run_fp
+        ):
+            return manifest.parent
+    return None
+
+
 def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
     def rows(frame):
         return list(zip(frame["id"], frame["label"], frame["weight"], strict=True))
@@ -534,6 +555,7 @@ def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
