@@ -48,14 +48,14 @@ def _register() -> None:
     from curate.cli import curate
     from curate.dedup_cli import register as register_dedup
     from loop.cli import simulate_command
+    from review.cli import review
+    from tune.cli import tune
 
     register_dedup(curate)
     main.add_command(curate)
-    main.add_command(simulate_command)
-
-    from review.cli import review
-
     main.add_command(review)
+    main.add_command(tune)
+    main.add_command(simulate_command)
 
 
 _register()

@@ -144,6 +144,45 @@ review:
   vectors: true
   # Port of the embedded server on 127.0.0.1.
   port: 6900
+# thresher tune train / eval (LoRA). CLI flags override these.
+tune:
+  # classify: LoRA on a sequence-classification model (models.classifier).
+  # sft: causal-LM LoRA with prompt_template, the label as the answer (models.sft).
+  task: classify
+  # curated: dedup representatives, reviewed labels over raw ones, label issues as below. raw: all.
+  data: curated
+  # Suspected label errors (score stage label_issue): exclude | downweight | keep.
+  label_issues: exclude
+  # Loss weight of a suspected label error when label_issues is downweight.
+  issue_weight: 0.3
+  # The split is made once per project (DIR/tune/split.parquet) and then fixed.
+  val_fraction: 0.15
+  test_fraction: 0.15
+  epochs: 3
+  # Optimizer steps; > 0 overrides epochs.
+  max_steps: 0
+  batch_size: 16
+  grad_accum: 1
+  lr: 0.001
+  max_length: 128
+  lora_r: 8
+  lora_alpha: 16
+  lora_dropout: 0.05
+  # Empty: peft's default for the architecture (e.g. query,value for BERT; q_proj,v_proj for Llama).
+  target_modules: []
+  # auto: bf16 (or fp16) autocast on GPU, fp32 on CPU | bf16 | fp16 | fp32
+  precision: auto
+  # 4-bit base weights (needs bitsandbytes and a CUDA GPU).
+  qlora: false
+  gradient_checkpointing: false
+  # Validate every N optimizer steps (0: once per epoch); stop after `patience` evals without gain.
+  eval_steps: 0
+  patience: 3
+  # Checkpoint every N optimizer steps (for --resume after a kill).
+  save_steps: 50
+  # errors.parquet lists wrong predictions and correct ones below this probability.
+  low_confidence: 0.6
+  prompt_template: "Classify the text.\\nText: {text}\\nLabel:"
 """
 
 DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)
