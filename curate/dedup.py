@@ -70,6 +70,7 @@ class DedupOptions:
     embedding_model: str = "default"
     batch_size: int = 4096
     keep_in_memory_mb: int = 256
+    engine: str = "local"
     seed: int = 0
 
     def minhash(self) -> mh.MinHashOptions:
@@ -90,6 +91,8 @@ class DedupOptions:
             raise InputError(f"shingle must be 'word' or 'char', got {self.shingle!r}")
         if self.ngram < 1 or (self.shingle == "char" and self.ngram > 8):
             raise InputError(f"ngram must be 1..8 for char shingles, >= 1 for words: {self.ngram}")
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         if self.num_perm < 8:
             raise InputError(f"num_perm must be at least 8, got {self.num_perm}")
         if not -1.0 <= self.semantic_threshold <= 1.0:
@@ -203,6 +206,13 @@ def _int_values(arr, fill: int) -> np.ndarray:
     if arr.null_count:
         values[~_valid_mask(arr)] = fill
     return values
+
+
+def _bits_to_bool(column) -> np.ndarray:
+    """An Arrow bool array (no nulls) as numpy bool, through its bitmap."""
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    bits = np.unpackbits(np.frombuffer(arr.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
 
 
 def _valid_mask(arr) -> np.ndarray:
@@ -546,6 +556,7 @@ def dedup(
     config = asdict(opts)
     config.pop("batch_size")
     config.pop("keep_in_memory_mb")
+    config.pop("engine")  # both engines give the same output
     stage_fp = fingerprint({"inputs": inputs, "config": config})
     if not force and project.is_fresh(STAGE, stage_fp):
         manifest = project.read_manifest(STAGE) or {}
@@ -559,11 +570,18 @@ def dedup(
         in_memory = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) <= (
             opts.keep_in_memory_mb << 20
         )
-        kept: list | None = [] if in_memory else None
+        kept: list | None = [] if in_memory and opts.engine == "local" else None
         with run.timed("sketch"):
-            columns = None if in_memory else ["text", "label"]
-            stream = parquet.iter_batches(opts.batch_size, columns=columns, use_threads=False)
-            corpus = _sketch_batches(_remember(stream, kept), opts, progress, n_rows=meta.num_rows)
+            if opts.engine == "ray":
+                from curate.dedup_ray import sketch_with_ray
+
+                corpus = sketch_with_ray(src, opts)
+            else:
+                columns = None if in_memory else ["text", "label"]
+                stream = parquet.iter_batches(opts.batch_size, columns=columns, use_threads=False)
+                corpus = _sketch_batches(
+                    _remember(stream, kept), opts, progress, n_rows=meta.num_rows
+                )
         with run.timed("cluster"):
             clusters, stats = cluster_corpus(corpus, opts)
         if opts.semantic:

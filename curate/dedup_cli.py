@@ -37,6 +37,12 @@ from thresher.cli_common import emit, force_option, json_option, progress_bar, p
     default=None,
     help="Project folder or file (e.g. an eval set): report rows of DIR that duplicate it.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the hashing pass runs [dedup.engine: local]; ray needs thresher[ray].",
+)
 @force_option
 @json_option
 def dedup_command(
@@ -49,6 +55,7 @@ def dedup_command(
     semantic: bool | None,
     semantic_threshold: float | None,
     against: str | None,
+    engine: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -77,6 +84,7 @@ def dedup_command(
             "dedup.punctuation": punctuation,
             "dedup.semantic": semantic,
             "dedup.semantic_threshold": semantic_threshold,
+            "dedup.engine": engine,
         }
     )
     section = config.section("dedup")
@@ -90,6 +98,7 @@ def dedup_command(
         semantic_threshold=float(section["semantic_threshold"]),
         embedding_model=str(config.get("models.embedding")),
         batch_size=int(section["batch_size"]),
+        engine=str(section["engine"]),
         seed=int(config.get("seed")),
     )
     run = functools.partial(

@@ -64,6 +64,8 @@ dedup:
   semantic_threshold: 0.95
   # Rows per Arrow batch while streaming (small batches stay in CPU cache).
   batch_size: 4096
+  # Where the hashing pass runs: local | ray (Ray Data map_batches; pip install thresher[ray]).
+  engine: local
 
 score:
   # Cross-validation folds for out-of-sample probabilities (shuffled, stratified).

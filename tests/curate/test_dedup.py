@@ -300,3 +300,22 @@ def test_semantic_flags_paraphrases_and_reuses_the_cache(tmp_path):
     assert shards
     dedup(project, DedupOptions(semantic=True, semantic_threshold=0.8), force=True)
     assert sorted(cache.rglob("*.npz")) == shards  # nothing re-embedded
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_output(tmp_path):
+    ray = pytest.importorskip("ray")
+    texts, _ = _planted(15, 40, seed=9)
+    rows = [{"text": t, "label": ("a", "b")[i % 2]} for i, t in enumerate(texts)]
+    project = _make_project(tmp_path, rows)
+    local = dedup(project, DedupOptions(threshold=0.7, batch_size=64))
+    expected = _read(project)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = dedup(
+            project, DedupOptions(threshold=0.7, batch_size=64, engine="ray"), force=True
+        )
+    finally:
+        ray.shutdown()
+    assert _read(project) == expected
+    assert (remote.clusters, remote.removed) == (local.clusters, local.removed)
