@@ -115,3 +115,118 @@ def ingest_command(
     if result.control_chars_cleaned:
         lines.append(f"control characters removed from {result.control_chars_cleaned} texts")
     emit(result.to_dict(), as_json, lines)
+
+
+@curate.command("score")
+@project_option
+@click.option(
+    "--folds", type=int, default=None, help="Cross-validation folds [config score.folds: 5]."
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Embedding model: default (offline MiniLM), a local folder or a hub id "
+    "[config models.embedding].",
+)
+@click.option(
+    "--no-embeddings",
+    is_flag=True,
+    help="Fast mode: TF-IDF learners only, no sentence embeddings (outliers from TF-IDF SVD).",
+)
+@click.option(
+    "--learners",
+    default=None,
+    help="Comma-separated learners from emb,svm,nb,lr [config score.learners: emb,svm].",
+)
+@click.option(
+    "--probs-from",
+    default=None,
+    metavar="RUN",
+    help="Use out-of-sample probabilities from tune run RUN instead of the ensemble.",
+)
+@force_option
+@json_option
+def score_command(
+    project_dir: str,
+    folds: int | None,
+    model: str | None,
+    no_embeddings: bool,
+    learners: str | None,
+    probs_from: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Score label noise (cleanlab, out-of-sample), outliers and bias; write the HTML report.
+
+    \b
+    Writes DIR/score/records.parquet, bias.json, report.html and manifest.json.
+    Examples:
+      thresher curate score -p proj
+      thresher curate score -p proj --folds 10 --no-embeddings
+    """
+    from curate.score import ScoreOptions, score
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides(
+        {
+            "score.folds": folds,
+            "models.embedding": model,
+            "score.embeddings": False if no_embeddings else None,
+            "score.learners": learners.split(",") if learners else None,
+        }
+    )
+    section = config.section("score")
+    opts = ScoreOptions(
+        folds=int(section["folds"]),
+        repeats=int(section["repeats"]),
+        learners=tuple(str(x).strip() for x in section["learners"]),
+        second_pass=bool(section["second_pass"]),
+        embeddings=bool(section["embeddings"]),
+        model=str(config.get("models.embedding") or "default"),
+        bias_lexicon=section.get("bias_lexicon"),
+        bias_lexicon_replace=bool(section.get("bias_lexicon_replace")),
+        bias_alpha=float(section["bias_alpha"]),
+        bias_min_count=int(section["bias_min_count"]),
+        probs_from=probs_from,
+        seed=int(config.get("seed")),
+    )
+    with progress_bar(desc="embed") as bar:
+        result = score(project, opts, force=force, progress=bar.update)
+    lines = []
+    if result.noop:
+        lines.append("score is up to date (inputs and config unchanged); --force redoes it")
+    lines.append(
+        f"scored {result.scored} of {result.records} records ({result.labeled} labeled) with "
+        f"{'+'.join(result.learners)}, {result.folds} folds"
+    )
+    lines.append(
+        f"label issues: {result.label_issues}  near-OOD: {result.near_ood}  "
+        f"significant group/label associations: {result.significant_bias}"
+    )
+    for row in result.top_bias[:3]:
+        lines.append(
+            f"  {row['name']} → {row['label']}: lift {row['lift']:.2f}, q {row['q_value']:.2g}, "
+            f"n={row['slice_size']}"
+        )
+    lines.append(f"→ {result.path}")
+    lines.append(f"report: {result.report}")
+    emit(result.to_dict(), as_json, lines)
+
+
+@curate.command("report")
+@project_option
+@json_option
+def report_command(project_dir: str, as_json: bool) -> None:
+    """Rebuild DIR/score/report.html from the score output (no rescoring).
+
+    \b
+    Example:
+      thresher curate report -p proj
+    """
+    from curate.report import build_report
+    from thresher.project import Project
+
+    path = build_report(Project.at(project_dir))
+    emit({"report": path}, as_json, [f"report: {path}"])

@@ -35,16 +35,54 @@ def _hash_texts(texts: Sequence[str]):
     )
 
 
-def load_encoder(model: str | None = "default", device: str | None = None):
-    """A ``SentenceTransformer`` for ``model`` (default: the offline MiniLM), cached per process."""
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX). Without them torch
+    emulates bf16, which measured 9x slower than float32 on an AVX2 machine."""
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` → float16 on CUDA, bfloat16 on a CPU with bf16 units, else float32."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
+
+
+def load_encoder(
+    model: str | None = "default", device: str | None = None, precision: str = "auto"
+):
+    """A ``SentenceTransformer`` for ``model`` (default: the offline MiniLM), cached per process.
+
+    ``precision``: auto | float32 | bfloat16 | float16 (auto picks by hardware; see
+    ``resolve_precision``). Reduced precision keeps cosine ≥ 0.999 with float32 vectors
+    (benchmarks/embed.py checks it)."""
+    import torch
+
     ref = resolve_model(model, "embedding")
-    key = f"{ref.path}|{device}"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_precision(precision, device)
+    key = f"{ref.path}|{device}|{dtype}"
     if key not in _MODELS:
         if ref.is_local:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        _MODELS[key] = SentenceTransformer(ref.path, device=device)
+        log.info("loading encoder %s on %s in %s", ref.path, device, dtype)
+        _MODELS[key] = SentenceTransformer(
+            ref.path, device=device, model_kwargs={"torch_dtype": getattr(torch, dtype)}
+        )
     return _MODELS[key]
 
 
@@ -113,6 +151,7 @@ def embed_texts(
     cache_dir: Path | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    precision: str = "auto",
     progress: Callable[[int], None] | None = None,
 ):
     """Embed ``texts`` → float32 array (n, dim), L2-normalized. Cached texts are not re-embedded.
@@ -139,7 +178,7 @@ def embed_texts(
         len(missing),
     )
     if missing:
-        encoder = load_encoder(model, device)
+        encoder = load_encoder(model, device, precision)
         firsts = [positions[0] for positions in missing.values()]
         new_keys = np.array(list(missing.keys()), dtype="S16")
         dim_of = getattr(encoder, "get_embedding_dimension", None) or (
@@ -149,13 +188,15 @@ def embed_texts(
         step = max(batch_size * 16, 1024)
         for start in range(0, len(firsts), step):
             chunk = [texts[i] for i in firsts[start : start + step]]
-            new_vectors[start : start + len(chunk)] = encoder.encode(
+            vectors = encoder.encode(
                 chunk,
                 batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
+                convert_to_tensor=True,
                 show_progress_bar=False,
-            )
+            ).float()
+            # Normalize in float32: reduced-precision norms would cost agreement.
+            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            new_vectors[start : start + len(chunk)] = vectors.cpu().numpy()
             if progress is not None:
                 progress(len(chunk))
         if cache is not None:

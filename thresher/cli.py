@@ -46,17 +46,18 @@ def init_command(directory: str, force: bool) -> None:
 
 def _register() -> None:
     from curate.cli import curate
+    from curate.dedup_cli import register as register_dedup
     from loop.cli import simulate_command
-
-    main.add_command(curate)
-    main.add_command(simulate_command)
     from loop.round_cli import round_command
-
-    main.add_command(round_command)
-
     from review.cli import review
+    from tune.cli import tune
 
+    register_dedup(curate)
+    main.add_command(curate)
     main.add_command(review)
+    main.add_command(tune)
+    main.add_command(simulate_command)
+    main.add_command(round_command)
 
 
 _register()

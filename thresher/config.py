@@ -47,6 +47,48 @@ ingest:
   # Rows per batch when streaming input and writing Parquet.
   batch_size: 50000
 
+# Duplicates (thresher curate dedup). Normalisation before hashing: Unicode NFKC, case folding,
+# whitespace runs → one space; punctuation: true also turns punctuation/symbols into spaces.
+dedup:
+  # Near duplicates: estimated Jaccard similarity of shingle sets at or above this (0..1).
+  threshold: 0.8
+  # Shingles: word | char (char = byte n-grams of the normalised text, ngram <= 8).
+  shingle: word
+  ngram: 3
+  # MinHash signature length (memory: 4 bytes x num_perm per document).
+  num_perm: 128
+  punctuation: false
+  # Semantic duplicates (opt-in): cosine similarity of sentence embeddings at or above this;
+  # flagged in semantic_cluster, never dropped.
+  semantic: false
+  semantic_threshold: 0.95
+  # Rows per Arrow batch while streaming (small batches stay in CPU cache).
+  batch_size: 4096
+  # Where the hashing pass runs: local | ray (Ray Data map_batches; pip install thresher[ray]).
+  engine: local
+
+score:
+  # Cross-validation folds for out-of-sample probabilities (shuffled, stratified).
+  folds: 5
+  # Average over this many differently shuffled K-fold splits (measured: 2 beats 1).
+  repeats: 2
+  # Ensemble (probabilities averaged): emb = logistic regression on sentence embeddings
+  # (models.embedding), svm = calibrated linear SVM on word + char TF-IDF, nb = naive Bayes on
+  # word + char n-grams, lr = logistic regression on TF-IDF. Default chosen by measurement.
+  learners: [emb, svm]
+  # Retrain without the records the first pass flags, then score again (measured: no gain).
+  second_pass: false
+  # false = fast TF-IDF-only mode (no embedding model; emb is replaced by nb; outliers and the
+  # map come from a TF-IDF SVD).
+  embeddings: true
+  # Your identity-term lexicon (YAML: group -> [terms]), added to the built-in one
+  # (curate/data/identity_terms.yaml); bias_lexicon_replace: true uses only yours.
+  bias_lexicon: null
+  bias_lexicon_replace: false
+  # Significance level after Benjamini-Hochberg correction, and the smallest slice tested.
+  bias_alpha: 0.05
+  bias_min_count: 5
+
 # Active learning (`thresher round`): which records go to annotators next.
 loop:
   # margin | entropy | least-confidence | random; add +kmeans or +coreset for a diverse batch.
@@ -107,6 +149,45 @@ review:
   vectors: true
   # Port of the embedded server on 127.0.0.1.
   port: 6900
+# thresher tune train / eval (LoRA). CLI flags override these.
+tune:
+  # classify: LoRA on a sequence-classification model (models.classifier).
+  # sft: causal-LM LoRA with prompt_template, the label as the answer (models.sft).
+  task: classify
+  # curated: dedup representatives, reviewed labels over raw ones, label issues as below. raw: all.
+  data: curated
+  # Suspected label errors (score stage label_issue): exclude | downweight | keep.
+  label_issues: exclude
+  # Loss weight of a suspected label error when label_issues is downweight.
+  issue_weight: 0.3
+  # The split is made once per project (DIR/tune/split.parquet) and then fixed.
+  val_fraction: 0.15
+  test_fraction: 0.15
+  epochs: 3
+  # Optimizer steps; > 0 overrides epochs.
+  max_steps: 0
+  batch_size: 16
+  grad_accum: 1
+  lr: 0.001
+  max_length: 128
+  lora_r: 8
+  lora_alpha: 16
+  lora_dropout: 0.05
+  # Empty: peft's default for the architecture (e.g. query,value for BERT; q_proj,v_proj for Llama).
+  target_modules: []
+  # auto: bf16 (or fp16) autocast on GPU, fp32 on CPU | bf16 | fp16 | fp32
+  precision: auto
+  # 4-bit base weights (needs bitsandbytes and a CUDA GPU).
+  qlora: false
+  gradient_checkpointing: false
+  # Validate every N optimizer steps (0: once per epoch); stop after `patience` evals without gain.
+  eval_steps: 0
+  patience: 3
+  # Checkpoint every N optimizer steps (for --resume after a kill).
+  save_steps: 50
+  # errors.parquet lists wrong predictions and correct ones below this probability.
+  low_confidence: 0.6
+  prompt_template: "Classify the text.\\nText: {text}\\nLabel:"
 """
 
 DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)

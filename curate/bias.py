@@ -1,0 +1,382 @@
+"""Bias scoring: identity-group slices, group/term ↔ label associations, per-slice noise rates.
+
+Pure functions over lists/arrays. Directions:
+- ``lift`` = P(label | slice) / P(label overall): > 1 the slice over-represents the label.
+- ``p_value`` two-sided Fisher exact test on the 2x2 table (slice vs rest, label vs other);
+  ``q_value`` Benjamini–Hochberg adjusted; ``significant`` = q_value < alpha.
+- ``z`` (data-driven terms): log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi &
+  Quinn 2008), divided by its standard deviation; high = the term predicts the label.
+
+The lexicon (``curate/data/identity_terms.yaml``) is documented in that file and extendable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LEXICON_FILE = "identity_terms.yaml"
+_TOKEN = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
+
+
+# --------------------------------------------------------------------------------------------
+# Lexicon and matching
+
+
+def default_lexicon() -> dict[str, list[str]]:
+    """The lexicon shipped with thresher: group name → terms."""
+    import yaml
+
+    text = resources.files("curate.data").joinpath(LEXICON_FILE).read_text(encoding="utf-8")
+    return _validate_lexicon(yaml.safe_load(text), LEXICON_FILE)
+
+
+def _validate_lexicon(data: Any, origin: str) -> dict[str, list[str]]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: a lexicon is a mapping of group name -> list of terms")
+    out: dict[str, list[str]] = {}
+    for group, terms in data.items():
+        if isinstance(terms, str):
+            terms = [terms]
+        if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
+            raise ConfigError(f"{origin}: group {group!r} must map to a list of non-empty terms")
+        out[str(group)] = [t.strip().lower() for t in terms]
+    return out
+
+
+def load_lexicon(path: str | Path | None = None, *, replace: bool = False) -> dict[str, list[str]]:
+    """The default lexicon, extended (or, with ``replace``, replaced) by the YAML at ``path``.
+    A group named in the user's file replaces the default group of that name."""
+    import yaml
+
+    lexicon = {} if (replace and path) else default_lexicon()
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"bias lexicon {path} not found; fix score.bias_lexicon")
+        try:
+            user = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        lexicon.update(_validate_lexicon(user, str(path)))
+    return lexicon
+
+
+def _term_pattern(term: str) -> str:
+    wildcard = term.endswith("*")
+    core = re.escape(term.rstrip("*")).replace(r"\ ", r"\s+")
+    tail = r"[\w-]*" if wildcard else ""
+    return r"(?<![\w-])" + core + tail + r"(?![\w-])"
+
+
+_WORD_RUN = re.compile(r"[\w-]+")
+
+
+@dataclass
+class Matcher:
+    """Word-boundary matcher for a lexicon. A text is split once into maximal runs of word
+    characters and hyphens (so "man" matches "man," but not "manual" or "non-man"); one-word
+    terms are set look-ups, wildcards prefix checks, and only phrases use a regex."""
+
+    lexicon: dict[str, list[str]]
+    _words: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _prefixes: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _phrases: dict[str, list[tuple[str, re.Pattern]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for group, terms in self.lexicon.items():
+            words, prefixes, phrases = set(), [], []
+            for term in terms:
+                if _WORD_RUN.fullmatch(term) and not term.endswith("*"):
+                    words.add(term)
+                elif term.endswith("*") and _WORD_RUN.fullmatch(term[:-1]):
+                    prefixes.append(term[:-1])
+                else:
+                    phrases.append((term, re.compile(_term_pattern(term), re.IGNORECASE)))
+            self._words[group] = words
+            self._prefixes[group] = tuple(prefixes)
+            self._phrases[group] = phrases
+
+    def _found(self, text: str) -> dict[str, list[str]]:
+        tokens = set(_WORD_RUN.findall(text.lower()))
+        found: dict[str, list[str]] = {}
+        for group in self.lexicon:
+            hits = [t for t in self._words[group] if t in tokens]
+            for prefix in self._prefixes[group]:
+                if any(tok.startswith(prefix) for tok in tokens):
+                    hits.append(prefix + "*")
+            hits += [term for term, rx in self._phrases[group] if rx.search(text)]
+            if hits:
+                found[group] = hits
+        return found
+
+    def groups(self, text: str) -> list[str]:
+        """Sorted names of the groups ``text`` mentions."""
+        return sorted(self._found(text))
+
+    def groups_and_terms(self, text: str) -> tuple[list[str], list[str]]:
+        """The groups ``text`` mentions and the lexicon terms that matched."""
+        found = self._found(text)
+        return sorted(found), sorted({t for hits in found.values() for t in hits})
+
+    def terms(self, text: str) -> list[str]:
+        """Lexicon terms found in ``text``."""
+        return self.groups_and_terms(text)[1]
+
+
+def bias_groups(texts: Sequence[str], lexicon: Mapping[str, list[str]] | None = None):
+    """``bias_groups`` per record: the list of group names each text mentions."""
+    matcher = Matcher(dict(lexicon if lexicon is not None else default_lexicon()))
+    return [matcher.groups(t) for t in texts]
+
+
+# --------------------------------------------------------------------------------------------
+# Associations
+
+
+@dataclass(frozen=True)
+class Association:
+    """One slice (a group or a lexicon term) × one label."""
+
+    kind: str  # "group" | "term"
+    name: str
+    label: str
+    count: int  # records in the slice with this label
+    slice_size: int
+    rate_in_slice: float  # P(label | slice)
+    rate_in_rest: float  # P(label | not slice)
+    lift: float  # P(label | slice) / P(label)
+    p_value: float
+    q_value: float = 1.0
+    significant: bool = False
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """BH-adjusted q-values (monotone, capped at 1)."""
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def _fisher(a: int, b: int, c: int, d: int) -> float:
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[a, b], [c, d]], alternative="two-sided")[1])
+
+
+def associations(
+    memberships: Sequence[Sequence[str]],
+    labels: Sequence[str | None],
+    *,
+    kind: str = "group",
+    min_count: int = 5,
+    alpha: float = 0.05,
+) -> list[Association]:
+    """Slice ↔ label associations, sorted most notable first (significant, then smallest q, then
+    largest |log lift|). ``memberships[i]`` lists the slices record ``i`` is in; unlabeled
+    records are skipped; slices smaller than ``min_count`` are left out."""
+    pairs = [(set(m), lab) for m, lab in zip(memberships, labels, strict=True) if lab is not None]
+    n = len(pairs)
+    if n == 0:
+        return []
+    label_counts = Counter(lab for _, lab in pairs)
+    slice_sizes: Counter[str] = Counter()
+    joint: Counter[tuple[str, str]] = Counter()
+    for slices, lab in pairs:
+        for s in slices:
+            slice_sizes[s] += 1
+            joint[(s, lab)] += 1
+    rows: list[Association] = []
+    for s, size in sorted(slice_sizes.items()):
+        if size < min_count or size == n:
+            continue
+        for lab, total in sorted(label_counts.items()):
+            a = joint[(s, lab)]
+            b = size - a
+            c = total - a
+            d = n - size - c
+            rows.append(
+                Association(
+                    kind=kind,
+                    name=s,
+                    label=str(lab),
+                    count=a,
+                    slice_size=size,
+                    rate_in_slice=a / size,
+                    rate_in_rest=c / (n - size),
+                    lift=(a / size) / (total / n),
+                    p_value=_fisher(a, b, c, d),
+                )
+            )
+    q = benjamini_hochberg([r.p_value for r in rows])
+    rows = [
+        Association(**{**asdict(r), "q_value": float(qv), "significant": bool(qv < alpha)})
+        for r, qv in zip(rows, q, strict=True)
+    ]
+    return sorted(rows, key=_notability)
+
+
+def _notability(r: Association) -> tuple:
+    over = r.lift > 1  # report the over-represented label of a slice first
+    return (not r.significant, r.q_value, not over, -abs(math.log(max(r.lift, 1e-9))))
+
+
+# --------------------------------------------------------------------------------------------
+# Data-driven terms
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def log_odds_terms(
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    *,
+    top: int = 15,
+    prior_scale: float = 500.0,
+    min_count: int = 5,
+) -> list[dict[str, Any]]:
+    """Terms that predict each label: log-odds ratio with an informative Dirichlet prior
+    (label vs all other labels; the prior is the corpus term distribution scaled to
+    ``prior_scale`` pseudo-counts). Returns, per label, the ``top`` terms by z (high = predictive):
+    ``{term, label, z, delta, count}``."""
+    docs = [(set(tokenize(t)), lab) for t, lab in zip(texts, labels, strict=True) if lab]
+    if not docs:
+        return []
+    vocab: Counter[str] = Counter()
+    by_label: dict[str, Counter[str]] = {}
+    for toks, lab in docs:
+        vocab.update(toks)
+        by_label.setdefault(str(lab), Counter()).update(toks)
+    terms = [t for t, c in vocab.items() if c >= min_count]
+    if not terms:
+        return []
+    total = np.array([vocab[t] for t in terms], dtype=float)
+    alpha = prior_scale * total / total.sum()
+    alpha0 = alpha.sum()
+    out: list[dict[str, Any]] = []
+    for lab, counts in sorted(by_label.items()):
+        ya = np.array([counts[t] for t in terms], dtype=float)
+        yb = total - ya
+        na, nb = ya.sum(), yb.sum()
+        delta = np.log((ya + alpha) / (na + alpha0 - ya - alpha)) - np.log(
+            (yb + alpha) / (nb + alpha0 - yb - alpha)
+        )
+        z = delta / np.sqrt(1 / (ya + alpha) + 1 / (yb + alpha))
+        for i in np.argsort(-z)[:top]:
+            out.append(
+                {
+                    "term": terms[i],
+                    "label": lab,
+                    "z": round(float(z[i]), 4),
+                    "delta": round(float(delta[i]), 4),
+                    "count": int(ya[i]),
+                }
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-slice summary
+
+
+def slice_table(
+    memberships: Sequence[Sequence[str]],
+    labels: Sequence[str | None],
+    label_issue: Sequence[bool] | None = None,
+    label_quality: Sequence[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Per slice: size, share of the data, label rates, label-noise rate (share of labeled records
+    flagged as label issues) and mean label quality; plus an ``(all)`` row to compare against."""
+    n = len(labels)
+    classes = sorted({str(lab) for lab in labels if lab is not None})
+    members: dict[str, list[int]] = {"(all)": list(range(n))}
+    for i, m in enumerate(memberships):
+        for s in m:
+            members.setdefault(s, []).append(i)
+    rows = []
+    for s, idx in sorted(members.items(), key=lambda kv: (kv[0] != "(all)", -len(kv[1]), kv[0])):
+        labeled = [i for i in idx if labels[i] is not None]
+        counts = Counter(str(labels[i]) for i in labeled)
+        row: dict[str, Any] = {
+            "slice": s,
+            "size": len(idx),
+            "share": round(len(idx) / n, 6) if n else 0.0,
+            "labeled": len(labeled),
+            "label_rates": {
+                c: round(counts[c] / len(labeled), 6) if labeled else None for c in classes
+            },
+        }
+        if label_issue is not None and labeled:
+            row["noise_rate"] = round(sum(bool(label_issue[i]) for i in labeled) / len(labeled), 6)
+        if label_quality is not None and labeled:
+            vals = [float(label_quality[i]) for i in labeled]
+            row["mean_label_quality"] = round(float(np.nanmean(vals)), 6)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class BiasReport:
+    """What ``bias.json`` holds."""
+
+    groups: list[dict[str, Any]]
+    terms: list[dict[str, Any]]
+    data_driven_terms: list[dict[str, Any]]
+    slices: list[dict[str, Any]]
+    alpha: float
+    min_count: int
+    lexicon_groups: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_bias(
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    *,
+    lexicon: Mapping[str, list[str]] | None = None,
+    label_issue: Sequence[bool] | None = None,
+    label_quality: Sequence[float] | None = None,
+    alpha: float = 0.05,
+    min_count: int = 5,
+    top_terms: int = 15,
+) -> tuple[list[list[str]], BiasReport]:
+    """Everything bias scoring produces: ``bias_groups`` per record and the report."""
+    matcher = Matcher(dict(lexicon if lexicon is not None else default_lexicon()))
+    found = [matcher.groups_and_terms(t) for t in texts]
+    groups = [g for g, _ in found]
+    terms = [t for _, t in found]
+    group_rows = associations(groups, labels, kind="group", min_count=min_count, alpha=alpha)
+    term_rows = associations(terms, labels, kind="term", min_count=min_count, alpha=alpha)
+    report = BiasReport(
+        groups=[asdict(r) for r in group_rows],
+        terms=[asdict(r) for r in term_rows],
+        data_driven_terms=log_odds_terms(texts, labels, top=top_terms, min_count=min_count),
+        slices=slice_table(groups, labels, label_issue, label_quality),
+        alpha=alpha,
+        min_count=min_count,
+        lexicon_groups=len(matcher.lexicon),
+    )
+    return groups, report

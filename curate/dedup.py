@@ -1,0 +1,693 @@
+"""The dedup stage: exact, near and (opt-in) semantic duplicates, label-aware.
+
+Reads ``DIR/ingest/records.parquet`` and writes ``DIR/dedup/records.parquet`` (every input column
+plus ``dup_cluster``, ``dup_kind``, ``is_representative``, ``label_conflict``,
+``semantic_cluster``) and ``manifest.json``; with ``--against`` also ``leakage.parquet``.
+
+- Exact duplicates: equal normalised text (``curate.normalize``).
+- Near duplicates: MinHash + LSH over word (or character) shingles, candidate pairs verified by
+  estimated Jaccard ≥ ``threshold`` (``curate.minhash``), run on one row per exact group.
+- A duplicate cluster is a connected component of exact and near links; ``dup_kind`` is ``exact``
+  for a row whose normalised text also occurs in another row, else ``near``.
+- Representative of a cluster, deterministic: among rows with the cluster's majority label (ties:
+  the alphabetically first label; unlabelled rows do not vote), the longest text (characters), then
+  the earliest row. Rows in no cluster are their own representative.
+- ``label_conflict``: the row's duplicate cluster (or, with ``semantic``, its semantic cluster)
+  holds two or more different non-null labels.
+- Semantic clusters (opt-in): cosine similarity of sentence embeddings ≥ ``semantic_threshold``,
+  linked transitively; only flagged (never changes ``is_representative``).
+
+Streaming: pass 1 reads Arrow batches and keeps ~560 B per document (signature + keys + label code
++ length); pass 2 re-reads the batches and writes the output, so memory does not grow with text
+size. Semantic search keeps the embeddings (4 × dim B per exact-distinct text: 1.5 KiB at 384).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate import minhash as mh
+from curate.normalize import NormalizeOptions, normalized_bytes
+from thresher.errors import InputError
+from thresher.project import Project, fingerprint, path_sha256, stage_output, upstream_input
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup"
+LEAKAGE = "leakage.parquet"
+ROW_GROUP = 65_536
+DEDUP_COLUMNS = (
+    "dup_cluster",
+    "dup_kind",
+    "is_representative",
+    "label_conflict",
+    "semantic_cluster",
+)
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """Dedup settings (resolved from the config by the caller).
+
+    ``threshold``: Jaccard similarity of shingle sets (0..1; higher = fewer, closer duplicates).
+    ``semantic_threshold``: cosine similarity (−1..1; higher = stricter)."""
+
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle: str = "word"
+    ngram: int = 3
+    punctuation: bool = False
+    bands: int = 0
+    rows: int = 0
+    semantic: bool = False
+    semantic_threshold: float = 0.95
+    embedding_model: str = "default"
+    batch_size: int = 4096
+    keep_in_memory_mb: int = 256
+    engine: str = "local"
+    seed: int = 0
+
+    def minhash(self) -> mh.MinHashOptions:
+        return mh.MinHashOptions(
+            threshold=self.threshold,
+            num_perm=self.num_perm,
+            shingle=self.shingle,
+            ngram=self.ngram,
+            seed=self.seed,
+            bands=self.bands,
+            rows=self.rows,
+        )
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise InputError(f"--threshold must be in (0, 1], got {self.threshold}")
+        if self.shingle not in ("word", "char"):
+            raise InputError(f"shingle must be 'word' or 'char', got {self.shingle!r}")
+        if self.ngram < 1 or (self.shingle == "char" and self.ngram > 8):
+            raise InputError(f"ngram must be 1..8 for char shingles, >= 1 for words: {self.ngram}")
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.num_perm < 8:
+            raise InputError(f"num_perm must be at least 8, got {self.num_perm}")
+        if not -1.0 <= self.semantic_threshold <= 1.0:
+            raise InputError(f"semantic threshold must be in [-1, 1]: {self.semantic_threshold}")
+
+
+@dataclass
+class DedupResult:
+    """Summary of a dedup run (what ``--json`` prints). ``removed``: rows that are not
+    representatives (what ``export`` drops)."""
+
+    rows: int
+    clusters: int
+    removed: int
+    exact_clusters: int
+    near_clusters: int
+    duplicate_rows: int
+    label_conflicts: int
+    label_conflict_rows: int
+    semantic_clusters: int | None
+    path: str
+    noop: bool = False
+    leaked: int | None = None
+    against: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- pass 1: sketches
+
+
+@dataclass
+class _Corpus:
+    sketch: mh.Sketch
+    label_codes: np.ndarray  # int32, -1 = no label
+    label_names: list[str]
+    lengths: np.ndarray  # int64 characters
+
+
+def _sketch_batches(
+    batches, opts: DedupOptions, progress, with_labels: bool = True, n_rows: int | None = None
+) -> _Corpus:
+    """Pass 1: sketch every batch. With ``n_rows`` known, signatures go straight into one
+    preallocated array (no concatenation copy)."""
+    import pyarrow as pa
+
+    norm = NormalizeOptions(punctuation=opts.punctuation)
+    mopts = opts.minhash()
+    parts, labels, lengths = [], [], []
+    sig_all = np.empty((n_rows, opts.num_perm), np.uint32) if n_rows is not None else None
+    row = 0
+    for batch in batches:
+        texts = batch.column("text")
+        data, offsets = normalized_bytes(texts, norm)
+        part = mh.sketch_batch(data, offsets, mopts)
+        if sig_all is not None:
+            sig_all[row : row + len(texts)] = part.signatures
+            part.signatures = np.empty((0, opts.num_perm), np.uint32)  # no view: frees it
+        row += len(texts)
+        parts.append(part)
+        lengths.append(_text_lengths(texts))
+        if with_labels and "label" in batch.schema.names:
+            labels.append(batch.column("label").cast(pa.string()))
+        else:
+            labels.append(pa.nulls(len(texts), pa.string()))
+        if progress is not None:
+            progress(len(texts))
+    sketch = mh.concat_sketches(parts, opts.num_perm)
+    if sig_all is not None:
+        sketch.signatures = sig_all[:row]
+    codes, names = _label_codes(labels)
+    length = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+    return _Corpus(sketch, codes, names, length)
+
+
+def _text_lengths(texts) -> np.ndarray:
+    """Characters per text (0 for null), via buffers (``fill_null`` with a Python value would
+    import pandas)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    return _int_values(pc.utf8_length(texts), 0)
+
+
+def _label_codes(chunks) -> tuple[np.ndarray, list[str]]:
+    """Labels as int32 codes in alphabetical order of the label (-1 = null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not chunks:
+        return np.zeros(0, np.int32), []
+    labels = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+    uniq = pc.drop_null(pc.unique(labels))
+    uniq = uniq.take(pc.sort_indices(uniq))  # alphabetical codes (no pa.array: see _arrow)
+    codes = pc.index_in(labels, value_set=uniq)
+    return _int_values(codes, -1).astype(np.int32), [str(v) for v in uniq.to_pylist()]
+
+
+def _int_values(arr, fill: int) -> np.ndarray:
+    """An Arrow int32/int64 array as int64 numpy, nulls → ``fill`` (no ``pc.fill_null``: with a
+    Python fill value it imports pandas)."""
+    import pyarrow as pa
+
+    dtype = np.int32 if arr.type == pa.int32() else np.int64
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
+    values = values.astype(np.int64)
+    if arr.null_count:
+        values[~_valid_mask(arr)] = fill
+    return values
+
+
+def _bits_to_bool(column) -> np.ndarray:
+    """An Arrow bool array (no nulls) as numpy bool, through its bitmap."""
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    bits = np.unpackbits(np.frombuffer(arr.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
+
+
+def _valid_mask(arr) -> np.ndarray:
+    """Validity bitmap → bool numpy (``is_valid().to_numpy`` would import pandas)."""
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.ones(len(arr), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+@dataclass
+class Clusters:
+    """Per-row cluster facts (arrays of length n)."""
+
+    dup_cluster: np.ndarray  # int64, -1 = unique
+    exact_dup: np.ndarray  # bool: another row has the same normalised text
+    is_representative: np.ndarray  # bool
+    label_conflict: np.ndarray  # bool
+    semantic_cluster: np.ndarray | None  # int64, -1 = none
+    n_clusters: int
+    n_exact_clusters: int
+    n_near_clusters: int
+    n_conflicts: int
+    n_semantic: int | None
+
+
+def _dense_cluster_ids(comp: np.ndarray) -> tuple[np.ndarray, int]:
+    """Component labels (smallest member index) → 0..C-1 for components of size ≥ 2, numbered in
+    the order of their first row; -1 for singletons."""
+    sizes = np.bincount(comp, minlength=len(comp))
+    in_cluster = sizes[comp] >= 2
+    roots = np.flatnonzero(sizes >= 2)
+    dense = np.full(len(comp), -1, dtype=np.int64)
+    lookup = np.full(len(comp), -1, dtype=np.int64)
+    lookup[roots] = np.arange(len(roots))
+    dense[in_cluster] = lookup[comp[in_cluster]]
+    return dense, len(roots)
+
+
+def _conflicts(cluster: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows whose cluster (-1 = none) holds ≥ 2 distinct non-null labels; and how many clusters."""
+    sel = (cluster >= 0) & (codes >= 0)
+    if not sel.any():
+        return np.zeros(len(cluster), bool), 0
+    n_codes = int(codes.max()) + 1
+    pairs = np.unique(cluster[sel] * n_codes + codes[sel]) // n_codes
+    n_labels = np.bincount(pairs, minlength=int(cluster.max()) + 1)
+    bad = n_labels >= 2
+    rows = np.zeros(len(cluster), bool)
+    rows[cluster >= 0] = bad[cluster[cluster >= 0]]
+    return rows, int(bad.sum())
+
+
+def choose_representatives(
+    cluster: np.ndarray, codes: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """``is_representative`` per row: singletons are; in a cluster, the row with the majority
+    label (ties → smallest label code, i.e. alphabetical; null labels do not vote; a cluster with
+    no labels ignores this step), then the longest text, then the smallest row index."""
+    n = len(cluster)
+    rep = cluster < 0
+    members = np.flatnonzero(~rep)
+    if len(members) == 0:
+        return rep
+    n_clusters = int(cluster.max()) + 1
+    majority = np.full(n_clusters, -1, dtype=np.int64)
+    labelled = members[codes[members] >= 0]
+    if len(labelled):
+        n_codes = int(codes.max()) + 1
+        counts = np.bincount(
+            cluster[labelled] * n_codes + codes[labelled], minlength=n_clusters * n_codes
+        ).reshape(n_clusters, n_codes)
+        has = counts.sum(axis=1) > 0
+        majority[has] = np.argmax(counts[has], axis=1)  # argmax: first (smallest) code on ties
+    maj = majority[cluster[members]]
+    eligible = (maj < 0) | (codes[members] == maj)
+    # Sort members by cluster, eligible first, longest first, earliest first; take the first.
+    order = np.lexsort((members, -lengths[members], ~eligible, cluster[members]))
+    sorted_clusters = cluster[members][order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_clusters[1:] != sorted_clusters[:-1]
+    rep[members[order[first]]] = True
+    assert rep.sum() == n - len(members) + n_clusters
+    return rep
+
+
+def cluster_corpus(corpus: _Corpus, opts: DedupOptions) -> tuple[Clusters, dict[str, Any]]:
+    """Exact + near clusters, representatives and label conflicts for a sketched corpus."""
+    sk = corpus.sketch
+    n = len(sk.exact)
+    exact = mh.exact_groups(sk.exact)
+    exact_dup = np.bincount(exact, minlength=n)[exact] >= 2
+    reps = np.flatnonzero((exact == np.arange(n)) & sk.has_shingles)
+    pairs, _ = mh.near_pairs(sk.signatures, opts.minhash(), subset=reps)
+    edges = np.concatenate(
+        [np.stack([np.arange(n), exact], axis=1), reps[pairs]] if n else [np.zeros((0, 2))]
+    ).astype(np.int64)
+    comp = mh.components(n, edges)
+    dup_cluster, n_clusters = _dense_cluster_ids(comp)
+    # A cluster is "exact" when all its rows share one normalised text.
+    if n_clusters:
+        in_c = dup_cluster >= 0
+        distinct = np.unique(dup_cluster[in_c] * n + exact[in_c]) // n
+        n_exact_clusters = int((np.bincount(distinct, minlength=n_clusters) == 1).sum())
+    else:
+        n_exact_clusters = 0
+    conflict, n_conflicts = _conflicts(dup_cluster, corpus.label_codes)
+    rep = choose_representatives(dup_cluster, corpus.label_codes, corpus.lengths)
+    stats = {"candidate_reps": int(len(reps)), "near_pairs": int(len(pairs))}
+    clusters = Clusters(
+        dup_cluster=dup_cluster,
+        exact_dup=exact_dup,
+        is_representative=rep,
+        label_conflict=conflict,
+        semantic_cluster=None,
+        n_clusters=n_clusters,
+        n_exact_clusters=n_exact_clusters,
+        n_near_clusters=n_clusters - n_exact_clusters,
+        n_conflicts=n_conflicts,
+        n_semantic=None,
+    )
+    return clusters, stats
+
+
+# --------------------------------------------------------------------------- semantic
+
+
+def semantic_pairs(
+    vectors: np.ndarray, threshold: float, block_bytes: int = 64 << 20
+) -> np.ndarray:
+    """Pairs (i < j) with cosine similarity ≥ ``threshold`` of L2-normalised ``vectors``.
+
+    Blocked matmul over the upper triangle: time O(n²·dim) but memory O(block · n), never an
+    n × n matrix (``block_bytes`` bounds the similarity block)."""
+    n = len(vectors)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    block = max(1, min(n, block_bytes // (4 * n)))
+    found = []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sims = vectors[start:stop] @ vectors[start:].T
+        rows, cols = np.nonzero(sims >= threshold)
+        cols = cols + start
+        rows = rows + start
+        keep = cols > rows
+        found.append(np.stack([rows[keep], cols[keep]], axis=1))
+    return np.concatenate(found).astype(np.int64)
+
+
+def _semantic(
+    project: Project, src: Path, exact: np.ndarray, opts: DedupOptions, progress
+) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    from curate.embeddings import embed_texts
+
+    n = len(exact)
+    firsts = np.flatnonzero(exact == np.arange(n))
+    texts = pq.read_table(src, columns=["text"]).column("text").to_pylist()
+    vectors = embed_texts(
+        [texts[i] for i in firsts],
+        opts.embedding_model,
+        cache_dir=project.root / ".cache" / "embeddings",
+        progress=progress,
+    )
+    pairs = firsts[semantic_pairs(vectors, opts.semantic_threshold)]
+    edges = np.concatenate([np.stack([np.arange(n), exact], axis=1), pairs]).astype(np.int64)
+    comp = mh.components(n, edges)
+    # Only groups linked by a semantic pair count (exact copies alone are not a semantic cluster).
+    linked = np.zeros(n, bool)
+    linked[pairs.ravel()] = True
+    has_link = np.bincount(comp, weights=linked, minlength=n) > 0
+    comp_sem = np.where(has_link[comp], comp, np.arange(n))
+    dense, _ = _dense_cluster_ids(comp_sem)
+    return dense
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+def _read_other_texts(other: Path, text_col: str, batch_size: int):
+    """Arrow batches with a ``text`` (and ``id`` when present) column from a project folder or a
+    file (parquet/jsonl/csv/tsv/hf)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.readers import expand_sources, read_rows
+
+    if other.is_dir() and (other / "ingest").is_dir():
+        _, path = Project(other).latest_records(["dedup", "ingest"])
+        yield from pq.ParquetFile(path).iter_batches(batch_size, columns=["id", "text"])
+        return
+    if not other.exists():
+        raise InputError(f"--against {other}: no such file or project folder")
+    ids, texts = [], []
+    for source in expand_sources([other]):
+        for row in read_rows(source, batch_size):
+            if row.data is None or not isinstance(row.data.get(text_col), str):
+                continue
+            ids.append(str(row.data.get("id", f"{source.name}:{row.row}")))
+            texts.append(row.data[text_col])
+            if len(texts) >= batch_size:
+                yield pa.record_batch({"id": ids, "text": texts})
+                ids, texts = [], []
+    if texts:
+        yield pa.record_batch({"id": ids, "text": texts})
+
+
+def leakage_pairs(mine: mh.Sketch, theirs: mh.Sketch, opts: mh.MinHashOptions):
+    """Cross pairs (row in mine, row in theirs, kind, similarity): exact pairs where the
+    normalised texts are equal, near pairs where the estimated Jaccard ≥ threshold."""
+    n_mine = len(mine.exact)
+    both = mh.concat_sketches([mine, theirs], opts.num_perm)
+    exact = mh.exact_groups(both.exact)
+    # exact: group ids shared by both sides (one pair per my row, first matching other row)
+    other_rows = np.arange(n_mine, len(exact))
+    first_other = {}
+    for g, row in zip(exact[other_rows].tolist(), other_rows.tolist(), strict=True):
+        first_other.setdefault(g, row)
+    mine_groups = exact[:n_mine].tolist()
+    exact_hits = [
+        (i, first_other[g] - n_mine) for i, g in enumerate(mine_groups) if g in first_other
+    ]
+    exact_rows = {i for i, _ in exact_hits}
+    usable = np.flatnonzero(both.has_shingles)
+    pairs, sim = mh.near_pairs(both.signatures, opts, subset=usable)
+    pairs = usable[pairs]
+    cross = (pairs[:, 0] < n_mine) & (pairs[:, 1] >= n_mine)
+    near = [
+        (int(a), int(b) - n_mine, float(s))
+        for (a, b), s in zip(pairs[cross], sim[cross], strict=True)
+        if int(a) not in exact_rows
+    ]
+    return exact_hits, near
+
+
+def _against(
+    other: Path, corpus: _Corpus, ids: list[str], opts: DedupOptions, text_col: str, out: Path
+) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    other_ids: list[str] = []
+
+    def batches():
+        for batch in _read_other_texts(other, text_col, opts.batch_size):
+            other_ids.extend(str(v) for v in batch.column("id").to_pylist())
+            yield batch
+
+    theirs = _sketch_batches(batches(), opts, None, with_labels=False)
+    exact_hits, near = leakage_pairs(corpus.sketch, theirs.sketch, opts.minhash())
+    rows = [(ids[a], other_ids[b], "exact", 1.0) for a, b in exact_hits]
+    rows += [(ids[a], other_ids[b], "near", s) for a, b, s in near]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    table = pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.string()),
+            "other_id": pa.array([r[1] for r in rows], pa.string()),
+            "kind": pa.array([r[2] for r in rows], pa.string()),
+            "similarity": pa.array([r[3] for r in rows], pa.float32()),
+        }
+    )
+    pq.write_table(table, out)
+    return len({r[0] for r in rows})
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _bits(values: np.ndarray):
+    import pyarrow as pa
+
+    return pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))
+
+
+def _arrow(values: np.ndarray, kind: str, valid: np.ndarray | None = None):
+    """numpy → Arrow through buffers (``pa.array`` would import pandas: +0.5 s start-up)."""
+    import pyarrow as pa
+
+    n = len(values)
+    validity = None if valid is None or valid.all() else _bits(valid)
+    nulls = 0 if validity is None else int(n - valid.sum())
+    if kind == "bool":
+        return pa.Array.from_buffers(pa.bool_(), n, [validity, _bits(values)], null_count=nulls)
+    arrow_type = {"int64": pa.int64(), "int8": pa.int8()}[kind]
+    data = pa.py_buffer(np.ascontiguousarray(values, dtype=kind))
+    return pa.Array.from_buffers(arrow_type, n, [validity, data], null_count=nulls)
+
+
+def _kinds():
+    import pyarrow as pa
+
+    offsets = pa.py_buffer(np.array([0, 5, 9], dtype=np.int32))
+    return pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"exactnear")])
+
+
+def _output_columns(clusters: Clusters, start: int, stop: int) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
+    dc = clusters.dup_cluster[start:stop]
+    in_cluster = dc >= 0
+    kind_codes = np.where(clusters.exact_dup[start:stop], 0, 1).astype(np.int8)
+    sem = clusters.semantic_cluster
+    sem_part = sem[start:stop] if sem is not None else np.full(stop - start, -1)
+    return {
+        "dup_cluster": _arrow(dc, "int64", in_cluster),
+        "dup_kind": pc.take(_kinds(), _arrow(kind_codes, "int8", in_cluster)),
+        "is_representative": _arrow(clusters.is_representative[start:stop], "bool"),
+        "label_conflict": _arrow(clusters.label_conflict[start:stop], "bool"),
+        "semantic_cluster": _arrow(sem_part, "int64", sem_part >= 0),
+    }
+
+
+def dedup(
+    project: Project,
+    opts: DedupOptions,
+    *,
+    force: bool = False,
+    against: str | Path | None = None,
+    text_col: str = "text",
+    progress: Callable[[int], None] | None = None,
+) -> DedupResult:
+    """Run the dedup stage on ``project`` (a rerun with unchanged input and options is a no-op
+    unless ``force``). ``against``: a project folder or file whose duplicates in this project are
+    reported in ``leakage.parquet`` (train/test leakage)."""
+    import pyarrow.parquet as pq
+
+    opts.validate()
+    src = project.require("ingest", "thresher curate ingest SRC -p DIR")
+    inputs = [upstream_input(project, "ingest")]
+    if against is not None:
+        other = Path(against)
+        if not other.exists():
+            raise InputError(f"--against {other}: no such file or project folder")
+        inputs.append({"against": str(other), "sha256": path_sha256(_against_hash_target(other))})
+    config = asdict(opts)
+    config.pop("batch_size")
+    config.pop("keep_in_memory_mb")
+    config.pop("engine")  # both engines give the same output
+    stage_fp = fingerprint({"inputs": inputs, "config": config})
+    if not force and project.is_fresh(STAGE, stage_fp):
+        manifest = project.read_manifest(STAGE) or {}
+        return _result(manifest["counts"], project, noop=True)
+
+    with stage_output(
+        project, STAGE, stage_fp, inputs=inputs, config=config, packages=("numpy", "pyarrow")
+    ) as run:
+        parquet = pq.ParquetFile(src)
+        meta = parquet.metadata
+        in_memory = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) <= (
+            opts.keep_in_memory_mb << 20
+        )
+        kept: list | None = [] if in_memory and opts.engine == "local" else None
+        with run.timed("sketch"):
+            if opts.engine == "ray":
+                from curate.dedup_ray import sketch_with_ray
+
+                corpus = sketch_with_ray(src, opts)
+            else:
+                columns = None if in_memory else ["text", "label"]
+                stream = parquet.iter_batches(opts.batch_size, columns=columns, use_threads=False)
+                corpus = _sketch_batches(
+                    _remember(stream, kept), opts, progress, n_rows=meta.num_rows
+                )
+        with run.timed("cluster"):
+            clusters, stats = cluster_corpus(corpus, opts)
+        if opts.semantic:
+            with run.timed("semantic"):
+                sem = _semantic(project, src, mh.exact_groups(corpus.sketch.exact), opts, None)
+                sem_conflict, _ = _conflicts(sem, corpus.label_codes)
+                clusters.semantic_cluster = sem
+                clusters.label_conflict |= sem_conflict
+                clusters.n_semantic = int(sem.max()) + 1 if len(sem) and sem.max() >= 0 else 0
+        leaked = None
+        if against is not None:
+            with run.timed("against"):
+                ids = pq.read_table(src, columns=["id"]).column("id").to_pylist()
+                leaked = _against(Path(against), corpus, ids, opts, text_col, run.path(LEAKAGE))
+        # Signatures are not needed past this point: free them before pass 2 (peak memory).
+        corpus.sketch.signatures = np.empty((0, opts.num_perm), np.uint32)
+        with run.timed("write"):
+            batches = (
+                kept
+                if kept is not None
+                else parquet.iter_batches(opts.batch_size, use_threads=False)
+            )
+            _write(parquet.schema_arrow, batches, clusters, run.path("records.parquet"))
+        n = len(clusters.dup_cluster)
+        cluster_ids = clusters.dup_cluster
+        conflict_clusters = clusters.n_conflicts
+        run.counts = {
+            "rows": n,
+            "clusters": clusters.n_clusters,
+            "removed": int(n - clusters.is_representative.sum()),
+            "exact_clusters": clusters.n_exact_clusters,
+            "near_clusters": clusters.n_near_clusters,
+            "duplicate_rows": int((cluster_ids >= 0).sum()),
+            "label_conflicts": conflict_clusters,
+            "label_conflict_rows": int(clusters.label_conflict.sum()),
+            "semantic_clusters": clusters.n_semantic,
+            "leaked": leaked,
+            "against": str(against) if against is not None else None,
+            **stats,
+        }
+        run.extra["seed"] = opts.seed
+        run.extra["memory_bytes_per_doc"] = 4 * opts.num_perm + 16 + 1 + 4 + 8
+    result = _result(run.counts, project, noop=False)
+    result.timings = dict(run.timings)
+    return result
+
+
+def _against_hash_target(other: Path) -> Path:
+    if other.is_dir() and (other / "ingest").is_dir():
+        return Project(other).latest_records(["dedup", "ingest"])[1]
+    return other
+
+
+def _remember(stream, kept: list | None):
+    for batch in stream:
+        if kept is not None:
+            kept.append(batch)
+        yield batch
+
+
+def _write(schema, batches, clusters: Clusters, out: Path) -> None:
+    """Pass 2: every input column plus the dedup columns (snappy: fast to write and read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in DEDUP_COLUMNS:
+        if name in schema.names:
+            schema = schema.remove(schema.get_field_index(name))
+    extra = [
+        pa.field("dup_cluster", pa.int64()),
+        pa.field("dup_kind", pa.string()),
+        pa.field("is_representative", pa.bool_(), nullable=False),
+        pa.field("label_conflict", pa.bool_(), nullable=False),
+        pa.field("semantic_cluster", pa.int64()),
+    ]
+    for f in extra:
+        schema = schema.append(f)
+    start = 0
+    pending: list = []
+    with pq.ParquetWriter(out, schema, compression="snappy") as writer:
+        for batch in batches:
+            stop = start + batch.num_rows
+            cols = {name: batch.column(name) for name in batch.schema.names}
+            cols.update(_output_columns(clusters, start, stop))
+            pending.append(pa.table({f.name: cols[f.name] for f in schema}, schema=schema))
+            start = stop
+            if sum(t.num_rows for t in pending) >= ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending))
+                pending = []
+        if pending or start == 0:
+            writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
+
+
+def _result(counts: dict[str, Any], project: Project, *, noop: bool) -> DedupResult:
+    return DedupResult(
+        rows=counts["rows"],
+        clusters=counts["clusters"],
+        removed=counts["removed"],
+        exact_clusters=counts["exact_clusters"],
+        near_clusters=counts["near_clusters"],
+        duplicate_rows=counts["duplicate_rows"],
+        label_conflicts=counts["label_conflicts"],
+        label_conflict_rows=counts["label_conflict_rows"],
+        semantic_clusters=counts.get("semantic_clusters"),
+        path=str(project.records_path(STAGE)),
+        noop=noop,
+        leaked=counts.get("leaked"),
+        against=counts.get("against"),
+    )

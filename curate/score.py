@@ -1,0 +1,404 @@
+"""The score stage: label noise, outliers and bias for every record, plus the HTML report.
+
+Reads ``DIR/dedup/records.parquet`` when present (else ``DIR/ingest/``). With dedup output only
+representatives are scored (duplicates would leak across folds and inflate confidence); cluster
+members get their representative's predictions, and their own ``label_quality`` against them.
+
+Writes ``DIR/score/``: ``records.parquet`` (input columns + label_quality, label_issue,
+predicted_label, predicted_prob, outlier_score, near_ood, bias_groups), ``bias.json``,
+``report.html``, ``map.parquet`` (2-D embedding map) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.errors import InputError
+from thresher.project import (
+    Project,
+    fingerprint,
+    path_sha256,
+    stage_output,
+    upstream_input,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "score"
+ANNOTATIONS = ("review", "annotations.parquet")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What the score stage needs from the config (resolved by the caller)."""
+
+    folds: int = 5
+    repeats: int = 2
+    learners: tuple[str, ...] = ("emb", "svm")
+    second_pass: bool = False
+    embeddings: bool = True
+    model: str = "default"
+    bias_lexicon: str | None = None
+    bias_lexicon_replace: bool = False
+    bias_alpha: float = 0.05
+    bias_min_count: int = 5
+    probs_from: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class ScoreResult:
+    """Summary of one score run (also what ``--json`` prints)."""
+
+    scored: int
+    records: int
+    labeled: int
+    label_issues: int
+    near_ood: int
+    significant_bias: int
+    top_bias: list[dict[str, Any]]
+    learners: list[str]
+    folds: int
+    path: str
+    report: str
+    noop: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_learners(learners: tuple[str, ...], embeddings: bool) -> tuple[str, ...]:
+    """The learners to run. Without embeddings, ``emb`` is replaced by ``nb`` (naive Bayes on
+    word + character n-grams: a second, differently-biased text view; measured in docs/score.md)."""
+    from curate.noise import ALL_LEARNERS
+
+    unknown = [ln for ln in learners if ln not in ALL_LEARNERS]
+    if unknown:
+        raise InputError(f"unknown learners {unknown}; choose from {', '.join(ALL_LEARNERS)}")
+    if embeddings:
+        return tuple(dict.fromkeys(learners))
+    out = [("nb" if ln == "emb" else ln) for ln in learners]
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise InputError("no learners given; choose from " + ", ".join(ALL_LEARNERS))
+    return tuple(out)
+
+
+def _representatives(df) -> np.ndarray:
+    if "is_representative" not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    rep = df["is_representative"].fillna(True).astype(bool).to_numpy()
+    return rep
+
+
+def _external_probs(project: Project, run: str, ids, classes) -> np.ndarray:
+    """Hook for ``--probs-from RUN``: out-of-sample class probabilities from a tuned model.
+
+    Expects ``DIR/tune/RUN/predictions.parquet`` with ``id`` and one ``prob_<label>`` column per
+    class (the tune stage's contract is pending; see docs/score.md)."""
+    import pandas as pd
+
+    path = project.root / "tune" / run / "predictions.parquet"
+    if not path.exists():
+        raise InputError(f"{path} not found; run `thresher tune train -p DIR` or drop --probs-from")
+    preds = pd.read_parquet(path).set_index("id")
+    cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in cols if c not in preds.columns]
+    if missing:
+        raise InputError(f"{path}: no columns {missing}; it needs id + prob_<label> per class")
+    absent = [i for i in ids if i not in preds.index]
+    if absent:
+        raise InputError(f"{path}: no predictions for {len(absent)} records (e.g. {absent[0]})")
+    return preds.loc[list(ids), cols].to_numpy(dtype=float)
+
+
+def _dense_features(texts, embeddings):
+    """Dense features for outliers and the map: embeddings, else a 100-d SVD of TF-IDF."""
+    if embeddings is not None:
+        return embeddings
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    X = TfidfVectorizer(sublinear_tf=True).fit_transform(texts)
+    k = max(1, min(100, X.shape[1] - 1, X.shape[0] - 1))
+    Z = TruncatedSVD(n_components=k, random_state=0).fit_transform(X)
+    norm = np.linalg.norm(Z, axis=1, keepdims=True)
+    return Z / np.maximum(norm, 1e-12)
+
+
+def _map_2d(features: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    if features.shape[0] < 2 or features.shape[1] < 2:
+        return np.zeros((features.shape[0], 2))
+    return PCA(n_components=2, random_state=seed).fit_transform(features)
+
+
+def _annotations(project: Project):
+    """Per-record annotator labels from a review pull, if any: {id: {annotator: label}}."""
+    import pandas as pd
+
+    path = project.root.joinpath(*ANNOTATIONS)
+    if not path.exists():
+        return None, None
+    frame = pd.read_parquet(path)
+    if "annotator_labels" not in frame.columns or "id" not in frame.columns:
+        return None, path
+    out = {}
+    for rid, raw in zip(frame["id"], frame["annotator_labels"], strict=True):
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        if isinstance(value, dict) and value:
+            out[str(rid)] = {str(k): str(v) for k, v in value.items() if v is not None}
+    return out, path
+
+
+def score(
+    project: Project,
+    opts: ScoreOptions,
+    *,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreResult:
+    """Run the score stage on ``project``. A rerun with unchanged inputs/options is a no-op."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate import bias as bias_mod
+    from curate import noise
+    from curate.report import ReportData, render_report, stage_counts
+
+    stage_in, path_in = project.latest_records(["dedup", "ingest"])
+    lexicon = bias_mod.load_lexicon(opts.bias_lexicon, replace=opts.bias_lexicon_replace)
+    inputs = [upstream_input(project, stage_in)]
+    annotations, ann_path = _annotations(project)
+    if ann_path is not None:
+        inputs.append({"path": str(ann_path), "sha256": path_sha256(ann_path)})
+    config = {**asdict(opts), "lexicon": fingerprint(lexicon)}
+    stage_fp = fingerprint({"inputs": inputs, "config": config})
+    if not force and project.is_fresh(STAGE, stage_fp):
+        manifest = project.read_manifest(STAGE) or {}
+        return ScoreResult(**{**manifest["summary"], "noop": True})
+
+    df = pd.read_parquet(path_in)
+    if len(df) == 0:
+        raise InputError(f"{path_in} has no records; nothing to score")
+    rep = _representatives(df)
+    reps = df[rep].reset_index(drop=True)
+    texts = reps["text"].astype(str).tolist()
+    labels = [None if pd.isna(v) else str(v) for v in reps["label"]]
+
+    with stage_output(
+        project, STAGE, stage_fp, inputs=inputs, config=config,
+        packages=("cleanlab", "scikit-learn", "sentence-transformers", "numpy"),
+    ) as run:  # fmt: skip
+        embeddings = None
+        if opts.embeddings:
+            from curate.embeddings import embed_texts
+
+            with run.timed("embed"):
+                embeddings = embed_texts(
+                    texts, opts.model, cache_dir=project.root / ".cache" / "embeddings",
+                    progress=progress,
+                )  # fmt: skip
+        learners = resolve_learners(opts.learners, opts.embeddings)
+        nopts = noise.NoiseOptions(
+            folds=opts.folds,
+            repeats=opts.repeats,
+            learners=learners,
+            second_pass=opts.second_pass,
+            seed=opts.seed,
+        )
+        external = None
+        if opts.probs_from:
+            _, classes = noise.encode_labels(labels)
+            external = _external_probs(project, opts.probs_from, reps["id"].tolist(), classes)
+        with run.timed("label_noise"):
+            res = noise.score_label_noise(
+                texts, labels, nopts, embeddings=embeddings, pred_probs=external
+            )
+        with run.timed("outliers"):
+            dense = _dense_features(texts, embeddings)
+            out_score, near_ood = noise.outlier_scores(dense)
+            coords = _map_2d(dense, opts.seed)
+        with run.timed("bias"):
+            groups, report = bias_mod.score_bias(
+                texts, labels, lexicon=lexicon, label_issue=res.label_issue,
+                label_quality=res.label_quality, alpha=opts.bias_alpha,
+                min_count=opts.bias_min_count,
+            )  # fmt: skip
+        multi, annotator_quality = None, {}
+        if annotations:
+            multi, annotator_quality = _score_annotations(
+                reps["id"].tolist(), annotations, res, noise
+            )
+            if annotator_quality:
+                run.path("annotators.json").write_text(
+                    json.dumps({"annotator_quality": annotator_quality}, indent=2) + "\n",
+                    encoding="utf-8",
+                )
+
+        # Carry representatives' results to every row (cluster members included).
+        full = _expand(df, rep, reps, res, out_score, near_ood, groups, coords)
+        if multi is not None:
+            full = full.merge(multi, on="id", how="left")
+        records = full.drop(columns=["_x", "_y"])
+        table = pa.Table.from_pandas(records, preserve_index=False)
+        pq.write_table(table, run.path("records.parquet"), compression="zstd")
+        pd.DataFrame({"id": full["id"], "x": full["_x"], "y": full["_y"]}).to_parquet(
+            run.path("map.parquet"), index=False
+        )
+        bias_dict = report.to_dict()
+        (run.path("bias.json")).write_text(
+            json.dumps(bias_dict, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8"
+        )
+        labeled_mask = records["label"].notna()
+        summary = ScoreResult(
+            scored=len(reps),
+            records=len(records),
+            labeled=int(labeled_mask.sum()),
+            label_issues=int(records["label_issue"].sum()),
+            near_ood=int(records["near_ood"].sum()),
+            significant_bias=sum(1 for g in report.groups if g["significant"]),
+            top_bias=[
+                {k: g[k] for k in ("name", "label", "lift", "q_value", "slice_size")}
+                for g in report.groups[:5]
+            ],
+            learners=list(res.learners),
+            folds=res.folds,
+            path=str(project.records_path(STAGE)),
+            report=str(project.stage_dir(STAGE) / "report.html"),
+        )
+        scoring = {
+            "input stage": stage_in,
+            "learners": "+".join(res.learners),
+            "folds": res.folds,
+            "repeats": opts.repeats,
+            "second pass": opts.second_pass,
+            "first-pass issues": res.first_pass_issues,
+            "ranking": nopts.ranking,
+        }
+        html_text = render_report(
+            ReportData(
+                records=records,
+                bias=bias_dict,
+                stage_counts={**stage_counts(project), "score": {"records": len(records)}},
+                coords=full[["_x", "_y"]].to_numpy(),
+                project=str(project.root),
+                scoring=scoring,
+            )
+        )
+        run.path("report.html").write_text(html_text, encoding="utf-8")
+        run.counts.update(
+            {"rows_in": len(df), "scored": len(reps), "label_issues": summary.label_issues,
+             "near_ood": summary.near_ood}
+        )  # fmt: skip
+        summary.timings = dict(run.timings)
+        run.extra.update(
+            {
+                "summary": _summary_json(summary),
+                "scoring": scoring,
+                "seed": opts.seed,
+                "classes": res.classes,
+            }
+        )
+    return summary
+
+
+def _summary_json(summary: ScoreResult) -> dict[str, Any]:
+    out = summary.to_dict()
+    out.pop("noop")
+    return json.loads(json.dumps(out, default=float))
+
+
+def _score_annotations(ids, annotations, res, noise):
+    import pandas as pd
+
+    pos = [i for i, rid in enumerate(ids) if str(rid) in annotations]
+    if not pos:
+        return None, {}
+    rows = [annotations[str(ids[i])] for i in pos]
+    multi = noise.score_multiannotator(rows, res.pred_probs[pos], res.classes)
+    frame = pd.DataFrame(
+        {
+            "id": [ids[i] for i in pos],
+            "consensus_label": multi.consensus_label,
+            "consensus_quality": multi.consensus_quality,
+            "annotator_agreement": multi.annotator_agreement,
+        }
+    )
+    return frame, multi.annotator_quality
+
+
+def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):
+    """Score columns for every row of ``df``: representatives get theirs; cluster members get
+    their representative's predictions and a label quality of their own label against them."""
+    import pandas as pd
+
+    from curate.noise import encode_labels, quality_scores
+
+    n = len(df)
+    src = np.flatnonzero(rep)  # row in df of each representative, in reps order
+    row_of = np.empty(n, dtype=np.int64)
+    row_of[src] = np.arange(len(src))
+    if not rep.all():
+        by_cluster = {}
+        clusters = df["dup_cluster"].to_numpy()
+        for j, i in enumerate(src):
+            if not pd.isna(clusters[i]):
+                by_cluster[clusters[i]] = j
+        for i in np.flatnonzero(~rep):
+            cluster = clusters[i]
+            if pd.isna(cluster) or cluster not in by_cluster:
+                raise InputError(
+                    f"record {df['id'].iloc[i]} is not a representative and its cluster has none; "
+                    "rerun `thresher curate dedup --force`"
+                )
+            row_of[i] = by_cluster[cluster]
+    probs = res.pred_probs[row_of]
+    labels = [None if pd.isna(v) else str(v) for v in df["label"]]
+    y, _ = encode_labels(labels, res.classes) if _known(labels, res.classes) else (None, None)
+    quality = res.label_quality[row_of].copy()
+    issue = res.label_issue[row_of].copy()
+    if not rep.all():
+        if y is None:
+            y = np.array([res.classes.index(v) if v in res.classes else -1 for v in labels])
+        members = ~rep
+        quality[members] = quality_scores(y[members], probs[members])
+        rep_label = np.array([labels[src[j]] for j in row_of], dtype=object)
+        own = np.array(labels, dtype=object)
+        pred = np.array(res.predicted_label, dtype=object)[row_of]
+        same = own == rep_label
+        # Same label as the representative: same verdict. Different label: an issue when the
+        # ensemble predicts another label than this member's.
+        issue[members] = np.where(same[members], issue[members], pred[members] != own[members])
+        issue[members & pd.isna(own)] = False
+    out = df.copy()
+    out["label_quality"] = quality
+    out["label_issue"] = issue.astype(bool)
+    out["predicted_label"] = [res.predicted_label[j] for j in row_of]
+    out["predicted_prob"] = res.predicted_prob[row_of]
+    # Class probabilities in sorted-label order (``classes`` in the manifest), for review/loop.
+    out["pred_probs"] = [row.tolist() for row in probs]
+    out["outlier_score"] = out_score[row_of]
+    out["near_ood"] = near_ood[row_of].astype(bool)
+    out["bias_groups"] = [list(groups[j]) for j in row_of]
+    out["_x"] = coords[row_of, 0]
+    out["_y"] = coords[row_of, 1]
+    return out
+
+
+def _known(labels, classes) -> bool:
+    return all(v is None or v in classes for v in labels)
+
+
+def report_path(project: Project) -> Path:
+    return project.stage_dir(STAGE) / "report.html"

@@ -1,0 +1,213 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from score_synth import make_corpus
+
+from curate import noise
+from curate.noise import NoiseOptions, score_label_noise
+from thresher.errors import InputError
+
+
+@pytest.fixture
+def corpus():
+    return make_corpus()
+
+
+FAST = NoiseOptions(learners=("nb", "svm"), folds=5, repeats=1, seed=0)
+
+
+def _prf(pred, truth):
+    tp = int((pred & truth).sum())
+    return tp / max(pred.sum(), 1), tp / max(truth.sum(), 1)
+
+
+def test_planted_noise_found(corpus):
+    texts, labels, _, flipped = corpus
+    res = score_label_noise(texts, labels, FAST)
+    precision, recall = _prf(res.label_issue, flipped)
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall)
+    # The ranking puts flipped records first: most of the lowest-quality ones are flipped.
+    worst = np.argsort(res.label_quality)[: flipped.sum()]
+    assert flipped[worst].mean() >= 0.8
+
+
+def test_second_pass_not_worse_than_first(corpus):
+    texts, labels, _, flipped = corpus
+    one = score_label_noise(texts, labels, NoiseOptions(learners=("nb", "svm"), repeats=1))
+    two = score_label_noise(
+        texts, labels, NoiseOptions(learners=("nb", "svm"), repeats=1, second_pass=True)
+    )
+    f = lambda r: 2 * (r.label_issue & flipped).sum() / (r.label_issue.sum() + flipped.sum())  # noqa: E731
+    assert f(two) >= f(one) - 0.02
+
+
+def test_scores_in_unit_interval_and_probs_sum_to_one(corpus):
+    texts, labels, *_ = corpus
+    res = score_label_noise(texts, labels, FAST)
+    assert np.all((res.label_quality >= 0) & (res.label_quality <= 1))
+    assert np.allclose(res.pred_probs.sum(axis=1), 1)
+    assert np.all((res.predicted_prob >= 0.5 - 1e-9) & (res.predicted_prob <= 1))
+    assert set(res.predicted_label) <= {"neg", "pos"}
+
+
+def test_unlabeled_rows_get_predictions_only():
+    texts, labels, true, _ = make_corpus(n=300, flip=0.0, seed=3)
+    labels = [None if i % 5 == 0 else lab for i, lab in enumerate(labels)]
+    res = score_label_noise(texts, labels, FAST)
+    unl = np.array([lab is None for lab in labels])
+    assert np.isnan(res.label_quality[unl]).all() and not res.label_issue[unl].any()
+    acc = np.mean([p == t for p, t, u in zip(res.predicted_label, true, unl, strict=True) if u])
+    assert acc >= 0.9
+
+
+def test_folds_are_shuffled_for_sorted_input():
+    texts, labels, _, flipped = make_corpus(n=300, seed=5)
+    order = np.argsort(labels, kind="stable")  # input sorted by class
+    texts = [texts[i] for i in order]
+    labels = [labels[i] for i in order]
+    splits = noise.stratified_folds(noise.encode_labels(labels)[0], 5, 0)
+    first_test = splits[0][1]
+    assert np.diff(first_test).max() > 1  # not a contiguous block
+    res = score_label_noise(texts, labels, FAST)
+    precision, recall = _prf(res.label_issue, flipped[order])
+    assert precision >= 0.75 and recall >= 0.75
+
+
+def test_order_invariance():
+    texts, labels, *_ = make_corpus(n=200, seed=7)
+    res = score_label_noise(texts, labels, NoiseOptions(learners=("nb",), repeats=1))
+    perm = np.random.default_rng(1).permutation(len(texts))
+    res_p = score_label_noise(
+        [texts[i] for i in perm],
+        [labels[i] for i in perm],
+        NoiseOptions(learners=("nb",), repeats=1),
+    )
+    # Fold assignment changes with the order, so scores move a little but the verdicts agree.
+    corr = np.corrcoef(res.label_quality[perm], res_p.label_quality)[0, 1]
+    assert corr > 0.9
+    agree = (res.label_issue[perm] == res_p.label_issue).mean()
+    assert agree > 0.95
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.floats(0.01, 1.0), min_size=6, max_size=30).flatmap(
+        lambda p: st.tuples(
+            st.just(p), st.lists(st.integers(0, 2), min_size=len(p) // 3, max_size=len(p) // 3)
+        )
+    )
+)
+def test_quality_scores_in_unit_interval(data):
+    raw, ys = data
+    n = len(ys)
+    probs = np.array(raw[: n * 3]).reshape(n, 3)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    y = np.array(ys)
+    q = noise.quality_scores(y, probs)
+    assert np.all((q >= 0) & (q <= 1))
+    # Invariant to order: permuting records permutes the scores.
+    perm = np.arange(n)[::-1]
+    assert np.allclose(noise.quality_scores(y[perm], probs[perm]), q[perm])
+
+
+def test_one_class_is_a_clear_error():
+    with pytest.raises(InputError, match="at least 2 classes"):
+        score_label_noise(["a b", "c d", "e f"], ["x", "x", "x"], FAST)
+
+
+def test_tiny_class_is_a_clear_error():
+    texts, labels, *_ = make_corpus(n=40, seed=2)
+    labels[0] = "rare"
+    with pytest.raises(InputError, match="at least 2 labeled records"):
+        score_label_noise(texts, labels, FAST)
+
+
+def test_small_class_reduces_folds():
+    texts, labels, *_ = make_corpus(n=60, flip=0, seed=2)
+    labels[0] = labels[1] = labels[2] = "rare"
+    res = score_label_noise(texts, labels, FAST)
+    assert res.folds == 3
+
+
+def test_very_short_and_empty_texts():
+    texts = ["ok", "no", "!", "", "good", "bad"] * 5
+    labels = ["pos", "neg"] * 15
+    res = score_label_noise(texts, labels, FAST)
+    assert res.pred_probs.shape == (30, 2) and np.isfinite(res.label_quality).all()
+
+
+def test_emb_learner_needs_embeddings(corpus):
+    texts, labels, *_ = corpus
+    with pytest.raises(InputError, match="needs embeddings"):
+        score_label_noise(texts, labels, NoiseOptions(learners=("emb",)))
+
+
+def test_emb_learner_on_informative_features(corpus):
+    texts, labels, true, flipped = corpus
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(texts), 16))
+    emb[:, 0] += np.where(np.array(true) == "pos", 3.0, -3.0)
+    res = score_label_noise(
+        texts, labels, NoiseOptions(learners=("emb",), repeats=1), embeddings=emb
+    )
+    precision, recall = _prf(res.label_issue, flipped)
+    assert precision >= 0.8 and recall >= 0.7, (precision, recall)
+
+
+def test_external_probs_replace_ensemble(corpus):
+    texts, labels, true, flipped = corpus
+    probs = np.array([[0.05, 0.95] if t == "pos" else [0.95, 0.05] for t in true])
+    res = score_label_noise(texts, labels, FAST, pred_probs=probs)
+    assert res.learners == ("external",)
+    assert (res.label_issue == flipped).all()
+
+
+def test_outlier_scores_flag_planted_outliers():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)) + 5.0
+    X[:5] = rng.normal(size=(5, 8)) * 5 - 20
+    scores, flag = noise.outlier_scores(X)
+    assert np.all((scores > 0) & (scores <= 1))
+    assert set(np.argsort(scores)[:5]) == set(range(5))
+    assert flag[:5].all() and flag[5:].mean() < 0.05
+
+
+def test_multiannotator_consensus_and_bad_annotator():
+    rng = np.random.default_rng(0)
+    n = 120
+    truth = rng.integers(0, 2, n)
+    classes = ["neg", "pos"]
+    probs = np.where(truth[:, None] == np.arange(2), 0.8, 0.2)
+    rows = []
+    for t in truth:
+        row = {"alice": classes[t], "bob": classes[t]}
+        row["mallory"] = classes[1 - t] if rng.random() < 0.6 else classes[t]
+        rows.append(row)
+    res = noise.score_multiannotator(rows, probs, classes)
+    assert [classes.index(c) for c in res.consensus_label] == truth.tolist()
+    assert res.annotator_quality["mallory"] < min(
+        res.annotator_quality["alice"], res.annotator_quality["bob"]
+    )
+    assert np.all((res.consensus_quality >= 0) & (res.consensus_quality <= 1))
+
+
+def test_three_classes_planted_noise():
+    rng = np.random.default_rng(11)
+    vocab = {
+        "a": "apple banana cherry grape lemon".split(),
+        "b": "engine wheel brake clutch piston".split(),
+        "c": "violin cello flute oboe trumpet".split(),
+    }
+    filler = "the a of and with from this that".split()
+    true = rng.choice(list(vocab), size=240)
+    texts = [" ".join([*rng.choice(vocab[t], size=2), *rng.choice(filler, size=4)]) for t in true]
+    flipped = rng.random(len(true)) < 0.1
+    labels = [
+        str(rng.choice([c for c in vocab if c != t])) if f else str(t)
+        for t, f in zip(true, flipped, strict=True)
+    ]
+    res = score_label_noise(texts, labels, FAST)
+    assert res.pred_probs.shape == (240, 3) and res.classes == ["a", "b", "c"]
+    precision, recall = _prf(res.label_issue, flipped)
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall)

@@ -1,0 +1,142 @@
+"""The curated set and the split: stratified, seeded, fixed across rounds, no cluster leakage."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import make_project, synthetic_rows
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thresher.project import Project
+from tune.data import EmptyDataError, build_dataset, make_split
+from tune.options import DataOptions
+
+
+def _write_stage(project: Project, stage: str, frame: pd.DataFrame) -> None:
+    project.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(project.records_path(stage), index=False)
+
+
+def _with_clusters(project: Project, size: int = 4) -> pd.DataFrame:
+    """Fake dedup output: every block of ``size`` consecutive records is one near-dup cluster."""
+    frame = pd.read_parquet(project.records_path("ingest"))
+    cluster = [i // size if (i // size) % 3 == 0 else None for i in range(len(frame))]
+    frame["dup_cluster"] = pd.array(cluster, dtype="Int64")
+    frame["is_representative"] = [c is None or i % size == 0 for i, c in enumerate(cluster)]
+    frame["dup_kind"] = ["near" if c is not None else None for c in cluster]
+    _write_stage(project, "dedup", frame)
+    return frame
+
+
+def test_split_is_stratified_and_saved(project):
+    data = build_dataset(Project.at(project), DataOptions())
+    split = pd.read_parquet(project / "tune" / "split.parquet")
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert len(data.test) == pytest.approx(0.15 * 160, abs=2)
+    for part in (data.train, data.val, data.test):
+        share = (part["label"] == "pos").mean()
+        assert 0.4 <= share <= 0.6  # both classes kept in every split
+    again = build_dataset(Project.at(project), DataOptions(seed=99))  # saved split wins
+    assert list(again.test["id"]) == list(data.test["id"])
+
+
+def test_split_does_not_depend_on_row_order():
+    rows = synthetic_rows(80)
+    frame = pd.DataFrame(rows).assign(id=[f"r{i}" for i in range(80)])
+    a = make_split(frame, frame["label"], DataOptions(seed=3))
+    b = make_split(frame.sample(frac=1, random_state=0), frame["label"], DataOptions(seed=3))
+    assert a.sort_values("id").equals(b.sort_values("id"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    clusters=st.lists(st.integers(0, 12), min_size=20, max_size=60),
+    seed=st.integers(0, 5),
+)
+def test_no_cluster_straddles_splits(clusters, seed):
+    n = len(clusters)
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": ["a" if i % 3 else "b" for i in range(n)],
+            "dup_cluster": pd.array([c if c < 8 else None for c in clusters], dtype="Int64"),
+        }
+    )
+    split = make_split(frame, frame["label"], DataOptions(seed=seed))
+    merged = split.merge(frame, on="id")
+    per_cluster = merged.dropna(subset=["dup_cluster"]).groupby("dup_cluster")["split"].nunique()
+    assert (per_cluster == 1).all()
+    assert len(split) == n
+
+
+def test_test_split_never_shares_a_cluster_with_train(project):
+    proj = Project.at(project)
+    clusters = _with_clusters(proj)
+    data = build_dataset(proj, DataOptions())
+    cluster_of = dict(zip(clusters["id"], clusters["dup_cluster"], strict=True))
+    train_c = {cluster_of[i] for i in data.train["id"] if pd.notna(cluster_of[i])}
+    test_c = {cluster_of[i] for i in data.test["id"] if pd.notna(cluster_of[i])}
+    assert train_c and test_c and not train_c & test_c
+    # curated train keeps representatives only; raw keeps every member
+    raw = build_dataset(proj, DataOptions(mode="raw"))
+    assert len(raw.train) > len(data.train)
+    assert data.counts["dropped_duplicates"] == len(raw.train) - len(data.train)
+    assert list(raw.test["id"]) == list(data.test["id"])  # same test records in both modes
+
+
+def test_new_records_keep_the_test_split_fixed(tmp_path):
+    rows = synthetic_rows(100, seed=2)
+    root = make_project(tmp_path / "p", rows)
+    first = build_dataset(Project.at(root), DataOptions())
+    make_project(root, rows + synthetic_rows(140, seed=7)[100:])  # a later round adds 40 records
+    second = build_dataset(Project.at(root), DataOptions())
+    assert list(second.test["id"]) == list(first.test["id"])
+    assert list(second.val["id"]) == list(first.val["id"])
+    assert len(second.train) == len(first.train) + 40
+
+
+def test_reviewed_labels_and_label_issues(project):
+    proj = Project.at(project)
+    frame = pd.read_parquet(proj.records_path("ingest"))
+    frame["label_issue"] = [i % 10 == 0 for i in range(len(frame))]
+    _write_stage(proj, "score", frame)
+    flagged = set(frame["id"][frame["label_issue"]])
+    reviewed_id = frame["id"][0]  # flagged, but a reviewer settled it
+    flip = {"pos": "neg", "neg": "pos"}[frame["label"][0]]
+    (project / "review").mkdir()
+    pd.DataFrame({"id": [reviewed_id], "label": [flip]}).to_parquet(
+        project / "review" / "annotations.parquet"
+    )
+    data = build_dataset(proj, DataOptions())
+    everything = pd.concat([data.train, data.val, data.test])
+    row = everything[everything["id"] == reviewed_id]
+    assert list(row["label"]) == [flip]
+    kept_flagged = set(data.train["id"]) & (flagged - {reviewed_id})
+    assert not kept_flagged and data.counts["label_issues"] > 0
+    down = build_dataset(proj, DataOptions(label_issues="downweight", issue_weight=0.25))
+    weights = down.train.set_index("id")["weight"]
+    assert set(weights[weights < 1].index) == set(down.train["id"]) & (flagged - {reviewed_id})
+    assert (weights[weights < 1] == 0.25).all()
+    raw = build_dataset(proj, DataOptions(mode="raw"))
+    assert set(raw.train["id"]) & flagged  # raw ignores scoring and review
+
+
+def test_no_labels_is_a_one_line_error(tmp_path):
+    root = make_project(tmp_path / "p", [{"text": f"text {i}", "label": ""} for i in range(30)])
+    with pytest.raises(EmptyDataError, match="no labelled training records"):
+        build_dataset(Project.at(root), DataOptions())
+
+
+def test_one_class_is_an_error(tmp_path):
+    root = make_project(tmp_path / "p", [{"text": f"text {i}", "label": "a"} for i in range(30)])
+    with pytest.raises(EmptyDataError, match="one label only"):
+        build_dataset(Project.at(root), DataOptions())
+
+
+def test_everything_flagged_empties_the_curated_set(project):
+    proj = Project.at(project)
+    frame = pd.read_parquet(proj.records_path("ingest")).assign(label_issue=True)
+    _write_stage(proj, "score", frame)
+    with pytest.raises(EmptyDataError, match="curated"):
+        build_dataset(proj, DataOptions())

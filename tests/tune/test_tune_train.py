@@ -1,0 +1,241 @@
+"""Training round trips with tiny random models on CPU: train → eval → predict → export, resume
+after an interrupted run, the SFT path, a 2-process DDP run, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from thresher.cli import main
+from thresher.errors import ConfigError
+from tune import TuneOptions, evaluate_run, export_run, predict_proba, train
+from tune.train import Interrupted, length_grouped_batches
+
+FAST = {"batch_size": 8, "lr": 5e-3, "eval_batch_size": 32, "max_length": 32}
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [h["loss"] for h in json.loads((run_dir / "history.json").read_text())["loss"]]
+
+
+def test_length_grouped_batches_cover_everything_once():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10] * 7
+    batches = length_grouped_batches(lengths, 4, seed=1)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(70))
+    assert batches == length_grouped_batches(lengths, 4, seed=1)  # seeded
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    plain = length_grouped_batches(lengths, 4, seed=1, group_by_length=False)
+    plain_spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain])
+    assert spread < plain_spread / 2  # less padding
+
+
+@pytest.mark.slow
+def test_classify_round_trip(project, tiny_bert, tmp_path):
+    opts = TuneOptions(base=tiny_bert, run="r1", max_steps=24, eval_steps=8, **FAST)
+    run = train(project, opts)
+    for name in (
+        "adapter",
+        "label_map.json",
+        "config.json",
+        "metrics.json",
+        "loss_curve.png",
+        "predictions.parquet",
+        "errors.parquet",
+        "manifest.json",
+    ):
+        assert (run / name).exists(), name
+    assert (run / "adapter" / "adapter_config.json").exists()
+    assert (run / "adapter" / "tokenizer_config.json").exists()
+    losses = _losses(run)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 24 and metrics["train"]["tokens_per_s"] > 0
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1", "per_class_f1", "ece", "slices"}
+    errors = pd.read_parquet(run / "errors.parquet")
+    assert list(errors.columns[:6]) == ["id", "text", "gold", "predicted", "prob", "slice"]
+
+    # rerun with the same data and options: a no-op
+    mtime = (run / "manifest.json").stat().st_mtime
+    assert train(project, opts) == run and (run / "manifest.json").stat().st_mtime == mtime
+
+    probs = predict_proba(run, ["great superb film", "awful dull mess"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    preds = pd.read_parquet(run / "predictions.parquet")
+    test = preds[preds["split"] == "test"]
+    again = predict_proba(run, test["text"].tolist())
+    assert np.allclose(again, np.stack(test["probs"].to_numpy()), atol=1e-4)
+
+    result = CliRunner().invoke(
+        main, ["tune", "eval", "-p", str(project), "--json", "--n-boot", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert {"macro_f1", "accuracy", "baseline", "comparison"} <= set(summary)
+    assert set(summary["baseline"]) == {"majority", "tfidf_logreg"}
+    assert summary["baseline"]["tfidf_logreg"]["macro_f1"] > 0.9  # the words decide the label
+
+    # export: the merged model loads with plain transformers and predicts the same
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = export_run(run, tmp_path / "merged", merged=True)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    import torch
+
+    with torch.no_grad():
+        logits = model(**tok(["great superb film"], return_tensors="pt")).logits
+    assert np.allclose(torch.softmax(logits, -1).numpy(), probs[:1], atol=1e-4)
+    assert model.config.id2label[0] == "neg"
+    adapter = export_run(run, tmp_path / "adapter")
+    assert (adapter / "adapter_model.safetensors").exists()
+
+    runner = CliRunner()
+    scored = tmp_path / "scored.csv"
+    result = runner.invoke(
+        main, ["tune", "predict", "-p", str(project), "--run", "r1", "--out", str(scored), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(scored)
+    assert len(table) == 160 and {"id", "predicted", "prob", "p_neg", "p_pos"} <= set(table.columns)
+    result = runner.invoke(main, ["tune", "export", "-p", str(project), str(tmp_path / "cli-out")])
+    assert result.exit_code == 0 and (tmp_path / "cli-out" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_matches_uninterrupted(project, tiny_bert):
+    common = dict(base=tiny_bert, max_steps=10, eval_steps=5, save_steps=3, **FAST)
+    full = train(project, TuneOptions(run="full", **common))
+    with pytest.raises(Interrupted):
+        train(project, TuneOptions(run="cut", **common), stop_after=7)  # last checkpoint: step 6
+    assert (project / "tune" / ".work" / "cut" / "checkpoint.pt").exists()
+    resumed = train(project, TuneOptions(run="cut"), resume=True)
+    assert np.allclose(_losses(resumed), _losses(full), atol=1e-5)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["test"]["macro_f1"] == pytest.approx(a["test"]["macro_f1"])
+    assert b["test"]["ece"] == pytest.approx(a["test"]["ece"], abs=1e-5)
+    assert not (project / "tune" / ".work" / "cut").exists()
+    same = evaluate_run(resumed, against=str(full), n_boot=50)
+    assert same["comparison"]["diff"] == 0 and same["comparison"]["n_shared"] == same["n"]
+
+
+@pytest.mark.slow
+def test_sft_round_trip(project, tiny_llama):
+    opts = TuneOptions(base=tiny_llama, task="sft", run="sft", max_steps=12, eval_steps=6, **FAST)
+    run = train(project, opts)
+    losses = _losses(run)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    probs = predict_proba(run, ["great superb film", "awful dull"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    result = evaluate_run(run, n_boot=20)
+    assert 0 <= result["macro_f1"] <= 1
+
+
+@pytest.mark.slow
+def test_decoder_classification_head(project, tiny_llama):
+    run = train(project, TuneOptions(base=tiny_llama, run="dec", max_steps=4, **FAST))
+    assert predict_proba(run, ["great film"]).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(project, tiny_bert):
+    """The same CLI command under torchrun: 2 CPU processes, gloo, one run folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "thresher",
+        "tune",
+        "train",
+        "-p",
+        str(project),
+        "--base",
+        tiny_bert,
+        "--name",
+        "ddp",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only torchrun
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    metrics = json.loads((project / "tune" / "ddp" / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 6
+
+
+def test_unknown_base_is_a_one_line_error(project):
+    with pytest.raises(ConfigError, match="cannot load"):
+        train(project, TuneOptions(base="no-such-org/no-such-model-xyz", max_steps=1))
+    result = CliRunner().invoke(
+        main, ["tune", "train", "-p", str(project), "--base", "/nonexistent/model/dir"]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error:") and result.output.count("\n") == 1
+
+
+def test_train_without_records_says_what_to_run(tmp_path):
+    result = CliRunner().invoke(main, ["tune", "train", "-p", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "thresher curate ingest" in result.output
+
+
+def test_fast_sft_loss_matches_full_logits(tiny_llama):
+    """Logits only at answer positions give the same loss (and gradients) as full logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.modeling import _fast_sft_ok, add_lora, collate, encode_sft, forward_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
+    enc = encode_sft(
+        tok,
+        ["a great film", "dull and long"],
+        ["pos", "neg"],
+        [1.0, 0.5],
+        "Text: {text}\nLabel:",
+        32,
+    )
+    x, m, y = collate(enc.input_ids, enc.labels, tok.pad_token_id, "sft")
+    w = torch.tensor(enc.weights)
+    assert _fast_sft_ok(model)
+    fast = forward_loss(model, x, m, y, w, "sft", fast_sft=True)
+    full = forward_loss(model, x, m, y, w, "sft", fast_sft=False)
+    assert torch.allclose(fast, full, atol=1e-5)
+    fast.backward()
+    g_fast = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    full.backward()
+    g_full = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_fast, g_full, strict=True))

@@ -1,0 +1,281 @@
+"""``thresher tune ...`` commands (thin: parse, call the library, print)."""
+
+from __future__ import annotations
+
+import click
+
+from thresher.cli_common import (
+    ThresherGroup,
+    emit,
+    force_option,
+    json_option,
+    progress_bar,
+    project_option,
+)
+
+
+@click.group(cls=ThresherGroup)
+def tune() -> None:
+    """Train LoRA models on the curated set, evaluate them against baselines, predict, export."""
+
+
+def _run_dir(project_dir: str, run: str | None):
+    from pathlib import Path
+
+    from thresher.errors import ThresherError
+    from tune.evaluate import latest_run
+
+    tune_dir = Path(project_dir) / "tune"
+    if run is None:
+        return latest_run(tune_dir)
+    path = Path(run) if Path(run).exists() else tune_dir / run
+    if not (path / "config.json").exists():
+        raise ThresherError(f"no finished run {run!r} under {tune_dir}; see `ls {tune_dir}`")
+    return path
+
+
+@tune.command("train")
+@project_option
+@click.option("--base", default=None, help="Base model: HF id or folder [offline default].")
+@click.option("--task", type=click.Choice(["classify", "sft"]), default=None, help="[classify]")
+@click.option("--epochs", type=float, default=None, help="Epochs [config tune.epochs: 3].")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps; overrides --epochs.")
+@click.option("--data", "data_mode", type=click.Choice(["raw", "curated"]), default=None)
+@click.option(
+    "--run", "--name", "run", default=None, help="Run name [run-<timestamp>] (--name: torchrun)."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run (or latest unfinished) after a kill."
+)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--grad-accum", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--max-length", type=int, default=None)
+@click.option("--label-issues", type=click.Choice(["exclude", "downweight", "keep"]), default=None)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
+@click.option("--qlora", is_flag=True, default=None, help="4-bit base (bitsandbytes + GPU).")
+@click.option("--gradient-checkpointing", is_flag=True, default=None)
+@force_option
+@json_option
+def train_command(
+    project_dir: str,
+    base: str | None,
+    task: str | None,
+    epochs: float | None,
+    max_steps: int | None,
+    data_mode: str | None,
+    run: str | None,
+    resume: bool,
+    batch_size: int | None,
+    grad_accum: int | None,
+    lr: float | None,
+    max_length: int | None,
+    label_issues: str | None,
+    precision: str | None,
+    qlora: bool | None,
+    gradient_checkpointing: bool | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Train a LoRA adapter on the project's curated (or raw) labelled records.
+
+    \b
+    Writes DIR/tune/<run>/: adapter/, label_map.json, config.json, metrics.json,
+    predictions.parquet, errors.parquet, loss_curve.png. Several GPUs: run the same command
+    under `torchrun --nproc-per-node N -m thresher tune train --name RUN ...` (torchrun
+    mistakes --run for its own --run-path, so name the run with --name there).
+    Examples:
+      thresher tune train -p proj --max-steps 200
+      thresher tune train -p proj --data raw --run raw-1
+      thresher tune train -p proj --task sft --base HuggingFaceTB/SmolLM2-360M
+      thresher tune train -p proj --run run-1 --resume
+    """
+    import json
+
+    from thresher.config import load_config
+    from thresher.project import Project
+    from tune.options import options_from_config
+    from tune.train import train
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides(
+        {
+            "tune.task": task,
+            "tune.epochs": epochs,
+            "tune.max_steps": max_steps,
+            "tune.data": data_mode,
+            "tune.batch_size": batch_size,
+            "tune.grad_accum": grad_accum,
+            "tune.lr": lr,
+            "tune.max_length": max_length,
+            "tune.label_issues": label_issues,
+            "tune.precision": precision,
+            "tune.qlora": qlora,
+            "tune.gradient_checkpointing": gradient_checkpointing,
+        }
+    )
+    if base is not None:
+        kind = "models.sft" if config.get("tune.task") == "sft" else "models.classifier"
+        config = config.with_overrides({kind: base})
+    opts = options_from_config(config, run=run)
+    with progress_bar(desc="tune train", unit="steps") as bar:
+
+        def progress(info: dict) -> None:
+            bar.total = info["total"]
+            bar.set_postfix(loss=f"{info['loss']:.4f}", tok_s=f"{info['tokens_per_s']:.0f}")
+            bar.update(1)
+
+        run_dir = train(project, opts, resume=resume, force=force, progress=progress)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test, tr = metrics.get("test", {}), metrics["train"]
+    summary = {
+        "run": run_dir.name,
+        "path": str(run_dir),
+        "macro_f1": test.get("macro_f1"),
+        "accuracy": test.get("accuracy"),
+        "val_macro_f1": metrics.get("val", {}).get("macro_f1"),
+        "train": tr,
+        "data": metrics.get("data"),
+    }
+    emit(
+        summary,
+        as_json,
+        [
+            f"run {run_dir.name}: {tr['steps']} steps ({tr['epochs']} epochs) "
+            f"in {tr['seconds']} s, "
+            f"{tr['tokens_per_s']} tokens/s on {tr['device']} ({tr['precision']})",
+            f"test macro-F1 {test.get('macro_f1', float('nan')):.4f}  accuracy "
+            f"{test.get('accuracy', float('nan')):.4f}  (n={test.get('n')})",
+            f"→ {run_dir}; compare: thresher tune eval -p {project_dir} --run {run_dir.name}",
+        ],
+    )
+
+
+@tune.command("eval")
+@project_option
+@click.option("--run", default=None, help="Run name or folder [latest finished].")
+@click.option("--against", default="baseline", show_default=True, help="baseline or a RUN name.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@json_option
+def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, as_json: bool):
+    """Test metrics of a run vs majority-class and TF-IDF+logreg baselines, or another run.
+
+    \b
+    Accuracy, macro-F1, per-class F1, ECE, per-slice metrics (bias groups from scoring), and a
+    paired bootstrap 95% CI of the macro-F1 difference. Also writes DIR/tune/<run>/eval.json.
+    Examples:
+      thresher tune eval -p proj
+      thresher tune eval -p proj --run curated-1 --against raw-1 --json
+    """
+    from tune.evaluate import evaluate_run
+
+    run_dir = _run_dir(project_dir, run)
+    against_arg = against if against == "baseline" else str(_run_dir(project_dir, against))
+    result = evaluate_run(run_dir, against=against_arg, n_boot=n_boot)
+    cmp = result["comparison"]
+    lines = [
+        f"run {result['run']} on {result['n']} test records",
+        f"{'model':<16}{'macro-F1':>10}{'accuracy':>10}{'ECE':>8}",
+        f"{result['run'][:15]:<16}{result['macro_f1']:>10.4f}{result['accuracy']:>10.4f}"
+        f"{result['ece']:>8.4f}",
+    ]
+    others = dict(result["baseline"])
+    if "other_run" in result:
+        others[cmp["against"]] = result["other_run"]
+    for name, m in others.items():
+        lines.append(f"{name[:15]:<16}{m['macro_f1']:>10.4f}{m['accuracy']:>10.4f}{m['ece']:>8.4f}")
+    lines.append(
+        f"macro-F1 difference vs {cmp['against']}: {cmp['diff']:+.4f} "
+        f"(95% CI {cmp['ci_low']:+.4f} .. {cmp['ci_high']:+.4f})"
+    )
+    lines.append(
+        "per class F1: " + ", ".join(f"{k}={v:.3f}" for k, v in result["per_class_f1"].items())
+    )
+    small = {k: v for k, v in result["slices"].items() if k != "(none)"}
+    if small:
+        lines.append(
+            "slices: "
+            + ", ".join(f"{k} (n={v['n']}) F1={v['macro_f1']:.3f}" for k, v in small.items())
+        )
+    emit(result, as_json, lines)
+
+
+@tune.command("predict")
+@project_option
+@click.option("--run", default=None, help="Run name or folder [latest finished].")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CSV/TSV/JSONL/Parquet/TXT file [the project's latest records].",
+)
+@click.option("--text-col", default="text", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output Parquet/CSV [DIR/tune/<run>/predict.parquet].",
+)
+@click.option("--batch-size", type=int, default=None)
+@json_option
+def predict_command(project_dir, run, input_path, text_col, out, batch_size, as_json):
+    """Score a file or the project's records with a run: predicted label, prob, p_<label>.
+
+    \b
+    Examples:
+      thresher tune predict -p proj
+      thresher tune predict -p proj --run run-1 --input new.csv --out scored.csv
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from thresher.project import Project
+    from tune.predict import predict_frame, read_texts
+
+    run_dir = _run_dir(project_dir, run)
+    if input_path:
+        frame = read_texts(Path(input_path), text_col)
+    else:
+        _, path = Project.at(project_dir).latest_records(["score", "dedup", "ingest"])
+        frame = pd.read_parquet(path, columns=["id", "text"])
+    out_path = Path(out) if out else run_dir / "predict.parquet"
+    with progress_bar(total=len(frame), desc="predict") as bar:
+        scored = predict_frame(run_dir, frame, batch_size=batch_size, progress=bar.update)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix.lower() == ".csv":
+        scored.to_csv(out_path, index=False)
+    else:
+        scored.to_parquet(out_path, index=False)
+    counts = scored["predicted"].value_counts().to_dict()
+    emit(
+        {"run": run_dir.name, "rows": len(scored), "path": str(out_path), "predicted": counts},
+        as_json,
+        [f"scored {len(scored)} texts with {run_dir.name} → {out_path}", f"predicted: {counts}"],
+    )
+
+
+@tune.command("export")
+@project_option
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--run", default=None, help="Run name or folder [latest finished].")
+@click.option("--merged", is_flag=True, help="Merge LoRA into the base (plain transformers).")
+@json_option
+def export_command(project_dir: str, out: str, run: str | None, merged: bool, as_json: bool):
+    """Write a run's adapter, or with --merged a full model loadable with plain transformers.
+
+    \b
+    Examples:
+      thresher tune export -p proj adapter-out
+      thresher tune export -p proj --run run-1 --merged merged-model
+    """
+    from tune.export import export_run
+
+    run_dir = _run_dir(project_dir, run)
+    path = export_run(run_dir, out, merged=merged)
+    emit(
+        {"run": run_dir.name, "path": str(path), "merged": merged},
+        as_json,
+        [f"exported {'merged model' if merged else 'adapter'} of {run_dir.name} → {path}"],
+    )

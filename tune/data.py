@@ -1,0 +1,296 @@
+"""The training data: the curated set and a fixed, leakage-free train/val/test split.
+
+Curated (``mode="curated"``):
+- dedup representatives only (when ``DIR/dedup`` ran): one record per exact/near cluster;
+- reviewed labels over raw labels (``DIR/review/annotations.parquet``: ``id, label`` consensus);
+- suspected label errors (``label_issue`` from ``DIR/score``) excluded, down-weighted or kept,
+  unless a reviewer confirmed the label.
+Raw (``mode="raw"``): every labelled ingested record with its raw label, weight 1.
+
+The split is made once per project (stratified by label, seeded, by duplicate cluster so a cluster
+never straddles splits) and saved to ``DIR/tune/split.parquet``; later rounds reuse it, so the test
+split stays fixed. Records first seen after the split go to train, unless a member of their cluster
+is already in val/test (then they are held out, to keep the test split free of train duplicates).
+Val and test use the best labels known (reviewed > raw) in both modes, with one record per cluster,
+so raw and curated runs are scored on the same test records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thresher.errors import ThresherError
+from thresher.project import Project
+from tune.options import DataOptions
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.parquet"
+ANNOTATIONS = Path("review") / "annotations.parquet"
+SPLITS = ("train", "val", "test")
+
+
+class EmptyDataError(ThresherError):
+    """Nothing left to train on (no labels, one class, or curation removed everything)."""
+
+
+@dataclass
+class TuneData:
+    """Train/val/test frames with columns ``id, text, label, weight, slice`` (slice: list[str])."""
+
+    train: Any
+    val: Any
+    test: Any
+    labels: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    source_stage: str = "ingest"
+
+    def label_map(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+def load_records(project: Project, mode: str = "curated"):
+    """(stage, frame) of the most downstream records (score > dedup > ingest); raw: ingest."""
+    import pandas as pd
+
+    stages = ["ingest"] if mode == "raw" else ["score", "dedup", "ingest"]
+    stage, path = project.latest_records(stages)
+    frame = pd.read_parquet(path)
+    if "label" not in frame.columns:
+        raise EmptyDataError(f"{path} has no label column; ingest with --label-col")
+    return stage, frame
+
+
+def _cluster_info(project: Project, frame):
+    """Dedup columns from the current frame or, in raw mode, from DIR/dedup or DIR/score."""
+    import pandas as pd
+
+    cols = ["dup_cluster", "is_representative"]
+    if all(c in frame.columns for c in cols):
+        return frame
+    import pyarrow.parquet as pq
+
+    for stage in ("score", "dedup"):
+        path = project.records_path(stage)
+        if path.exists() and set(cols) <= set(pq.read_schema(path).names):
+            extra = pd.read_parquet(path, columns=["id", *cols])
+            return frame.drop(columns=[c for c in cols if c in frame.columns]).merge(
+                extra, on="id", how="left"
+            )
+    return frame
+
+
+def reviewed_labels(project: Project) -> dict[str, str]:
+    """``id → consensus label`` from ``DIR/review/annotations.parquet`` (empty when absent)."""
+    import pandas as pd
+
+    path = project.root / ANNOTATIONS
+    if not path.exists():
+        return {}
+    ann = pd.read_parquet(path, columns=["id", "label"]).dropna(subset=["label"])
+    return dict(zip(ann["id"].astype(str), ann["label"].astype(str), strict=True))
+
+
+def _groups(frame) -> Any:
+    """Group key per record: its duplicate cluster, or its own id when unique."""
+    if "dup_cluster" not in frame.columns:
+        return "i:" + frame["id"].astype(str)
+    import pandas as pd
+
+    cluster = frame["dup_cluster"].astype("object")
+    present = cluster.notna()
+    keys = "i:" + frame["id"].astype(str)
+    keys[present] = ["c:" + str(int(c)) for c in cluster[present]]
+    return pd.Series(keys, index=frame.index)
+
+
+def _stratified_group_split(groups, group_labels, fraction: float, seed: int):
+    """Split group keys into (rest, held) with ``fraction`` held, stratified when possible."""
+    from collections import Counter
+
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0 or len(groups) < 2:
+        return list(groups), []
+    n_held = max(1, round(fraction * len(groups)))
+    counts = Counter(group_labels)
+    stratify = group_labels if min(counts.values()) >= 2 and n_held >= len(counts) else None
+    rest, held = train_test_split(
+        list(groups), test_size=n_held, random_state=seed, shuffle=True, stratify=stratify
+    )
+    return rest, held
+
+
+def make_split(frame, best_label, opts: DataOptions):
+    """A new split frame (``id, group, split``) over the labelled records of ``frame``."""
+    import pandas as pd
+
+    frame = frame.assign(_group=_groups(frame), _label=best_label)
+    labelled = frame[frame["_label"].notna()]
+    by_group = labelled.groupby("_group")["_label"].agg(lambda s: s.value_counts().index[0])
+    groups = sorted(by_group.index)
+    glabels = [by_group[g] for g in groups]
+    rest, test = _stratified_group_split(groups, glabels, opts.test_fraction, opts.seed)
+    rest_labels = [by_group[g] for g in rest]
+    val_frac = opts.val_fraction / max(1e-9, 1 - opts.test_fraction)
+    train, val = _stratified_group_split(rest, rest_labels, val_frac, opts.seed + 1)
+    where = {g: "train" for g in train} | {g: "val" for g in val} | {g: "test" for g in test}
+    out = labelled[["id", "_group"]].rename(columns={"_group": "group"})
+    out = out.assign(split=out["group"].map(where), id=out["id"].astype(str))
+    return pd.DataFrame(out).sort_values("id").reset_index(drop=True)
+
+
+def ensure_split(project: Project, frame, best_label, opts: DataOptions):
+    """The project's split (made and saved on first use, reused and extended afterwards)."""
+    import pandas as pd
+
+    from thresher.project import atomic_write_text
+
+    path = project.root / "tune" / SPLIT_FILE
+    if path.exists():
+        split = pd.read_parquet(path)
+        return _extend_split(split, frame, best_label)
+    split = make_split(frame, best_label, opts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    split.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    atomic_write_text(
+        path.with_suffix(".json"),
+        json.dumps(
+            {
+                "seed": opts.seed,
+                "val_fraction": opts.val_fraction,
+                "test_fraction": opts.test_fraction,
+                "counts": split["split"].value_counts().to_dict(),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    log.info("made split %s: %s", path, split["split"].value_counts().to_dict())
+    return split
+
+
+def _extend_split(split, frame, best_label):
+    """Records not in the saved split: train, or ``held`` when their cluster is in val/test."""
+    import pandas as pd
+
+    known = set(split["id"])
+    frame = frame.assign(_group=_groups(frame), _label=best_label)
+    new = frame[~frame["id"].astype(str).isin(known) & frame["_label"].notna()]
+    if new.empty:
+        return split
+    group_split = split.drop_duplicates("group").set_index("group")["split"]
+    side = new["_group"].map(group_split).map(lambda s: "held" if s in ("val", "test") else "train")
+    extra = pd.DataFrame({"id": new["id"].astype(str), "group": new["_group"], "split": side})
+    return pd.concat([split, extra], ignore_index=True)
+
+
+def _slices(frame) -> list[list[str]]:
+    if "bias_groups" not in frame.columns:
+        return [[] for _ in range(len(frame))]
+    return [
+        list(v) if v is not None and not isinstance(v, float) else [] for v in frame["bias_groups"]
+    ]
+
+
+def _flag(frame, column: str):
+    if column not in frame.columns:
+        return frame["id"].map(lambda _: False)
+    return frame[column].fillna(False).astype(bool)
+
+
+def build_dataset(project: Project, opts: DataOptions) -> TuneData:
+    """Train/val/test frames for ``opts.mode`` (see the module docstring); counts say what was
+    dropped and why."""
+    import pandas as pd
+
+    stage, frame = load_records(project, "curated")
+    frame = _cluster_info(project, frame).copy()
+    frame["id"] = frame["id"].astype(str)
+    raw_label = frame["label"].where(frame["label"].notna(), None)
+    reviewed = reviewed_labels(project)
+    best = frame["id"].map(reviewed).where(frame["id"].isin(reviewed.keys()), raw_label)
+    split = ensure_split(project, frame, best, opts)
+    frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
+    best = frame["id"].map(reviewed).where(frame["id"].isin(reviewed.keys()), frame["label"])
+    counts: dict[str, int] = {
+        "records": len(frame),
+        "reviewed": int(frame["id"].isin(reviewed.keys()).sum()),
+    }
+    base = pd.DataFrame(
+        {
+            "id": frame["id"],
+            "text": frame["text"].astype(str),
+            "weight": 1.0,
+            "slice": _slices(frame),
+        }
+    )
+    if "is_representative" in frame.columns:
+        is_rep = _flag(frame, "is_representative") | frame["dup_cluster"].isna()
+    else:
+        is_rep = frame["id"].map(lambda _: True)
+    issue = _flag(frame, "label_issue") & ~frame["id"].isin(reviewed.keys())
+
+    # Evaluation splits: same records and gold labels for raw and curated runs.
+    eval_frames = {}
+    for name in ("val", "test"):
+        rows = frame["split"].eq(name) & best.notna()
+        part = base[rows].assign(
+            label=best[rows].astype(str), _rep=is_rep[rows], _g=frame["group"][rows]
+        )
+        part = part.sort_values(["_g", "_rep", "id"], ascending=[True, False, True])
+        eval_frames[name] = part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
+    counts["held_out_duplicates"] = int(frame["split"].eq("held").sum())
+
+    rows = frame["split"].eq("train")
+    if opts.mode == "raw":
+        stage = "ingest"
+        rows &= raw_label.notna()
+        train = base[rows].assign(label=raw_label[rows].astype(str))
+    elif opts.mode == "curated":
+        counts["dropped_duplicates"] = int((rows & ~is_rep).sum())
+        rows &= is_rep
+        counts["unlabelled"] = int((rows & best.isna()).sum())
+        rows &= best.notna()
+        counts["label_issues"] = int((rows & issue).sum())
+        if opts.label_issues == "exclude":
+            rows &= ~issue
+        train = base[rows].assign(label=best[rows].astype(str))
+        if opts.label_issues == "downweight":
+            train.loc[issue[rows].to_numpy(), "weight"] = float(opts.issue_weight)
+        elif opts.label_issues not in ("exclude", "keep"):
+            raise ThresherError(
+                f"unknown label_issues policy {opts.label_issues!r}; use exclude|downweight|keep"
+            )
+    else:
+        raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
+
+    labels = sorted(
+        set(train["label"]) | set(eval_frames["val"]["label"]) | set(eval_frames["test"]["label"])
+    )
+    counts.update(train=len(train), val=len(eval_frames["val"]), test=len(eval_frames["test"]))
+    if len(train) == 0:
+        raise EmptyDataError(
+            f"no labelled training records in {project.root} ({opts.mode} set; counts {counts}); "
+            "ingest labelled data or use --data raw / label_issues: keep"
+        )
+    if len(set(train["label"])) < 2:
+        raise EmptyDataError(
+            f"the {opts.mode} training set in {project.root} has one label only "
+            f"({sorted(set(train['label']))}); a classifier needs two or more"
+        )
+    return TuneData(
+        train=train.reset_index(drop=True),
+        val=eval_frames["val"].reset_index(drop=True),
+        test=eval_frames["test"].reset_index(drop=True),
+        labels=labels,
+        counts=counts,
+        source_stage=stage,
+    )

@@ -1,0 +1,718 @@
+"""The training recipe, top to bottom: setup → train → evaluate → save.
+
+One readable loop (no Trainer): seeded; bf16/fp16 autocast on GPU; dynamic padding with
+length-grouped batches; gradient accumulation; optional gradient checkpointing; early stopping on
+validation macro-F1; a checkpoint every ``save_steps`` optimizer steps in ``DIR/tune/.work/<run>/``
+so ``resume=True`` continues after a kill and ends with the same result; DDP when started under
+``torchrun``/``accelerate launch`` (rank 0 evaluates and writes). Outputs go to ``DIR/tune/<run>/``
+atomically (see ``_save_outputs``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from thresher.errors import ThresherError
+from thresher.project import Project, fingerprint, stage_output
+from tune.data import TuneData, build_dataset
+from tune.evaluate import classification_metrics, error_table, slice_metrics
+from tune.modeling import (
+    _fast_sft_ok,
+    add_lora,
+    collate,
+    encode_classify,
+    encode_sft,
+    forward_loss,
+    load_base,
+    load_tokenizer,
+    resolve_base,
+    score_texts,
+)
+from tune.options import TuneOptions
+
+log = logging.getLogger(__name__)
+
+WORK = ".work"
+CHECKPOINT = "checkpoint.pt"
+
+
+class Interrupted(Exception):
+    """Raised by the ``stop_after`` test hook to simulate a kill between checkpoints."""
+
+
+@dataclass
+class Dist:
+    """Process-group facts: rank 0 evaluates and writes; world 1 = no DDP."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class State:
+    """Everything a resumed run needs besides the weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    best_f1: float = -1.0
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    tokens: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+def _init_distributed() -> Dist:
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(d: Dist):
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def _amp_dtype(precision: str, device):
+    """Autocast dtype: bf16 where the GPU supports it, else fp16; none (fp32) on CPU."""
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True
+) -> list[list[int]]:
+    """Shuffled batches of indices; with ``group_by_length`` each batch holds similar lengths
+    (sorted inside shuffled mega-batches of 50 batches), so dynamic padding wastes little."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        mega = batch_size * 50
+        order = [
+            i
+            for s in range(0, len(order), mega)
+            for i in sorted(order[s : s + mega], key=lambda j: -lengths[j])
+        ]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def _rank_batches(lengths, opts: TuneOptions, epoch: int, d: Dist) -> list[list[int]]:
+    """This rank's micro-batches for ``epoch`` (same global order on every rank)."""
+    batches = length_grouped_batches(
+        lengths, opts.batch_size, opts.seed + epoch, opts.group_by_length
+    )
+    n = max(1, len(batches) // d.world) if len(batches) >= d.world else 1
+    mine = batches[d.rank :: d.world][:n]
+    return mine or batches[:1]
+
+
+# ---- the recipe -------------------------------------------------------------------------------
+
+
+def train(
+    project: Project | str | Path,
+    options: TuneOptions | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: Callable[[dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train one run and return its folder ``DIR/tune/<run>/``.
+
+    ``resume`` continues the named (or most recent unfinished) run from its last checkpoint.
+    A finished run with the same data and options is not redone unless ``force``.
+    ``progress`` gets ``{step, total, loss, tokens_per_s}`` after each optimizer step.
+    ``stop_after`` (tests) raises ``Interrupted`` after that many optimizer steps."""
+    import torch
+
+    project = project if isinstance(project, Project) else Project.at(project)
+    opts = options or TuneOptions()
+    tune_dir = project.root / "tune"
+    d = _init_distributed()
+    if d.world > 1 and opts.run is None:  # every rank must agree on the run name
+        import torch.distributed as dist
+
+        names = [time.strftime("run-%Y%m%d-%H%M%S")]
+        dist.broadcast_object_list(names, 0)
+        opts = replace(opts, run=names[0])
+    work, opts = _work_dir(tune_dir, opts, resume)
+    _seed_everything(opts.seed)
+
+    # -- setup: data (rank 0 first: it may create the project's split), model, optimizer
+    data = _rank0_first(d, lambda: build_dataset(project, opts.data))
+    ref = resolve_base(opts.base, opts.task)
+    run_fp = _fingerprint(opts, data, ref)
+    final = tune_dir / str(opts.run)
+    if not resume and not force:
+        done = _finished_run(
+            tune_dir, str(opts.run), run_fp, named=options is not None and bool(options.run)
+        )
+        if done is not None:
+            log.info("%s is up to date (same data and options); force redoes it", done)
+            if d.main:
+                shutil.rmtree(work, ignore_errors=True)
+            return done
+    device = _device(d)
+    amp = _amp_dtype(opts.precision, device)
+    tok = load_tokenizer(ref)
+    label_map = data.label_map()
+    model = _build_model(ref, opts, data.labels, tok, device, amp)
+    train_set = _encode(tok, data.train, label_map, opts)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(
+        trainable, lr=opts.lr, weight_decay=opts.weight_decay, fused=device.type == "cuda"
+    )
+    steps_per_epoch = math.ceil(
+        len(_rank_batches(train_set.lengths(), opts, 0, d)) / opts.grad_accum
+    )
+    total = (
+        opts.max_steps if opts.max_steps > 0 else max(1, math.ceil(opts.epochs * steps_per_epoch))
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(total, opts.warmup_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    ddp = _wrap_ddp(model, d, device)
+    state = State()
+    best: dict[str, Any] | None = None
+    if resume and (work / CHECKPOINT).exists():
+        state, best = _load_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, d)
+        log.info("resumed %s at step %d/%d", opts.run, state.step, total)
+    eval_every = opts.eval_steps or steps_per_epoch
+    fast_sft = opts.task == "sft" and d.world == 1 and _fast_sft_ok(model)
+
+    # -- train
+    model.train()  # from_pretrained returns eval mode (dropout off)
+    while state.step < total and not state.stopped_early:
+        batches = _rank_batches(train_set.lengths(), opts, state.epoch, d)
+        done_in_epoch = state.step - _steps_before_epoch(state, steps_per_epoch)
+        for start in range(done_in_epoch * opts.grad_accum, len(batches), opts.grad_accum):
+            if state.step >= total:
+                break
+            t0 = time.perf_counter()
+            micro = [
+                collate(
+                    [train_set.input_ids[i] for i in idx],
+                    [train_set.labels[i] for i in idx],
+                    tok.pad_token_id,
+                    opts.task,
+                    multiple=8 if device.type == "cuda" else 1,
+                )
+                + (torch.tensor([train_set.weights[i] for i in idx], dtype=torch.float32),)
+                for idx in batches[start : start + opts.grad_accum]
+            ]
+            loss_sum, tokens = train_step(
+                ddp, micro, optim, sched, scaler, trainable, opts.task, device, amp, fast_sft
+            )
+            state.step += 1
+            state.tokens += tokens * d.world
+            state.train_seconds += time.perf_counter() - t0
+            state.history.append(
+                {"step": state.step, "loss": loss_sum, "lr": sched.get_last_lr()[0]}
+            )
+            if progress is not None and d.main:
+                progress(
+                    {
+                        "step": state.step,
+                        "total": total,
+                        "loss": loss_sum,
+                        "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+                    }
+                )
+            if state.step % eval_every == 0 or state.step == total:
+                best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
+            if state.step % opts.save_steps == 0 and d.main:
+                _save_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, state, best)
+            if stop_after is not None and state.step >= stop_after:
+                raise Interrupted(f"stopped after step {state.step}")
+            if state.stopped_early:
+                break
+        else:
+            state.epoch += 1
+            continue
+        if state.step >= total or state.stopped_early:
+            break
+    if not state.evals or state.evals[-1]["step"] != state.step:
+        best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
+
+    # -- evaluate (best state) and save
+    if best is not None:
+        _load_trainable(model, best["weights"])
+    if d.main:
+        _save_outputs(
+            project,
+            final,
+            run_fp,
+            model,
+            tok,
+            data,
+            opts,
+            ref,
+            device,
+            amp,
+            state,
+            steps_per_epoch,
+            d,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return final
+
+
+def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0, then on the other ranks (for steps that write shared files)."""
+    if d.world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    if d.main:
+        result = fn()
+        dist.barrier()
+    else:
+        dist.barrier()
+        result = fn()
+    return result
+
+
+def train_step(model, micro, optim, sched, scaler, trainable, task, device, amp, fast_sft=False):
+    """One optimizer step over ``micro`` = [(input_ids, mask, labels, weights), ...] CPU tensors
+    (gradient accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens).
+    The benchmark calls this too, so what it measures is the recipe's own step."""
+    import torch
+
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    for k, (x, m, y, w) in enumerate(micro):
+        tokens += int(m.sum())  # on CPU: no device sync
+        x, m, y, w = (t.to(device, non_blocking=True) for t in (x, m, y, w))
+        with _no_sync(model, k < len(micro) - 1), _autocast(device, amp):
+            loss = forward_loss(model, x, m, y, w, task, fast_sft) / len(micro)
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optim)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    scaler.step(optim)
+    scaler.update()
+    optim.zero_grad(set_to_none=True)
+    sched.step()
+    return float(loss_sum), tokens
+
+
+def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:
+    """The run's checkpoint folder; on resume the saved options win (same recipe, same result)."""
+    root = tune_dir / WORK
+    if resume:
+        if opts.run is None:
+            unfinished = sorted(root.glob("*/options.json"), key=lambda p: p.stat().st_mtime)
+            if not unfinished:
+                raise ThresherError(f"nothing to resume under {root}; start a run without --resume")
+            run = unfinished[-1].parent.name
+        else:
+            run = opts.run
+        saved = root / run / "options.json"
+        if saved.exists():
+            opts = TuneOptions.from_dict(json.loads(saved.read_text()))
+        return root / run, replace(opts, run=run)
+    run = opts.run or time.strftime("run-%Y%m%d-%H%M%S")
+    opts = replace(opts, run=run)
+    work = root / run
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under DDP
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "options.json").write_text(json.dumps(opts.to_dict(), indent=2))
+    return work, opts
+
+
+def _finished_run(tune_dir: Path, run: str, run_fp: str, named: bool) -> Path | None:
+    """A finished run with this fingerprint: the named one, or (no name given) any."""
+    tune_project = Project(tune_dir)
+    if tune_project.is_fresh(run, run_fp):
+        return tune_dir / run
+    if named:
+        return None
+    for manifest in sorted(tune_dir.glob("*/manifest.json")):
+        if not manifest.parent.name.startswith(".") and tune_project.is_fresh(
+            manifest.parent.name, run_fp
+        ):
+            return manifest.parent
+    return None
+
+
+def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
+    def rows(frame):
+        return list(zip(frame["id"], frame["label"], frame["weight"], strict=True))
+
+    return fingerprint(
+        {
+            "options": {**opts.to_dict(), "run": None},
+            "base": ref.path,
+            "train": rows(data.train),
+            "val": rows(data.val),
+            "test": rows(data.test),
+        }
+    )
+
+
+def _build_model(ref, opts: TuneOptions, labels, tok, device, amp):
+    """Base (frozen; bf16/fp16 on GPU) + LoRA; trainable parameters are kept in fp32."""
+    import torch
+
+    base_dtype = amp if device.type == "cuda" else None
+    model = load_base(ref, opts.task, labels, tok, dtype=base_dtype, qlora=opts.qlora)
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = add_lora(
+        model, opts.task, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.target_modules
+    )
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("base %s: %d trainable parameters", ref.name, n_train)
+    del torch
+    return model.to(device)
+
+
+def _wrap_ddp(model, d: Dist, device):
+    if d.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def _encode(tok, frame, label_map, opts: TuneOptions):
+    texts, labels, weights = list(frame["text"]), list(frame["label"]), list(frame["weight"])
+    if opts.task == "classify":
+        return encode_classify(tok, texts, [label_map[x] for x in labels], weights, opts.max_length)
+    return encode_sft(tok, texts, labels, weights, opts.prompt_template, opts.max_length)
+
+
+def _linear_schedule(total: int, warmup_ratio: float):
+    warmup = int(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _steps_before_epoch(state: State, steps_per_epoch: int) -> int:
+    return state.epoch * steps_per_epoch
+
+
+class _no_sync:
+    """DDP's ``no_sync`` for accumulation micro-steps (a no-op without DDP)."""
+
+    def __init__(self, model, active: bool) -> None:
+        self.ctx = model.no_sync() if active and hasattr(model, "no_sync") else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx is not None else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+def _autocast(device, amp):
+    import contextlib
+
+    import torch
+
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+# ---- evaluation during training ---------------------------------------------------------------
+
+
+def _predict(model, tok, frame, data: TuneData, opts: TuneOptions, device, amp):
+    return score_texts(
+        model,
+        tok,
+        list(frame["text"]),
+        task=opts.task,
+        labels=data.labels,
+        template=opts.prompt_template,
+        max_length=opts.max_length,
+        batch_size=opts.eval_batch_size,
+        device=device,
+        amp_dtype=amp,
+    )
+
+
+def _trainable_state(model) -> dict[str, Any]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model, weights: dict[str, Any]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].data.copy_(value.to(params[name].device))
+
+
+def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, best, d: Dist):
+    """Val macro-F1 on rank 0; keep the best weights; stop after ``patience`` evals without gain."""
+    import torch
+
+    stop = torch.zeros(1)
+    if d.main and len(data.val):
+        probs = _predict(model, tok, data.val, data, opts, device, amp)
+        gold = data.val["label"].map(data.label_map()).to_numpy()
+        f1 = classification_metrics(gold, probs, data.labels)["macro_f1"]
+        state.evals.append({"step": state.step, "val_macro_f1": f1})
+        if f1 > state.best_f1:
+            state.best_f1, state.best_step, state.bad_evals = f1, state.step, 0
+            best = {"weights": _trainable_state(model), "step": state.step}
+        else:
+            state.bad_evals += 1
+            stop[0] = float(state.bad_evals >= opts.patience)
+        model.train()
+    else:  # every rank records the eval step, so all agree on whether a final eval is due
+        state.evals.append({"step": state.step, "val_macro_f1": float("nan")})
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(stop, 0)
+    state.stopped_early = bool(stop[0])
+    model.train()
+    return best
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best) -> None:
+    import numpy as np
+    import torch
+
+    blob = {
+        "weights": _trainable_state(model),
+        "optim": optim.state_dict(),
+        "sched": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": state.__dict__,
+        "best": best,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, optim, sched, scaler, d: Dist):
+    import numpy as np
+    import torch
+
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    _load_trainable(model, blob["weights"])
+    optim.load_state_dict(blob["optim"])
+    sched.load_state_dict(blob["sched"])
+    scaler.load_state_dict(blob["scaler"])
+    rng = blob["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    del d
+    return State(**blob["state"]), blob["best"]
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+
+def _save_outputs(
+    project,
+    final: Path,
+    run_fp,
+    model,
+    tok,
+    data: TuneData,
+    opts,
+    ref,
+    device,
+    amp,
+    state: State,
+    steps_per_epoch: int,
+    d: Dist,
+) -> None:
+    """DIR/tune/<run>/: adapter/ (+ tokenizer, label map), label_map.json, config.json,
+    metrics.json, predictions.parquet, errors.parquet, train_data.parquet, history.json,
+    loss_curve.png, manifest.json."""
+    import numpy as np
+    import pandas as pd
+
+    tune_project = Project(final.parent)
+    label_map = {"labels": data.labels, "label2id": data.label_map()}
+    metrics: dict[str, Any] = {}
+    frames = []
+    for split in ("val", "test"):
+        frame = getattr(data, split)
+        probs = _predict(model, tok, frame, data, opts, device, amp)
+        gold = frame["label"].map(data.label_map()).to_numpy()
+        m = classification_metrics(gold, probs, data.labels) if len(frame) else {"n": 0}
+        if len(frame):
+            m["slices"] = slice_metrics(gold, probs, list(frame["slice"]), data.labels)
+        metrics[split] = m
+        frames.append(
+            pd.DataFrame(
+                {
+                    "id": frame["id"],
+                    "text": frame["text"],
+                    "split": split,
+                    "gold": frame["label"],
+                    "predicted": [data.labels[i] for i in probs.argmax(axis=1)]
+                    if len(frame)
+                    else [],
+                    "prob": probs.max(axis=1) if len(frame) else [],
+                    "probs": list(probs.astype("float32")),
+                    "slice": frame["slice"],
+                }
+            )
+        )
+    predictions = pd.concat(frames, ignore_index=True)
+    epochs_done = state.step / max(1, steps_per_epoch)
+    metrics["train"] = {
+        "steps": state.step,
+        "epochs": round(epochs_done, 4),
+        "best_step": state.best_step,
+        "best_val_macro_f1": state.best_f1,
+        "stopped_early": state.stopped_early,
+        "seconds": round(state.train_seconds, 3),
+        "seconds_per_epoch": round(state.train_seconds / max(epochs_done, 1e-9), 3),
+        "tokens": state.tokens,
+        "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+        "world_size": d.world,
+        "device": str(device),
+        "precision": str(amp).replace("torch.", "") if amp is not None else "fp32",
+    }
+    metrics["data"] = data.counts
+    config = {
+        "run": opts.run,
+        "task": opts.task,
+        "base": {"name": ref.name, "path": ref.path, "gguf_file": ref.gguf_file},
+        "labels": data.labels,
+        "source_stage": data.source_stage,
+        "options": opts.to_dict(),
+    }
+    with stage_output(
+        tune_project,
+        str(opts.run),
+        run_fp,
+        config=config,
+        packages=("torch", "transformers", "peft"),
+    ) as out:
+        adapter = out.path("adapter")
+        model.save_pretrained(adapter)
+        tok.save_pretrained(adapter)
+        (adapter / "label_map.json").write_text(json.dumps(label_map, indent=2))
+        (out.path("label_map.json")).write_text(json.dumps(label_map, indent=2))
+        (out.path("config.json")).write_text(json.dumps(config, indent=2, default=str))
+        (out.path("metrics.json")).write_text(json.dumps(metrics, indent=2, default=float))
+        predictions.to_parquet(out.path("predictions.parquet"), index=False)
+        errors = error_table(
+            predictions.rename(columns={"gold": "label"}),
+            np.stack(predictions["probs"].to_numpy()) if len(predictions) else np.zeros((0, 1)),
+            data.labels,
+            opts.low_confidence,
+        )
+        errors.to_parquet(out.path("errors.parquet"), index=False)
+        data.train[["id", "text", "label", "weight"]].to_parquet(
+            out.path("train_data.parquet"), index=False
+        )
+        (out.path("history.json")).write_text(
+            json.dumps({"loss": state.history, "evals": state.evals}, indent=2)
+        )
+        _loss_curve(state, out.path("loss_curve.png"))
+        out.counts = {**data.counts, "errors": len(errors)}
+        out.extra["metrics"] = {k: metrics[k].get("macro_f1") for k in ("val", "test")}
+    log.info("wrote %s (test macro-F1 %s)", final, metrics["test"].get("macro_f1"))
+
+
+def _loss_curve(state: State, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in state.history]
+    ax.plot(steps, [h["loss"] for h in state.history], lw=1, label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if state.evals:
+        ax2 = ax.twinx()
+        ax2.plot(
+            [e["step"] for e in state.evals],
+            [e["val_macro_f1"] for e in state.evals],
+            "o-",
+            color="tab:orange",
+            label="val macro-F1",
+        )
+        ax2.set_ylabel("val macro-F1")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
