@@ -210,3 +210,28 @@ def test_round_cli_tiny_tfidf(argilla, tmp_path, make_planted, monkeypatch):
     assert json.loads(out.output)["noop"] is True
     out = runner.invoke(main, ["round", "-p", str(project.root), "--strategy", "nope"])
     assert out.exit_code == 1 and "nope" in out.output
+
+
+@pytest.mark.slow
+def test_round_cli_lora_learner(argilla, tmp_path, make_planted, monkeypatch):
+    """`--learner lora`: tune's LoRA classifier trains in the round (a few CPU steps)."""
+    pytest.importorskip("tune.train")
+    from thresher.cli import main
+
+    monkeypatch.setenv("THRESHER_HOME", str(argilla.paths.home))
+    project = _project(tmp_path / "lora", make_planted, 60)
+    (project.root / "thresher.yaml").write_text(
+        "labels: [food, sport, tech]\nreview:\n  dataset: lora-cli\n  vectors: false\n"
+        "loop:\n  size: 10\ntune:\n  max_steps: 4\n  batch_size: 16\n"
+    )
+    conn = argilla.conn()
+    push(project, conn, PushOptions(dataset="lora-cli", labels=CLASSES, limit=40, vectors=False))
+    demo_annotators.run(project, conn, annotators=2, disagreement=0.0, paths=argilla.paths)
+    out = CliRunner().invoke(
+        main, ["round", "-p", str(project.root), "--learner", "lora", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output[out.output.index("{") :])
+    assert summary["outputs"]["train"]["n_train"] > 0
+    assert (project.root / "rounds" / "1" / "train" / "run" / "adapter").is_dir()
+    assert summary["outputs"]["push"]["sent"] >= 10
