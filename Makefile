@@ -41,9 +41,8 @@ $(SERVER_STAMP): $(STAMP)
 
 server-install: system-deps $(SERVER_STAMP)
 
-demo: install
-	$(BIN)/thresher curate ingest --demo -p $(DEMO)
-	@echo "demo project: $(DEMO)/ (records in $(DEMO)/ingest/records.parquet)"
+demo: install server-install
+	PATH="$(abspath $(BIN)):$$PATH" DEMO=$(DEMO) bash scripts/demo.sh
 
 test: install server-install
 	$(BIN)/ruff check .
