@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole thresher loop on the built-in corpus, on CPU (make demo runs this with the venv's
-# bin first on PATH). Stages that are not installed yet are skipped with a message.
+# bin first on PATH).
 #
 #   ingest (sample) → dedup → score → Argilla server up → push → two SIMULATED annotators label
 #   through the real server with their own accounts → pull with agreement → tune train (few
@@ -24,9 +24,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 T0=$(date +%s)
 stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
-# has CMD...: the subcommand exists in this install (stages still landing are skipped)
-has() { thresher "$@" --help >/dev/null 2>&1; }
-skip() { echo "   skipped: \`thresher $*\` is not in this install yet"; }
 
 stage "1/10 ingest a ${SIZE}-record sample of the built-in Rotten Tomatoes corpus into ${DEMO}/"
 [ -f "$DEMO/thresher.yaml" ] || thresher init "$DEMO"
@@ -49,10 +46,10 @@ PY
 thresher curate ingest "$DEMO/demo/sample-${SIZE}.csv" -p "$DEMO"
 
 stage "2/10 near-duplicates"
-if has curate dedup; then thresher curate dedup -p "$DEMO"; else skip curate dedup; fi
+thresher curate dedup -p "$DEMO"
 
 stage "3/10 label noise, outliers, bias"
-if has curate score; then thresher curate score -p "$DEMO"; else skip curate score; fi
+thresher curate score -p "$DEMO"
 
 stage "4/10 the embedded Argilla server (first run installs its virtualenv, about a minute)"
 thresher review server up -p "$DEMO"
@@ -67,28 +64,14 @@ stage "7/10 pull: consensus, agreement, reviewed labels"
 thresher review pull -p "$DEMO"
 
 stage "8/10 LoRA training (${MAX_STEPS} steps on CPU) and evaluation against the baseline"
-if has tune train; then
-  thresher tune train -p "$DEMO" --max-steps "$MAX_STEPS" --run demo
-  thresher tune eval -p "$DEMO" --run demo --against baseline
-else
-  skip tune train
-fi
+thresher tune train -p "$DEMO" --max-steps "$MAX_STEPS" --run demo
+thresher tune eval -p "$DEMO" --run demo --against baseline
 
 stage "9/10 active-learning round 1: train on the reviewed labels, push round 2"
-if [ "$LEARNER" = lora ] && ! has tune train; then
-  echo "   DEMO_LEARNER=lora needs thresher tune; using the fast learner"
-  LEARNER=fast
-fi
 thresher round -p "$DEMO" --strategy margin+kmeans --size "$ROUND_SIZE" --learner "$LEARNER"
 
 stage "10/10 report"
-REPORT=""
-if has curate report; then
-  thresher curate report -p "$DEMO"
-  REPORT=$(ls "$DEMO"/score/report.html 2>/dev/null || true)
-else
-  skip curate report
-fi
+thresher curate report -p "$DEMO"
 
 echo
 echo "== done in $(($(date +%s) - T0)) s"
@@ -97,7 +80,7 @@ HOME_DIR=${THRESHER_HOME:-$HOME/.cache/thresher}
 echo "annotator logins (simulated): $HOME_DIR/argilla/users/demo-annotator-1.json, demo-annotator-2.json"
 echo "open the Argilla UI at the URL above; dataset '$(basename "$(cd "$DEMO" && pwd)")', sort by"
 echo "  metadata 'priority', filter 'round' = 2 for the records this round picked (reason: why)"
-[ -n "$REPORT" ] && echo "report: $REPORT"
+echo "report: $DEMO/score/report.html (open it in a browser)"
 echo "round manifest: $DEMO/rounds/1/manifest.json"
 echo "next: annotate round 2 in the UI, then \`thresher round -p $DEMO\` runs round 2"
 echo "stop the server: thresher review server down"
