@@ -102,6 +102,14 @@ def main() -> None:
         "--steps", type=int, default=0, help="same optimizer steps for both (0: --epochs each)"
     )
     parser.add_argument("--features", choices=["embed", "tfidf"], default="embed")
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["exclude"],
+        choices=["exclude", "downweight", "keep"],
+        help="label_issues policies of the curated runs (each one run)",
+    )
+    parser.add_argument("--issue-weight", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -123,25 +131,47 @@ def main() -> None:
         trainval = set(split["id"][split["split"].isin(["train", "val"])])
         flagged_tv = flagged & trainval
         runs, seconds = {}, {}
-        for mode in ("raw", "curated"):
+        variants = [("raw", "raw", "keep")] + [
+            (f"curated-{policy}", "curated", policy) for policy in args.policies
+        ]
+        for name, mode, policy in variants:
             t0 = time.perf_counter()
-            runs[mode] = train(
+            runs[name] = train(
                 project,
                 TuneOptions(
-                    run=mode,
+                    run=name,
                     epochs=args.epochs,
                     max_steps=args.steps,
                     batch_size=16,
                     max_length=64,
                     lr=args.lr,
                     seed=args.seed,
-                    data=DataOptions(mode=mode, seed=args.seed),
+                    data=DataOptions(
+                        mode=mode,
+                        seed=args.seed,
+                        label_issues=policy,
+                        issue_weight=args.issue_weight,
+                    ),
                 ),
             )
-            seconds[mode] = round(time.perf_counter() - t0, 1)
+            seconds[name] = round(time.perf_counter() - t0, 1)
         raw = evaluate_run(runs["raw"], n_boot=200)
-        cur = evaluate_run(runs["curated"], against=str(runs["raw"]), n_boot=1000)
-        counts = json.loads((runs["curated"] / "metrics.json").read_text())["data"]
+        by_policy = {}
+        for policy in args.policies:
+            run = runs[f"curated-{policy}"]
+            res = evaluate_run(run, against=str(runs["raw"]), n_boot=1000)
+            by_policy[policy] = {
+                "test_macro_f1": res["macro_f1"],
+                "lift_points": round(100 * (res["macro_f1"] - raw["macro_f1"]), 2),
+                "lift_ci95_points": [
+                    round(100 * res["comparison"]["ci_low"], 2),
+                    round(100 * res["comparison"]["ci_high"], 2),
+                ],
+                "counts": json.loads((run / "metrics.json").read_text())["data"],
+            }
+        cur = evaluate_run(runs[f"curated-{args.policies[0]}"], n_boot=10)
+        first = by_policy[args.policies[0]]
+        counts = first["counts"]
     out = {
         "benchmark": "curation_lift",
         "corpus": f"demo (Rotten Tomatoes), {args.size} rows",
@@ -154,12 +184,11 @@ def main() -> None:
         "epochs": args.epochs if not args.steps else None,
         "steps": args.steps or None,
         "raw_test_macro_f1": raw["macro_f1"],
-        "curated_test_macro_f1": cur["macro_f1"],
-        "lift_points": round(100 * (cur["macro_f1"] - raw["macro_f1"]), 2),
-        "lift_ci95_points": [
-            round(100 * cur["comparison"]["ci_low"], 2),
-            round(100 * cur["comparison"]["ci_high"], 2),
-        ],
+        "curated_policy": args.policies[0],
+        "curated_test_macro_f1": first["test_macro_f1"],
+        "lift_points": first["lift_points"],
+        "lift_ci95_points": first["lift_ci95_points"],
+        "by_policy": by_policy,
         "target_points": 3.0,
         "tfidf_baseline_raw_macro_f1": raw["baseline"]["tfidf_logreg"]["macro_f1"],
         "tfidf_baseline_curated_macro_f1": cur["baseline"]["tfidf_logreg"]["macro_f1"],
