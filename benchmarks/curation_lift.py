@@ -55,7 +55,9 @@ def flip_train_labels(project: Path, rate: float, seed: int) -> set[str]:
     return set(flipped["id"])
 
 
-def score_inline(project: Path, seed: int, features: str = "embed") -> str:
+def score_inline(
+    project: Path, seed: int, features: str = "embed", filter_by: str = "prune_by_noise_rate"
+) -> str:
     """DIR/score/records.parquet with label_issue from cleanlab on 5-fold out-of-sample
     logistic-regression probabilities over MiniLM embeddings (``embed``) or TF-IDF (``tfidf``)."""
     import numpy as np
@@ -82,7 +84,7 @@ def score_inline(project: Path, seed: int, features: str = "embed") -> str:
     probs = cross_val_predict(
         LogisticRegression(max_iter=2000, C=4.0), x, y, cv=5, method="predict_proba"
     )
-    issues = find_label_issues(y, probs, filter_by="prune_by_noise_rate")
+    issues = find_label_issues(y, probs, filter_by=filter_by)
     records["label_issue"] = False
     records.loc[labelled[labelled].index, "label_issue"] = issues
     records["label_quality"] = np.nan
@@ -90,7 +92,7 @@ def score_inline(project: Path, seed: int, features: str = "embed") -> str:
     proj.stage_dir("score").mkdir(parents=True, exist_ok=True)
     records.to_parquet(proj.records_path("score"), index=False)
     name = "MiniLM embeddings" if features == "embed" else "TF-IDF"
-    return f"inline cleanlab ({name} + logreg, 5-fold out-of-sample probs)"
+    return f"inline cleanlab ({name} + logreg, 5-fold out-of-sample probs, {filter_by})"
 
 
 def main() -> None:
@@ -110,6 +112,9 @@ def main() -> None:
         help="label_issues policies of the curated runs (each one run)",
     )
     parser.add_argument("--issue-weight", type=float, default=0.3)
+    parser.add_argument(
+        "--filter-by", default="prune_by_noise_rate", help="cleanlab find_label_issues filter_by"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -124,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = demo_project(Path(tmp), args.size, args.seed)
         flipped = flip_train_labels(project, args.flip, args.seed)
-        scorer = score_inline(project, args.seed, args.features)
+        scorer = score_inline(project, args.seed, args.features, args.filter_by)
         score = pd.read_parquet(project / "score" / "records.parquet")
         flagged = set(score["id"][score["label_issue"]])
         split = pd.read_parquet(project / "tune" / "split.parquet")
