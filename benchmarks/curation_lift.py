@@ -3,13 +3,15 @@ label noise, scored on a clean test split.
 
 1. Ingest a stratified subsample of the demo corpus; the project's split is made on clean labels.
 2. Flip ``--flip`` of the train+val labels (the test split stays clean) and re-ingest (same ids).
-3. Label issues: the score stage (``curate score``) when it is importable here, else the same
-   recipe inline: 5-fold out-of-sample TF-IDF + logistic-regression probabilities and
-   ``cleanlab.filter.find_label_issues`` → ``DIR/score/records.parquet`` with ``label_issue``.
-4. ``--data raw`` and ``--data curated`` runs (identical options), test macro-F1 of each, and the
+3. Label issues: the score stage's recipe inline (the score branch is not in this worktree):
+   5-fold out-of-sample logistic-regression probabilities over MiniLM embeddings (or TF-IDF with
+   ``--features tfidf``) and ``cleanlab.filter.find_label_issues`` → ``DIR/score/records.parquet``
+   with ``label_issue``, which ``tune/data.py`` reads like the real score output.
+4. ``--data raw`` and ``--data curated`` runs (identical options, ``--steps`` gives both the same
+   number of optimizer steps), test macro-F1 of each, and the
    paired bootstrap CI of curated - raw.
 
-    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--epochs 1]
+    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--steps 88] [--features embed]
 """
 
 from __future__ import annotations
@@ -53,8 +55,11 @@ def flip_train_labels(project: Path, rate: float, seed: int) -> set[str]:
     return set(flipped["id"])
 
 
-def score_inline(project: Path, seed: int) -> str:
-    """DIR/score/records.parquet with label_issue from cleanlab on out-of-sample TF-IDF probs."""
+def score_inline(
+    project: Path, seed: int, features: str = "embed", filter_by: str = "prune_by_noise_rate"
+) -> str:
+    """DIR/score/records.parquet with label_issue from cleanlab on 5-fold out-of-sample
+    logistic-regression probabilities over MiniLM embeddings (``embed``) or TF-IDF (``tfidf``)."""
     import numpy as np
     import pandas as pd
     from cleanlab.filter import find_label_issues
@@ -69,20 +74,25 @@ def score_inline(project: Path, seed: int) -> str:
     labelled = records["label"].notna()
     classes = sorted(records["label"][labelled].unique())
     y = records["label"][labelled].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(
-        records["text"][labelled]
-    )
+    texts = records["text"][labelled].tolist()
+    if features == "embed":
+        from curate.embeddings import embed_texts
+
+        x = embed_texts(texts, cache_dir=project / ".cache" / "embeddings")
+    else:
+        x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
     probs = cross_val_predict(
         LogisticRegression(max_iter=2000, C=4.0), x, y, cv=5, method="predict_proba"
     )
-    issues = find_label_issues(y, probs, filter_by="prune_by_noise_rate")
+    issues = find_label_issues(y, probs, filter_by=filter_by)
     records["label_issue"] = False
     records.loc[labelled[labelled].index, "label_issue"] = issues
     records["label_quality"] = np.nan
     records.loc[labelled[labelled].index, "label_quality"] = probs[np.arange(len(y)), y]
     proj.stage_dir("score").mkdir(parents=True, exist_ok=True)
     records.to_parquet(proj.records_path("score"), index=False)
-    return "inline cleanlab (TF-IDF + logreg, 5-fold OOS probs)"
+    name = "MiniLM embeddings" if features == "embed" else "TF-IDF"
+    return f"inline cleanlab ({name} + logreg, 5-fold out-of-sample probs, {filter_by})"
 
 
 def main() -> None:
@@ -90,6 +100,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--flip", type=float, default=0.2)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument(
+        "--steps", type=int, default=0, help="same optimizer steps for both (0: --epochs each)"
+    )
+    parser.add_argument("--features", choices=["embed", "tfidf"], default="embed")
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["exclude"],
+        choices=["exclude", "downweight", "keep"],
+        help="label_issues policies of the curated runs (each one run)",
+    )
+    parser.add_argument("--issue-weight", type=float, default=0.3)
+    parser.add_argument(
+        "--filter-by", default="prune_by_noise_rate", help="cleanlab find_label_issues filter_by"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -104,31 +129,54 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = demo_project(Path(tmp), args.size, args.seed)
         flipped = flip_train_labels(project, args.flip, args.seed)
-        scorer = score_inline(project, args.seed)
+        scorer = score_inline(project, args.seed, args.features, args.filter_by)
         score = pd.read_parquet(project / "score" / "records.parquet")
         flagged = set(score["id"][score["label_issue"]])
         split = pd.read_parquet(project / "tune" / "split.parquet")
         trainval = set(split["id"][split["split"].isin(["train", "val"])])
         flagged_tv = flagged & trainval
         runs, seconds = {}, {}
-        for mode in ("raw", "curated"):
+        variants = [("raw", "raw", "keep")] + [
+            (f"curated-{policy}", "curated", policy) for policy in args.policies
+        ]
+        for name, mode, policy in variants:
             t0 = time.perf_counter()
-            runs[mode] = train(
+            runs[name] = train(
                 project,
                 TuneOptions(
-                    run=mode,
+                    run=name,
                     epochs=args.epochs,
+                    max_steps=args.steps,
                     batch_size=16,
                     max_length=64,
                     lr=args.lr,
                     seed=args.seed,
-                    data=DataOptions(mode=mode, seed=args.seed),
+                    data=DataOptions(
+                        mode=mode,
+                        seed=args.seed,
+                        label_issues=policy,
+                        issue_weight=args.issue_weight,
+                    ),
                 ),
             )
-            seconds[mode] = round(time.perf_counter() - t0, 1)
+            seconds[name] = round(time.perf_counter() - t0, 1)
         raw = evaluate_run(runs["raw"], n_boot=200)
-        cur = evaluate_run(runs["curated"], against=str(runs["raw"]), n_boot=1000)
-        counts = json.loads((runs["curated"] / "metrics.json").read_text())["data"]
+        by_policy = {}
+        for policy in args.policies:
+            run = runs[f"curated-{policy}"]
+            res = evaluate_run(run, against=str(runs["raw"]), n_boot=1000)
+            by_policy[policy] = {
+                "test_macro_f1": res["macro_f1"],
+                "lift_points": round(100 * (res["macro_f1"] - raw["macro_f1"]), 2),
+                "lift_ci95_points": [
+                    round(100 * res["comparison"]["ci_low"], 2),
+                    round(100 * res["comparison"]["ci_high"], 2),
+                ],
+                "counts": json.loads((run / "metrics.json").read_text())["data"],
+            }
+        cur = evaluate_run(runs[f"curated-{args.policies[0]}"], n_boot=10)
+        first = by_policy[args.policies[0]]
+        counts = first["counts"]
     out = {
         "benchmark": "curation_lift",
         "corpus": f"demo (Rotten Tomatoes), {args.size} rows",
@@ -138,14 +186,14 @@ def main() -> None:
         "label_issue_precision": round(len(flagged_tv & flipped) / max(1, len(flagged_tv)), 4),
         "label_issue_recall": round(len(flagged_tv & flipped) / max(1, len(flipped)), 4),
         "curated_counts": counts,
-        "epochs": args.epochs,
+        "epochs": args.epochs if not args.steps else None,
+        "steps": args.steps or None,
         "raw_test_macro_f1": raw["macro_f1"],
-        "curated_test_macro_f1": cur["macro_f1"],
-        "lift_points": round(100 * (cur["macro_f1"] - raw["macro_f1"]), 2),
-        "lift_ci95_points": [
-            round(100 * cur["comparison"]["ci_low"], 2),
-            round(100 * cur["comparison"]["ci_high"], 2),
-        ],
+        "curated_policy": args.policies[0],
+        "curated_test_macro_f1": first["test_macro_f1"],
+        "lift_points": first["lift_points"],
+        "lift_ci95_points": first["lift_ci95_points"],
+        "by_policy": by_policy,
         "target_points": 3.0,
         "tfidf_baseline_raw_macro_f1": raw["baseline"]["tfidf_logreg"]["macro_f1"],
         "tfidf_baseline_curated_macro_f1": cur["baseline"]["tfidf_logreg"]["macro_f1"],

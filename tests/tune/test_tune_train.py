@@ -83,6 +83,8 @@ def test_classify_round_trip(project, tiny_bert, tmp_path):
     assert {"macro_f1", "accuracy", "baseline", "comparison"} <= set(summary)
     assert set(summary["baseline"]) == {"majority", "tfidf_logreg"}
     assert summary["baseline"]["tfidf_logreg"]["macro_f1"] > 0.9  # the words decide the label
+    table = CliRunner().invoke(main, ["tune", "eval", "-p", str(project), "--n-boot", "20"])
+    assert table.exit_code == 0 and "tfidf_logreg" in table.output and "95% CI" in table.output
 
     # export: the merged model loads with plain transformers and predicts the same
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
