@@ -141,8 +141,9 @@ def ingest_command(
 @click.option(
     "--probs-from",
     default=None,
-    metavar="RUN",
-    help="Use out-of-sample probabilities from tune run RUN instead of the ensemble.",
+    metavar="FILE|RUN",
+    help="Use out-of-sample probabilities (a `thresher tune predict --out` file with p_<label> "
+    "columns, or tune run RUN's predictions) instead of the ensemble.",
 )
 @force_option
 @json_option

@@ -60,9 +60,7 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
 
 
-def load_encoder(
-    model: str | None = "default", device: str | None = None, precision: str = "auto"
-):
+def load_encoder(model: str | None = "default", device: str | None = None, precision: str = "auto"):
     """A ``SentenceTransformer`` for ``model`` (default: the offline MiniLM), cached per process.
 
     ``precision``: auto | float32 | bfloat16 | float16 (auto picks by hardware; see

@@ -99,21 +99,30 @@ def _representatives(df) -> np.ndarray:
     return rep
 
 
-def _external_probs(project: Project, run: str, ids, classes) -> np.ndarray:
-    """Hook for ``--probs-from RUN``: out-of-sample class probabilities from a tuned model.
+def _external_probs(project: Project, source: str, ids, classes) -> np.ndarray:
+    """``--probs-from``: class probabilities from a tuned model instead of the ensemble.
 
-    Expects ``DIR/tune/RUN/predictions.parquet`` with ``id`` and one ``prob_<label>`` column per
-    class (the tune stage's contract is pending; see docs/score.md)."""
+    ``source`` is a Parquet file, or a tune run name (``DIR/tune/RUN/predictions.parquet``). It
+    needs ``id`` and one column per class, ``p_<label>`` as ``thresher tune predict --out``
+    writes them (``prob_<label>`` is accepted too). The probabilities must be out of sample for
+    the scores to mean anything: predictions of a model that trained on a record are not."""
     import pandas as pd
 
-    path = project.root / "tune" / run / "predictions.parquet"
+    path = Path(source)
+    if not path.suffix:
+        path = project.root / "tune" / source / "predictions.parquet"
     if not path.exists():
-        raise InputError(f"{path} not found; run `thresher tune train -p DIR` or drop --probs-from")
+        raise InputError(
+            f"{path} not found; pass a predictions file (`thresher tune predict --out`) or a run"
+        )
     preds = pd.read_parquet(path).set_index("id")
-    cols = [f"prob_{c}" for c in classes]
-    missing = [c for c in cols if c not in preds.columns]
-    if missing:
-        raise InputError(f"{path}: no columns {missing}; it needs id + prob_<label> per class")
+    for prefix in ("p_", "prob_"):
+        cols = [f"{prefix}{c}" for c in classes]
+        if all(c in preds.columns for c in cols):
+            break
+    else:
+        wanted = ", ".join(f"p_{c}" for c in classes)
+        raise InputError(f"{path}: needs id + one column per class ({wanted})")
     absent = [i for i in ids if i not in preds.index]
     if absent:
         raise InputError(f"{path}: no predictions for {len(absent)} records (e.g. {absent[0]})")

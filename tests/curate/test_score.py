@@ -240,3 +240,12 @@ def test_probs_from_tune_run_hook(tmp_path):
     assert (out["label_issue"].to_numpy() == flipped).all()
     with pytest.raises(InputError, match="not found"):
         score(project, ScoreOptions(embeddings=False, probs_from="nope"), force=True)
+    # The shape `thresher tune predict --out` writes: p_<label> columns, in a file.
+    predict_out = tmp_path / "preds.parquet"
+    pd.DataFrame(
+        {"id": ids, "p_neg": np.where(good, 0.2, 0.8), "p_pos": np.where(good, 0.8, 0.2)}
+    ).to_parquet(predict_out)
+    opts = ScoreOptions(embeddings=False, learners=("nb",), repeats=1, probs_from=str(predict_out))
+    score(project, opts, force=True)
+    out = pd.read_parquet(project.records_path("score"))
+    assert (out["label_issue"].to_numpy() == flipped).all()
