@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import shutil
 import sys
@@ -28,9 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from _report import emit  # noqa: E402
 
 from curate.embeddings import embed_texts  # noqa: E402
 from loop.learners import make_learner  # noqa: E402
@@ -199,11 +198,7 @@ def main() -> None:
         r["round2_seconds"] < 120 for r in report["round_timing"].values()
     )
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(report, indent=2, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(report, args.out, sort_keys=True)
 
 
 if __name__ == "__main__":

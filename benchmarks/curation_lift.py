@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _report import emit  # noqa: E402
 from tune_cpu import demo_project  # noqa: E402
 
 
@@ -200,11 +200,7 @@ def main() -> None:
         "train_seconds": seconds,
         "test_n": cur["n"],
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _report import emit  # noqa: E402
 
 
 def demo_project(root: Path, size: int, seed: int = 0) -> Path:
@@ -93,11 +94,7 @@ def main() -> None:
         "macro_f1_diff_ci95": [result["comparison"]["ci_low"], result["comparison"]["ci_high"]],
         "ratio_macro_f1_vs_tfidf": round(result["macro_f1"] / max(base["macro_f1"], 1e-9), 4),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
