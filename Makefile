@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 SERVER_STAMP := $(VENV)/.server-installed
 
-.PHONY: install system-deps server-install demo test test-unit test-integration lint bench clean
+.PHONY: install system-deps server-install demo test test-unit test-integration lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,8 +57,26 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install
-	$(BIN)/python benchmarks/ingest_speed.py
+# Benchmarks print one JSON object each (peer measured in the same run); results/ holds the
+# committed runs. The whole set takes about an hour on 2 CPU cores (embedding the corpus first).
+R := benchmarks/results
+bench: install server-install
+	$(BIN)/python benchmarks/ingest_speed.py --rows 1000000 > $(R)/ingest_speed.json
+	$(BIN)/python benchmarks/dedup_quality.py --size 20000 > $(R)/dedup_quality.json
+	$(BIN)/python benchmarks/dedup_speed.py --size 100000 --peer-size 20000 --repeat 5 > $(R)/dedup_speed.json
+	$(BIN)/python benchmarks/dedup_memory.py --size 1000000 > $(R)/dedup_memory.json
+	$(BIN)/python benchmarks/embed.py > $(R)/embed.json
+	$(BIN)/python benchmarks/noise.py > $(R)/noise.json
+	$(BIN)/python benchmarks/bias.py > $(R)/bias.json
+	$(BIN)/python benchmarks/push.py --size 5000 > $(R)/push.json
+	$(BIN)/python benchmarks/active_learning.py --seeds 5 --out $(R)/active_learning.json
+	$(BIN)/python benchmarks/round_real.py --size 10000 > $(R)/round_real.json
+	$(BIN)/python benchmarks/tune_cpu.py --size 2000 --epochs 1 --out $(R)/tune_cpu.json
+	$(BIN)/python benchmarks/curation_lift.py --steps 88 --out $(R)/curation_lift.json
+
+# Needs a CUDA GPU: the recipe's step vs HF Trainer + peft.
+bench-gpu: install
+	$(BIN)/python benchmarks/tune_gpu.py --out $(R)/tune_gpu.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache
