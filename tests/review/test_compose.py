@@ -76,3 +76,10 @@ def test_every_variable_is_in_env_example_and_secrets_are_required():
 
 def test_env_file_is_ignored_by_git():
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_published_ports_bind_loopback_by_default():
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            host = port.split(":")[0]
+            assert host in ("127.0.0.1", "${ARGILLA_BIND:-127.0.0.1}"), (name, port)
