@@ -3,15 +3,18 @@ label noise, scored on a clean test split.
 
 1. Ingest a stratified subsample of the demo corpus; the project's split is made on clean labels.
 2. Flip ``--flip`` of the train+val labels (the test split stays clean) and re-ingest (same ids).
-3. Label issues: the score stage's recipe inline (the score branch is not in this worktree):
-   5-fold out-of-sample logistic-regression probabilities over MiniLM embeddings (or TF-IDF with
-   ``--features tfidf``) and ``cleanlab.filter.find_label_issues`` → ``DIR/score/records.parquet``
-   with ``label_issue``, which ``tune/data.py`` reads like the real score output.
+3. Label issues: ``--detector score`` (default) runs the real score stage
+   (``curate.score.score`` with default ``ScoreOptions``: emb+svm ensemble, 2x5 shuffled folds)
+   on the noisy project; ``--detector inline`` keeps the earlier weak stand-in (cleanlab on 5-fold
+   out-of-sample logistic-regression probabilities over MiniLM embeddings, or TF-IDF with
+   ``--features tfidf``). Either writes ``DIR/score/records.parquet`` with ``label_issue``, which
+   ``tune/data.py`` reads when building the curated set.
 4. ``--data raw`` and ``--data curated`` runs (identical options, ``--steps`` gives both the same
    number of optimizer steps), test macro-F1 of each, and the
    paired bootstrap CI of curated - raw.
 
-    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--steps 88] [--features embed]
+    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--steps 88]
+        [--detector score|inline] [--policies exclude downweight]
 """
 
 from __future__ import annotations
@@ -95,6 +98,19 @@ def score_inline(
     return f"inline cleanlab ({name} + logreg, 5-fold out-of-sample probs, {filter_by})"
 
 
+def score_stage(project: Path, seed: int) -> str:
+    """DIR/score/records.parquet from the real score stage (default options)."""
+    from curate.score import ScoreOptions, score
+    from thresher.project import Project
+
+    opts = ScoreOptions(seed=seed)
+    res = score(Project.at(project), opts, force=True)
+    return (
+        f"score stage (curate.score, learners {'+'.join(res.learners)}, "
+        f"{opts.repeats}x{res.folds} folds, default options)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=2000)
@@ -103,7 +119,15 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=0, help="same optimizer steps for both (0: --epochs each)"
     )
-    parser.add_argument("--features", choices=["embed", "tfidf"], default="embed")
+    parser.add_argument(
+        "--detector",
+        choices=["score", "inline"],
+        default="score",
+        help="label issues from the real score stage or the inline cleanlab stand-in",
+    )
+    parser.add_argument(
+        "--features", choices=["embed", "tfidf"], default="embed", help="--detector inline only"
+    )
     parser.add_argument(
         "--policies",
         nargs="+",
@@ -129,7 +153,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = demo_project(Path(tmp), args.size, args.seed)
         flipped = flip_train_labels(project, args.flip, args.seed)
-        scorer = score_inline(project, args.seed, args.features, args.filter_by)
+        if args.detector == "score":
+            scorer = score_stage(project, args.seed)
+        else:
+            scorer = score_inline(project, args.seed, args.features, args.filter_by)
         score = pd.read_parquet(project / "score" / "records.parquet")
         flagged = set(score["id"][score["label_issue"]])
         split = pd.read_parquet(project / "tune" / "split.parquet")
@@ -182,7 +209,9 @@ def main() -> None:
         "corpus": f"demo (Rotten Tomatoes), {args.size} rows",
         "flip_rate_train_val": args.flip,
         "flipped": len(flipped),
+        "detector": args.detector,
         "label_issue_scorer": scorer,
+        "flagged_train_val": len(flagged_tv),
         "label_issue_precision": round(len(flagged_tv & flipped) / max(1, len(flagged_tv)), 4),
         "label_issue_recall": round(len(flagged_tv & flipped) / max(1, len(flipped)), 4),
         "curated_counts": counts,
