@@ -234,17 +234,14 @@ def push_rows(
     dataset with round metadata. ``options``: ``review.push.PushOptions``. Returns
     ``{dataset, dataset_id, url, sent, unchanged, failed, seconds}``."""
     from review.push import (
-        LABEL_QUESTION,
-        TEXT_FIELD,
-        VECTOR_NAME,
         PushError,
-        PushState,
         _client,
-        _known_dataset,
         _send_batch,
+        bulk_item,
         content_hash,
-        ensure_dataset,
+        open_dataset,
         record_payload,
+        record_vectors,
     )
 
     t0 = time.perf_counter()
@@ -254,22 +251,7 @@ def push_rows(
     )
     if not labels:
         raise PushError(f"no labels to push; set `labels:` in {project.root / 'thresher.yaml'}")
-    state = PushState.load(project.root / "review")
-    dims = None
-    if options.vectors:
-        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
-        if dims is None:
-            from review.push import _dims
-
-            dims = _dims(options)
-    known = (
-        _known_dataset(conn, state.dataset_id, labels)
-        if state.dataset_id and (state.url, state.dataset) == (conn.url, name)
-        else None
-    )
-    dataset_id, questions = known or ensure_dataset(conn, name, options, labels, dims)
-    state.reset(conn.url, name, dataset_id)
-    state.save()
+    state, dataset_id, questions = open_dataset(project, conn, name, options, labels)
     _ensure_round_metadata(conn, dataset_id)
 
     payloads: dict[str, dict[str, Any]] = {}
@@ -281,29 +263,10 @@ def push_rows(
     ids = list(payloads)
     model_key = options.embedding_model if options.vectors else None
     hashes = {rid: content_hash(payloads[rid], model_key) for rid in ids}
-    vectors: dict[str, list[float]] = {}
-    if ids and options.vectors:
-        texts = [payloads[rid]["fields"][TEXT_FIELD] for rid in ids]
-        if embed is None:
-            from curate.embeddings import embed_texts
-
-            matrix = embed_texts(
-                texts, options.embedding_model, cache_dir=project.root / ".cache" / "embeddings"
-            )
-        else:
-            matrix = embed(texts)
-        vectors = {rid: [round(float(x), 6) for x in v] for rid, v in zip(ids, matrix, strict=True)}
+    vectors = record_vectors(project, payloads, ids, options, embed)
 
     def item(rid: str) -> dict[str, Any]:
-        p = payloads[rid]
-        out = {k: v for k, v in p.items() if k != "suggestion"}
-        if "suggestion" in p and p["suggestion"]["value"] in labels:
-            out["suggestions"] = [
-                {"question_id": questions[LABEL_QUESTION], "type": "model", **p["suggestion"]}
-            ]
-        if rid in vectors:
-            out["vectors"] = {VECTOR_NAME: vectors[rid]}
-        return out
+        return bulk_item(payloads[rid], labels, questions, vectors.get(rid))
 
     size = max(1, min(options.batch_size, 500))
     sent = 0

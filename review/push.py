@@ -415,47 +415,13 @@ def push(
     payloads = {str(r["id"]): record_payload(r, r["_priority"]) for r in rows}
     hashes = {rid: content_hash(p, model_key) for rid, p in payloads.items()}
 
-    review_dir = project.root / "review"
-    state = PushState.load(review_dir)
-    vectors: dict[str, list[float]] = {}
-    dims = None
-    if options.vectors:
-        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
-        dims = dims or _dims(options)
-    known = (
-        _known_dataset(conn, state.dataset_id, labels)
-        if state.dataset_id and (state.url, state.dataset) == (conn.url, name)
-        else None
-    )
-    dataset_id, questions = known or ensure_dataset(conn, name, options, labels, dims)
-    state.reset(conn.url, name, dataset_id)
-    state.save()  # the journal below belongs to this (server, dataset)
+    state, dataset_id, questions = open_dataset(project, conn, name, options, labels)
     to_send, unchanged = changed_ids(hashes, state.sent)
     log.info("push: %d to send, %d unchanged", len(to_send), len(unchanged))
-    if to_send and options.vectors:
-        texts = [payloads[rid]["fields"][TEXT_FIELD] for rid in to_send]
-        if embed is None:
-            from curate.embeddings import embed_texts
-
-            matrix = embed_texts(
-                texts, options.embedding_model, cache_dir=project.root / ".cache" / "embeddings"
-            )
-        else:
-            matrix = embed(texts)
-        vectors = {
-            rid: [round(float(x), 6) for x in vec] for rid, vec in zip(to_send, matrix, strict=True)
-        }
+    vectors = record_vectors(project, payloads, to_send, options, embed)
 
     def item(rid: str) -> dict[str, Any]:
-        p = payloads[rid]
-        out = {k: v for k, v in p.items() if k != "suggestion"}
-        if "suggestion" in p and p["suggestion"]["value"] in labels:
-            out["suggestions"] = [
-                {"question_id": questions[LABEL_QUESTION], "type": "model", **p["suggestion"]}
-            ]
-        if rid in vectors:
-            out["vectors"] = {VECTOR_NAME: vectors[rid]}
-        return out
+        return bulk_item(payloads[rid], labels, questions, vectors.get(rid))
 
     size = max(1, min(options.batch_size, MAX_BULK))
     batches = [to_send[i : i + size] for i in range(0, len(to_send), size)]
@@ -499,6 +465,69 @@ def push(
             f"(sent {sent}); rerun `thresher review push -p {project.root}` to resume"
         )
     return result
+
+
+def open_dataset(
+    project: Project, conn: Connection, name: str, options: PushOptions, labels: list[str]
+) -> tuple[PushState, str, dict[str, str]]:
+    """The project's dataset on ``conn`` (the one the push state knows, else found or created)
+    and the push state, reset to that (server, dataset) and saved. Returns
+    ``(state, dataset_id, question ids by name)``."""
+    state = PushState.load(project.root / "review")
+    dims = None
+    if options.vectors:
+        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
+        dims = dims or _dims(options)
+    known = (
+        _known_dataset(conn, state.dataset_id, labels)
+        if state.dataset_id and (state.url, state.dataset) == (conn.url, name)
+        else None
+    )
+    dataset_id, questions = known or ensure_dataset(conn, name, options, labels, dims)
+    state.reset(conn.url, name, dataset_id)
+    state.save()  # a journal written after this belongs to this (server, dataset)
+    return state, dataset_id, questions
+
+
+def record_vectors(
+    project: Project,
+    payloads: dict[str, dict[str, Any]],
+    ids: list[str],
+    options: PushOptions,
+    embed: Callable[[list[str]], Any] | None = None,
+) -> dict[str, list[float]]:
+    """Embedding vectors of ``ids``' texts (none when vectors are off); ``embed`` defaults to
+    ``curate.embeddings.embed_texts`` with the project's cache."""
+    if not ids or not options.vectors:
+        return {}
+    texts = [payloads[rid]["fields"][TEXT_FIELD] for rid in ids]
+    if embed is None:
+        from curate.embeddings import embed_texts
+
+        matrix = embed_texts(
+            texts, options.embedding_model, cache_dir=project.root / ".cache" / "embeddings"
+        )
+    else:
+        matrix = embed(texts)
+    return {rid: [round(float(x), 6) for x in vec] for rid, vec in zip(ids, matrix, strict=True)}
+
+
+def bulk_item(
+    payload: dict[str, Any],
+    labels: list[str],
+    questions: dict[str, str],
+    vector: list[float] | None,
+) -> dict[str, Any]:
+    """One record of a bulk upsert: the payload, its suggestion (when the label is a question
+    option) and its vector."""
+    out = {k: v for k, v in payload.items() if k != "suggestion"}
+    if "suggestion" in payload and payload["suggestion"]["value"] in labels:
+        out["suggestions"] = [
+            {"question_id": questions[LABEL_QUESTION], "type": "model", **payload["suggestion"]}
+        ]
+    if vector is not None:
+        out["vectors"] = {VECTOR_NAME: vector}
+    return out
 
 
 def _dims(options: PushOptions) -> int:
