@@ -7,11 +7,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.ingest import IngestOptions, ingest
+from tests.curate.conftest import write_jsonl
 from thresher.errors import InputError
 from thresher.project import Project
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from score_synth import make_corpus
 
 from curate import noise
 from curate.noise import NoiseOptions, score_label_noise
+from tests.curate.score_synth import make_corpus
 from thresher.errors import InputError
 
 

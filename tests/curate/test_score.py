@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from score_synth import make_corpus
 
 from curate.ingest import IngestOptions, ingest
 from curate.score import ScoreOptions, score
+from tests.curate.score_synth import make_corpus
 from thresher.cli import main
 from thresher.errors import InputError, StageMissingError
 from thresher.project import Project

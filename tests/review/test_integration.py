@@ -11,12 +11,12 @@ import time
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from conftest import LABELS, fake_embed, make_project
 
 from review.pull import PullOptions, pull, reviewed_labels
 from review.push import PushError, PushOptions, push
 from review.server import PROCESSES, _read_pid, server_status, server_up
 from review.users import add_user
+from tests.review.conftest import LABELS, fake_embed, make_project
 from thresher.project import Project
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import LABELS, fake_embed, make_project
 
 from review.push import PushOptions, push
 from review.users import add_user
+from tests.review.conftest import LABELS, fake_embed, make_project
 from thresher.project import Project
 
 pytestmark = pytest.mark.integration

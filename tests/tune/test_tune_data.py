@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import make_project, synthetic_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tune.conftest import make_project, synthetic_rows
 from thresher.project import Project
 from tune.data import EmptyDataError, build_dataset, make_split
 from tune.options import DataOptions
