@@ -73,20 +73,9 @@ def learner_factory(config: Any, project: Project, name: str):
 
 def push_options(config: Any):
     """``review.push.PushOptions`` from the ``review`` section (as ``thresher review push``)."""
-    from review.push import PushOptions
+    from review.push import push_options_from_config
 
-    section = config.section("review")
-    return PushOptions(
-        dataset=section["dataset"],
-        workspace=section["workspace"],
-        labels=tuple(config.get("labels") or ()),
-        min_submitted=int(section["min_submitted"]),
-        batch_size=int(section["batch_size"]),
-        concurrency=int(section["concurrency"]),
-        priority=str(section["priority"]),
-        vectors=bool(section["vectors"]),
-        embedding_model=str(config.get("models.embedding")),
-    )
+    return push_options_from_config(config)
 
 
 def build_runner(

@@ -197,7 +197,7 @@ def push_command(
     Example:
       thresher review push -p proj --limit 500
     """
-    from review.push import PushOptions, push
+    from review.push import push, push_options_from_config
     from review.server import connection
     from thresher.config import load_config
     from thresher.project import Project
@@ -210,19 +210,7 @@ def push_command(
             "review.vectors": False if no_vectors else None,
         }
     )
-    section = config.section("review")
-    opts = PushOptions(
-        dataset=section["dataset"],
-        workspace=section["workspace"],
-        labels=tuple(config.get("labels") or ()),
-        min_submitted=int(section["min_submitted"]),
-        batch_size=int(section["batch_size"]),
-        concurrency=int(section["concurrency"]),
-        limit=limit,
-        priority=str(section["priority"]),
-        vectors=bool(section["vectors"]),
-        embedding_model=str(config.get("models.embedding")),
-    )
+    opts = push_options_from_config(config, limit=limit)
     with progress_bar(desc="push", unit="records") as bar:
         result = push(project, connection(), opts, progress=bar.update)
     emit(

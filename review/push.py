@@ -467,6 +467,24 @@ def push(
     return result
 
 
+def push_options_from_config(config: Any, *, limit: int | None = None) -> PushOptions:
+    """``PushOptions`` from a resolved config's ``review`` section, ``labels`` and
+    ``models.embedding`` (shared by ``thresher review push`` and ``thresher round``)."""
+    section = config.section("review")
+    return PushOptions(
+        dataset=section["dataset"],
+        workspace=section["workspace"],
+        labels=tuple(config.get("labels") or ()),
+        min_submitted=int(section["min_submitted"]),
+        batch_size=int(section["batch_size"]),
+        concurrency=int(section["concurrency"]),
+        limit=limit,
+        priority=str(section["priority"]),
+        vectors=bool(section["vectors"]),
+        embedding_model=str(config.get("models.embedding")),
+    )
+
+
 def open_dataset(
     project: Project, conn: Connection, name: str, options: PushOptions, labels: list[str]
 ) -> tuple[PushState, str, dict[str, str]]:
