@@ -84,6 +84,14 @@ def load_encoder(model: str | None = "default", device: str | None = None, preci
     return _MODELS[key]
 
 
+def embedding_dim(encoder) -> int:
+    """Vector size of a ``SentenceTransformer`` (the method was renamed in v5)."""
+    dim_of = getattr(encoder, "get_embedding_dimension", None) or (
+        encoder.get_sentence_embedding_dimension
+    )
+    return int(dim_of())
+
+
 class EmbeddingCache:
     """Append-only store of (text hash → vector) for one model."""
 
@@ -179,10 +187,7 @@ def embed_texts(
         encoder = load_encoder(model, device, precision)
         firsts = [positions[0] for positions in missing.values()]
         new_keys = np.array(list(missing.keys()), dtype="S16")
-        dim_of = getattr(encoder, "get_embedding_dimension", None) or (
-            encoder.get_sentence_embedding_dimension
-        )
-        new_vectors = np.empty((len(firsts), dim_of()), "float32")
+        new_vectors = np.empty((len(firsts), embedding_dim(encoder)), "float32")
         step = max(batch_size * 16, 1024)
         for start in range(0, len(firsts), step):
             chunk = [texts[i] for i in firsts[start : start + step]]

@@ -549,7 +549,6 @@ def bulk_item(
 
 
 def _dims(options: PushOptions) -> int:
-    from curate.embeddings import load_encoder
+    from curate.embeddings import embedding_dim, load_encoder
 
-    encoder = load_encoder(options.embedding_model)
-    return int(encoder.get_sentence_embedding_dimension())
+    return embedding_dim(load_encoder(options.embedding_model))
