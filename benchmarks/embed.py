@@ -5,7 +5,10 @@ snippets), without the cache. thresher picks its precision by hardware (float16 
 on a CPU with AVX512-BF16/AMX units, else float32); the peer is ``encode`` with its defaults.
 Prints one JSON object: docs/s for both, the ratio, and the minimum cosine between the two.
 
-    python benchmarks/embed.py [--docs 200]
+    python benchmarks/embed.py [--docs 200] [--device cpu|cuda] [--model FOLDER] [--docs-file F]
+
+``--model``/``--docs-file`` let it run where the offline packages are not installed (a folder
+with the model, and a file of documents, one per line, as ``--write-docs F`` writes them).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import argparse
 import csv
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -47,19 +53,30 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=200)
+    parser.add_argument("--device", default=None, help="cpu | cuda [cuda when there is one]")
+    parser.add_argument("--model", default="default", help="encoder folder [offline MiniLM]")
+    parser.add_argument("--docs-file", type=Path, default=None)
+    parser.add_argument("--write-docs", type=Path, default=None)
     args = parser.parse_args()
-    docs = documents(args.docs)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.docs_file is not None:
+        docs = args.docs_file.read_text().splitlines()[: args.docs]
+    else:
+        docs = documents(args.docs)
+    if args.write_docs is not None:
+        args.write_docs.write_text("\n".join(docs) + "\n")
+        return
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = default_encoder_path() if args.model == "default" else Path(args.model)
 
-    plain = SentenceTransformer(str(default_encoder_path()), device=device)
+    plain = SentenceTransformer(str(path), device=device)
     plain.encode(docs[:8])  # warm-up
     t0 = time.perf_counter()
     reference = plain.encode(docs, normalize_embeddings=True)
     plain_s = time.perf_counter() - t0
 
-    load_encoder("default", device).encode(docs[:8])  # warm-up, same as the peer
+    load_encoder(args.model, device).encode(docs[:8])  # warm-up, same as the peer
     t0 = time.perf_counter()
-    ours = embed_texts(docs, "default", device=device)
+    ours = embed_texts(docs, args.model, device=device)
     ours_s = time.perf_counter() - t0
 
     cosine = (ours * reference).sum(axis=1)
@@ -71,6 +88,8 @@ def main() -> None:
                 "words_per_doc": 300,
                 "device": device,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
                 "thresher_precision": resolve_precision("auto", device),
                 "thresher_docs_per_s": round(len(docs) / ours_s, 1),
                 "plain_encode_docs_per_s": round(len(docs) / plain_s, 1),

@@ -4,7 +4,8 @@ Same model (a Qwen2-0.5B architecture config with random bf16 weights: no hub), 
 (r=16 on q,k,v,o), same SFT-shaped data (random prompts of 32..seq_len tokens, each followed by an
 8-token answer; loss on the answer only), same batch size, bf16 autocast, fused AdamW, grad-norm
 clip 1.0, in one process on the same GPU. Reports real (non-pad) tokens/s, MFU and peak memory for
-each, and the ratio.
+each, and the ratio. The recipe runs twice: eager, and with its default on a GPU
+(``compile=auto``: ``torch.compile`` of each transformer block, see tune/modeling.py).
 
 What differs is the recipe, not the settings: ``Trainer`` (defaults: random batches, full logits
 over the 151k vocabulary at every position, fp32 upcast inside the loss) vs ``tune.train``'s step
@@ -12,9 +13,11 @@ over the 151k vocabulary at every position, fp32 upcast inside the loss) vs ``tu
 the target). MFU counts the useful model FLOPs per real token, the same for both: 4·N_body (LoRA:
 forward + input gradients, no weight gradients for the frozen base) + causal attention
 (≈ 6·layers·ctx·d per token, fwd+bwd) + the LM head for target tokens only; peak bf16 dense
-989 TFLOP/s (H100/H200).
+989 TFLOP/s (H100/H200). ``mfu_6n`` is the same under the usual full-training convention
+(6·N_body per token), which overstates what a LoRA step computes by 1.5×; both are printed.
 
-    python benchmarks/tune_gpu.py [--seq-len 1024 512] [--batch 8] [--steps 30] [--tiny]
+    python benchmarks/tune_gpu.py [--configs 1024x8 512x8 1024x32] [--steps 30] [--tiny]
+        [--profile FILE]
 ``--tiny`` is a small config on CPU to check the script (no meaningful numbers).
 """
 
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
 
 PEAK_BF16 = 989e12
+RECIPE_COMPILE = {"recipe": "off", "recipe_compiled": "on"}
 ANSWER = 8
 
 
@@ -95,13 +99,15 @@ def build_model(cfg, device, dtype, seed: int):
     return model.to(device)
 
 
-def flops_per_token(cfg, mean_ctx: float, target_share: float) -> float:
+def flops_per_token(cfg, mean_ctx: float, target_share: float, per_param: int = 4) -> float:
+    """Useful FLOPs per real token: ``per_param``·N_body (4 for LoRA; 6 is the full-training
+    convention) + causal attention + the LM head where there is a target."""
     d, layers = cfg.hidden_size, cfg.num_hidden_layers
     kv = d * cfg.num_key_value_heads // cfg.num_attention_heads
     body = layers * (d * d * 2 + d * kv * 2 + 3 * d * cfg.intermediate_size)
     attention = 6 * layers * mean_ctx * d  # causal: half of 2·2·ctx·d fwd, ×3 with backward
-    head = 4 * d * cfg.vocab_size * target_share
-    return 4 * body + attention + head
+    head = per_param * d * cfg.vocab_size * target_share
+    return per_param * body + attention + head
 
 
 def _sync(device):
@@ -111,14 +117,16 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_recipe(cfg, data, args, device, amp):
-    """Our step (tune.train.train_step) with length-grouped batches."""
+def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None):
+    """Our step (tune.train.train_step) with length-grouped batches; ``compile_mode`` as the
+    recipe's ``tune.compile``. ``profile_to``: write a torch.profiler table of 3 steps there."""
     import torch
 
-    from tune.modeling import _fast_sft_ok, collate
+    from tune.modeling import _fast_sft_ok, collate, compile_blocks
     from tune.train import _linear_schedule, length_grouped_batches, train_step
 
     model = build_model(cfg, device, amp or torch.float32, args.seed)
+    compiled = compile_blocks(model, device, compile_mode)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
@@ -134,28 +142,37 @@ def run_recipe(cfg, data, args, device, amp):
         torch.cuda.reset_peak_memory_stats()
     tokens = 0
     t0 = None
-    for step in range(total):
+
+    def step_batch(step):
         idx = batches[step % len(batches)]
         x, m, y = collate([ids[i] for i in idx], [labels[i] for i in idx], 0, "sft", multiple)
-        w = torch.ones(len(idx))
+        return x, m, y, torch.ones(len(idx))
+
+    for step in range(total):
+        batch = step_batch(step)
         if step == args.warmup:
             _sync(device)
             t0 = time.perf_counter()
-        _, n = train_step(
-            model, [(x, m, y, w)], optim, sched, scaler, trainable, "sft", device, amp, fast
-        )
+        _, n = train_step(model, [batch], optim, sched, scaler, trainable, "sft", device, amp, fast)
         if step >= args.warmup:
             tokens += n
     _sync(device)
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    del model, optim
+    if profile_to is not None:
+        one = [step_batch(k) for k in range(3)]
+
+        def step(k):
+            train_step(model, [one[k]], optim, sched, scaler, trainable, "sft", device, amp, fast)
+
+        profile_steps(profile_to, step, device)
     return {
         "tokens_per_s": tokens / seconds,
         "seconds": seconds,
         "tokens": tokens,
         "peak_mem_gib": peak,
         "fast_sft_logits": fast,
+        "compiled_blocks": compiled,
         "params": n_params,
     }
 
@@ -237,14 +254,66 @@ def run_trainer(cfg, data, args, device, amp):
     }
 
 
+def profile_steps(path: Path, step, device) -> None:
+    """torch.profiler over 3 steps: device time vs wall time and the top operators."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for k in range(3):
+            step(k)
+        _sync(device)
+    wall = (time.perf_counter() - t0) / 3
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events) / 3
+    launches = sum(e.count for e in events if e.key.startswith(("cudaLaunch", "cuLaunch"))) / 3
+    head = (
+        f"per step: wall {wall * 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms, "
+        f"kernel launches {launches:.0f}, aten ops "
+        f"{sum(e.count for e in events if e.key.startswith('aten::')) / 3:.0f}\n"
+    )
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(head + events.table(sort_by=sort, row_limit=25))
+    print(head, file=sys.stderr, flush=True)
+    del torch
+
+
+def parse_config(text: str) -> tuple[int, int]:
+    seq_len, batch = text.lower().split("x")
+    return int(seq_len), int(batch)
+
+
+def measure(fn, fpt, fpt6, device):
+    import torch
+
+    try:
+        r = fn()
+    except Exception as err:  # keep the other runs' numbers if one fails (e.g. out of memory)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"error": f"{type(err).__name__}: {err}"[:500]}
+    if device.type == "cuda":
+        r["mfu"] = r["tokens_per_s"] * fpt / PEAK_BF16
+        r["mfu_6n"] = r["tokens_per_s"] * fpt6 / PEAK_BF16
+        torch.cuda.empty_cache()
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seq-len", type=int, nargs="+", default=[1024, 512])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--configs", nargs="+", default=["1024x8", "512x8", "1024x32"], help="SEQxBATCH"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=["trainer", "recipe", "recipe_compiled"])
+    parser.add_argument("--profile", type=Path, default=None, help="profile table of 3 steps")
+    parser.add_argument("--profile-variant", default="recipe", choices=sorted(RECIPE_COMPILE))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -254,43 +323,54 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     amp = torch.bfloat16 if device.type == "cuda" else None
     cfg = model_config(args.tiny)
-    n_params = None
     results = []
-    for seq_len in args.seq_len:
+    for k, text in enumerate(args.configs):
+        seq_len, args.batch = parse_config(text)
         data = make_data(
             args.batch * (args.warmup + args.steps) * 2, seq_len, cfg.vocab_size, args.seed
         )
         mean_len = sum(map(len, data[0])) / len(data[0])
         fpt = flops_per_token(cfg, mean_len / 2, ANSWER / mean_len)
+        fpt6 = flops_per_token(cfg, mean_len / 2, ANSWER / mean_len, per_param=6)
         row = {
             "seq_len": seq_len,
+            "batch": args.batch,
             "mean_tokens_per_record": round(mean_len, 1),
             "flops_per_token": fpt,
         }
-        for name, fn in (("trainer", run_trainer), ("recipe", run_recipe)):
-            try:
-                r = fn(cfg, data, args, device, amp)
-            except Exception as err:  # keep the other side's numbers if one side fails
-                row[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
-                continue
-            n_params = r.pop("params", n_params)
-            r["mfu"] = r["tokens_per_s"] * fpt / PEAK_BF16 if device.type == "cuda" else None
-            row[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if "error" not in row["recipe"] and "error" not in row["trainer"]:
-            row["speedup_tokens_per_s"] = round(
-                row["recipe"]["tokens_per_s"] / row["trainer"]["tokens_per_s"], 3
+        for name in args.variants:
+            profile = args.profile if k == 0 and name == args.profile_variant else None
+            row[name] = measure(
+                lambda name=name, data=data, profile=profile: (
+                    run_trainer(cfg, data, args, device, amp)
+                    if name == "trainer"
+                    else run_recipe(cfg, data, args, device, amp, RECIPE_COMPILE[name], profile)
+                ),
+                fpt,
+                fpt6,
+                device,
             )
+        trainer = row.get("trainer", {})
+        for name in ("recipe", "recipe_compiled"):
+            ours = row.get(name, {})
+            if "tokens_per_s" in ours and "tokens_per_s" in trainer:
+                row[f"speedup_{name}"] = round(ours["tokens_per_s"] / trainer["tokens_per_s"], 3)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     out = {
         "benchmark": "tune_gpu",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny check)",
         "model": "Qwen2-0.5B architecture, random weights" if not args.tiny else "tiny Qwen2",
-        "params": n_params,
+        "params": next(
+            (
+                r[v]["params"]
+                for r in results
+                for v in ("recipe", "recipe_compiled")
+                if "params" in r.get(v, {})
+            ),
+            None,
+        ),
         "lora": "r=16 alpha=32 on q,k,v,o",
-        "batch": args.batch,
         "steps_timed": args.steps,
         "precision": "bf16 autocast, frozen base in bf16, LoRA in fp32" if amp else "fp32",
         "versions": {

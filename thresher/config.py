@@ -180,6 +180,8 @@ tune:
   # 4-bit base weights (needs bitsandbytes and a CUDA GPU).
   qlora: false
   gradient_checkpointing: false
+  # torch.compile the transformer blocks: auto (on a CUDA GPU only; ~1 min to compile) | on | off
+  compile: auto
   # Validate every N optimizer steps (0: once per epoch); stop after `patience` evals without gain.
   eval_steps: 0
   patience: 3

@@ -55,6 +55,13 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
 @click.option("--qlora", is_flag=True, default=None, help="4-bit base (bitsandbytes + GPU).")
 @click.option("--gradient-checkpointing", is_flag=True, default=None)
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="torch.compile the transformer blocks [auto: on a CUDA GPU only].",
+)
 @force_option
 @json_option
 def train_command(
@@ -74,6 +81,7 @@ def train_command(
     precision: str | None,
     qlora: bool | None,
     gradient_checkpointing: bool | None,
+    compile_mode: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -112,6 +120,7 @@ def train_command(
             "tune.precision": precision,
             "tune.qlora": qlora,
             "tune.gradient_checkpointing": gradient_checkpointing,
+            "tune.compile": compile_mode,
         }
     )
     if base is not None:

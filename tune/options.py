@@ -42,6 +42,7 @@ class TuneOptions:
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     qlora: bool = False  # 4-bit base (needs bitsandbytes and a GPU)
     gradient_checkpointing: bool = False
+    compile: str = "auto"  # torch.compile the transformer blocks: auto (CUDA only) | on | off
     eval_steps: int = 0  # 0 = once per epoch
     save_steps: int = 50  # checkpoint every N optimizer steps (for --resume)
     patience: int = 3  # early stopping: evaluations without val macro-F1 gain
@@ -93,6 +94,7 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
             "precision",
             "qlora",
             "gradient_checkpointing",
+            "compile",
             "eval_steps",
             "patience",
             "save_steps",
@@ -101,6 +103,21 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
         )
     }
     fields["target_modules"] = tuple(section["target_modules"] or ())
+    fields["compile"] = switch(fields["compile"])
     fields["epochs"] = float(fields["epochs"])
     fields["lr"] = float(fields["lr"])
     return TuneOptions(base=base, task=task, seed=seed, data=data, **{**fields, **extra})
+
+
+def switch(value: Any) -> str:
+    """auto | on | off from config text or YAML booleans (YAML reads a bare ``off`` as False)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    aliases = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+    text = aliases.get(text, text)
+    if text not in ("auto", "on", "off"):
+        from thresher.errors import ConfigError
+
+        raise ConfigError(f"tune.compile is {value!r}; use auto, on or off")
+    return text

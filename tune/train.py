@@ -30,6 +30,7 @@ from tune.modeling import (
     _fast_sft_ok,
     add_lora,
     collate,
+    compile_blocks,
     encode_classify,
     encode_sft,
     forward_loss,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 WORK = ".work"
 CHECKPOINT = "checkpoint.pt"
+LOSS_READ_EVERY = 10  # optimizer steps between reads of the loss (each read waits for the GPU)
 
 
 class Interrupted(Exception):
@@ -257,18 +259,22 @@ def train(
             state.history.append(
                 {"step": state.step, "loss": loss_sum, "lr": sched.get_last_lr()[0]}
             )
+            evaluate = state.step % eval_every == 0 or state.step == total
+            save = state.step % opts.save_steps == 0 and d.main
+            if evaluate or save or state.step % LOSS_READ_EVERY == 0 or stop_after is not None:
+                _read_losses(state)
             if progress is not None and d.main:
                 progress(
                     {
                         "step": state.step,
                         "total": total,
-                        "loss": loss_sum,
+                        "loss": _last_read_loss(state),
                         "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
                     }
                 )
-            if state.step % eval_every == 0 or state.step == total:
+            if evaluate:
                 best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
-            if state.step % opts.save_steps == 0 and d.main:
+            if save:
                 _save_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, state, best)
             if stop_after is not None and state.step >= stop_after:
                 raise Interrupted(f"stopped after step {state.step}")
@@ -282,6 +288,7 @@ def train(
     if not state.evals or state.evals[-1]["step"] != state.step:
         best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
 
+    _read_losses(state)
     # -- evaluate (best state) and save
     if best is not None:
         _load_trainable(model, best["weights"])
@@ -309,6 +316,21 @@ def train(
     return final
 
 
+def _read_losses(state: State) -> None:
+    """Turn the device-side losses in ``state.history`` into floats (waits for the GPU)."""
+    for entry in reversed(state.history):
+        if isinstance(entry["loss"], float):
+            break
+        entry["loss"] = float(entry["loss"])
+
+
+def _last_read_loss(state: State) -> float:
+    for entry in reversed(state.history):
+        if isinstance(entry["loss"], float):
+            return entry["loss"]
+    return float("nan")
+
+
 def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on rank 0, then on the other ranks (for steps that write shared files)."""
     if d.world == 1:
@@ -326,8 +348,10 @@ def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
 
 def train_step(model, micro, optim, sched, scaler, trainable, task, device, amp, fast_sft=False):
     """One optimizer step over ``micro`` = [(input_ids, mask, labels, weights), ...] CPU tensors
-    (gradient accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens).
-    The benchmark calls this too, so what it measures is the recipe's own step."""
+    (gradient accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens)
+    with the loss still on the device: reading it waits for the GPU, so callers read it only now
+    and then and the host can queue the next step meanwhile. The benchmark calls this too, so
+    what it measures is the recipe's own step."""
     import torch
 
     loss_sum = torch.zeros((), device=device)
@@ -345,7 +369,7 @@ def train_step(model, micro, optim, sched, scaler, trainable, task, device, amp,
     scaler.update()
     optim.zero_grad(set_to_none=True)
     sched.step()
-    return float(loss_sum), tokens
+    return loss_sum, tokens
 
 
 def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:
@@ -420,8 +444,12 @@ def _build_model(ref, opts: TuneOptions, labels, tok, device, amp):
             p.data = p.data.float()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("base %s: %d trainable parameters", ref.name, n_train)
+    model = model.to(device)
+    compiled = compile_blocks(model, device, opts.compile)
+    if compiled:
+        log.info("compiling %d transformer blocks (the first steps wait for it)", compiled)
     del torch
-    return model.to(device)
+    return model
 
 
 def _wrap_ddp(model, d: Dist, device):

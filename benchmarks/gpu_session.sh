@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, for a lent or rented GPU machine with torch/transformers/peft installed
+# (python3 there). Writes JSON and logs under OUT (default: benchmarks/results/gpu).
+#   OUT=/tmp/out bash benchmarks/gpu_session.sh [MODEL_FP16_DIR DOCS_FILE]
+# 1. tune_gpu.py: recipe (eager and compiled) vs HF Trainer + peft, tokens/s, MFU, peak memory.
+# 2. embed.py on the CPU (the machine's CPU, where bf16 units may exist): thresher vs plain encode.
+#    The encoder comes from MODEL_FP16_DIR (a sentence-transformers folder whose weights were stored
+#    as model.fp16.safetensors to travel light; restored to float32 here) and DOCS_FILE.
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+grep -o -w -E 'amx_bf16|avx512_bf16|avx512f|avx2' /proc/cpuinfo | sort | uniq -c || true
+nproc
+timeout "${TUNE_TIMEOUT:-420}" $PY benchmarks/tune_gpu.py --configs ${CONFIGS:-1024x8 512x8 1024x32} \
+  --steps "${STEPS:-20}" --profile "$OUT/profile.txt" --out "$OUT/tune_gpu.json" \
+  >"$OUT/tune_gpu.log" 2>&1
+echo "tune_gpu exit $?"
+grep -v -i -E 'warn|^\s*$' "$OUT/tune_gpu.log" | grep -E '^\{"seq_len|per step' | cut -c1-900
+head -30 "$OUT/profile.txt" 2>/dev/null | cut -c1-170
+if [ $# -ge 2 ]; then
+  rm -rf /tmp/encoder && cp -r "$1" /tmp/encoder
+  $PY - <<'PY'
+from safetensors.torch import load_file, save_file
+sd = load_file("/tmp/encoder/model.fp16.safetensors")
+save_file({k: v.float() for k, v in sd.items()}, "/tmp/encoder/model.safetensors")
+PY
+  rm /tmp/encoder/model.fp16.safetensors
+  timeout "${EMBED_TIMEOUT:-150}" $PY benchmarks/embed.py --device cpu --model /tmp/encoder \
+    --docs-file "$2" --docs 200 >"$OUT/embed_cpu.json" 2>"$OUT/embed_cpu.log"
+  echo "embed exit $?"; cat "$OUT/embed_cpu.json"; tail -3 "$OUT/embed_cpu.log" | cut -c1-300
+fi
