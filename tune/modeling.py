@@ -314,6 +314,21 @@ def compile_blocks(model, device, mode: str) -> int:
     return len(blocks)
 
 
+def uncompile_blocks(model) -> int:
+    """Undo ``compile_blocks`` (back to eager); returns how many blocks were compiled."""
+    undone = 0
+    for block in repeated_blocks(model):
+        if getattr(block, "_compiled_call_impl", None) is not None:
+            block._compiled_call_impl = None
+            undone += 1
+    return undone
+
+
+def is_compile_error(err: BaseException) -> bool:
+    """An error raised by torch.compile's tracer or compiler (not by the model itself)."""
+    return type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 def _has_triton() -> bool:
     import importlib.util
 

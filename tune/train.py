@@ -34,10 +34,12 @@ from tune.modeling import (
     encode_classify,
     encode_sft,
     forward_loss,
+    is_compile_error,
     load_base,
     load_tokenizer,
     resolve_base,
     score_texts,
+    uncompile_blocks,
 )
 from tune.options import TuneOptions
 
@@ -250,8 +252,12 @@ def train(
                 + (torch.tensor([train_set.weights[i] for i in idx], dtype=torch.float32),)
                 for idx in batches[start : start + opts.grad_accum]
             ]
-            loss_sum, tokens = train_step(
-                ddp, micro, optim, sched, scaler, trainable, opts.task, device, amp, fast_sft
+            loss_sum, tokens = _eager_on_compile_error(
+                model,
+                lambda micro=micro: train_step(
+                    ddp, micro, optim, sched, scaler, trainable, opts.task, device, amp, fast_sft
+                ),
+                before_retry=lambda: optim.zero_grad(set_to_none=True),
             )
             state.step += 1
             state.tokens += tokens * d.world
@@ -314,6 +320,19 @@ def train(
 
         dist.barrier()
     return final
+
+
+def _eager_on_compile_error(model, fn: Callable[[], Any], before_retry=None) -> Any:
+    """``fn()``; if torch.compile fails inside it, undo the compilation and run it eagerly."""
+    try:
+        return fn()
+    except Exception as err:
+        if not (is_compile_error(err) and uncompile_blocks(model)):
+            raise
+        log.warning("torch.compile failed (%s); continuing uncompiled", str(err)[:200])
+        if before_retry is not None:
+            before_retry()
+        return fn()
 
 
 def _read_losses(state: State) -> None:
@@ -510,17 +529,20 @@ def _autocast(device, amp):
 
 
 def _predict(model, tok, frame, data: TuneData, opts: TuneOptions, device, amp):
-    return score_texts(
+    return _eager_on_compile_error(
         model,
-        tok,
-        list(frame["text"]),
-        task=opts.task,
-        labels=data.labels,
-        template=opts.prompt_template,
-        max_length=opts.max_length,
-        batch_size=opts.eval_batch_size,
-        device=device,
-        amp_dtype=amp,
+        lambda: score_texts(
+            model,
+            tok,
+            list(frame["text"]),
+            task=opts.task,
+            labels=data.labels,
+            template=opts.prompt_template,
+            max_length=opts.max_length,
+            batch_size=opts.eval_batch_size,
+            device=device,
+            amp_dtype=amp,
+        ),
     )
 
 

@@ -241,3 +241,87 @@ def test_fast_sft_loss_matches_full_logits(tiny_llama):
     full.backward()
     g_full = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_fast, g_full, strict=True))
+
+
+def test_compile_switch_and_block_discovery(tiny_llama):
+    """``tune.compile`` accepts YAML booleans; blocks are found; auto is off on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tune.modeling import compile_blocks, repeated_blocks
+    from tune.options import switch
+
+    assert [switch(v) for v in (False, True, "AUTO", "no", "on")] == [
+        "off",
+        "on",
+        "auto",
+        "off",
+        "on",
+    ]
+    with pytest.raises(ConfigError, match="tune.compile"):
+        switch("sometimes")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    blocks = repeated_blocks(model)
+    assert len(blocks) == 2 and blocks[0] is model.model.layers[0]
+    assert compile_blocks(model, torch.device("cpu"), "auto") == 0
+    assert compile_blocks(model, torch.device("cpu"), "off") == 0
+    assert getattr(blocks[0], "_compiled_call_impl", None) is None
+
+
+@pytest.mark.slow
+def test_compile_failure_falls_back_to_eager(project, tiny_llama, monkeypatch, caplog):
+    """A torch.compile error inside a step undoes the compilation and the run goes on eagerly."""
+    import importlib
+
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from tune.modeling import repeated_blocks
+
+    train_module = importlib.import_module("tune.train")
+
+    def broken_compile(model, device, mode):
+        def fail(*args, **kwargs):
+            raise BackendCompilerFailed(fail, RuntimeError("no compiler here"), None)
+
+        blocks = repeated_blocks(model)
+        for block in blocks:
+            block._compiled_call_impl = fail
+        return len(blocks)
+
+    monkeypatch.setattr(train_module, "compile_blocks", broken_compile)
+    with caplog.at_level("WARNING", logger="tune.train"):
+        run = train(
+            project, TuneOptions(base=tiny_llama, run="c", max_steps=3, compile="on", **FAST)
+        )
+    assert "continuing uncompiled" in caplog.text
+    assert len(_losses(run)) == 3 and all(np.isfinite(_losses(run)))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_llama):
+    """torch.compile of the blocks changes speed, not the maths (CPU inductor here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.modeling import add_lora, collate, compile_blocks, encode_sft, forward_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
+    enc = encode_sft(
+        tok, ["a great film", "dull"], ["pos", "neg"], [1.0, 1.0], "Text: {text}\nLabel:", 32
+    )
+    x, m, y = collate(enc.input_ids, enc.labels, tok.pad_token_id, "sft")
+    w = torch.ones(2)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = forward_loss(model, x, m, y, w, "sft", fast_sft=True)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    eager_loss, eager_grads = loss_and_grads()
+    assert compile_blocks(model, torch.device("cpu"), "on") == 2
+    compiled_loss, compiled_grads = loss_and_grads()
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    for a, b in zip(eager_grads, compiled_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
