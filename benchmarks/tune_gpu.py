@@ -257,6 +257,7 @@ def run_trainer(cfg, data, args, device, amp):
 def profile_steps(path: Path, step, device) -> None:
     """torch.profiler over 3 steps: device time vs wall time and the top operators."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -268,7 +269,8 @@ def profile_steps(path: Path, step, device) -> None:
         _sync(device)
     wall = (time.perf_counter() - t0) / 3
     events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events) / 3
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # ops would count twice
+    device_us = sum(e.self_device_time_total for e in kernels) / 3
     launches = sum(e.count for e in events if e.key.startswith(("cudaLaunch", "cuLaunch"))) / 3
     head = (
         f"per step: wall {wall * 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms, "
