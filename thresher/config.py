@@ -190,6 +190,9 @@ tune:
   # errors.parquet lists wrong predictions and correct ones below this probability.
   low_confidence: 0.6
   prompt_template: "Classify the text.\\nText: {text}\\nLabel:"
+  # sft on free instruction/response pairs: the column (or metadata key) holding each record's
+  # response; the text is the instruction. null: the label is the answer.
+  response_column: null
 """
 
 DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)

@@ -52,6 +52,11 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option("--lr", type=float, default=None)
 @click.option("--max-length", type=int, default=None)
 @click.option("--label-issues", type=click.Choice(["exclude", "downweight", "keep"]), default=None)
+@click.option(
+    "--response-col",
+    default=None,
+    help="sft on instruction/response pairs: the response column (or metadata key).",
+)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
 @click.option("--qlora", is_flag=True, default=None, help="4-bit base (bitsandbytes + GPU).")
 @click.option("--gradient-checkpointing", is_flag=True, default=None)
@@ -78,6 +83,7 @@ def train_command(
     lr: float | None,
     max_length: int | None,
     label_issues: str | None,
+    response_col: str | None,
     precision: str | None,
     qlora: bool | None,
     gradient_checkpointing: bool | None,
@@ -96,6 +102,7 @@ def train_command(
       thresher tune train -p proj --max-steps 200
       thresher tune train -p proj --data raw --run raw-1
       thresher tune train -p proj --task sft --base HuggingFaceTB/SmolLM2-360M
+      thresher tune train -p proj --task sft --response-col response
       thresher tune train -p proj --run run-1 --resume
     """
     import json
@@ -117,6 +124,7 @@ def train_command(
             "tune.lr": lr,
             "tune.max_length": max_length,
             "tune.label_issues": label_issues,
+            "tune.response_column": response_col,
             "tune.precision": precision,
             "tune.qlora": qlora,
             "tune.gradient_checkpointing": gradient_checkpointing,
@@ -141,6 +149,7 @@ def train_command(
         "run": run_dir.name,
         "path": str(run_dir),
         "macro_f1": test.get("macro_f1"),
+        "loss": test.get("loss"),
         "accuracy": test.get("accuracy"),
         "val_macro_f1": metrics.get("val", {}).get("macro_f1"),
         "train": tr,
@@ -153,8 +162,13 @@ def train_command(
             f"run {run_dir.name}: {tr['steps']} steps ({tr['epochs']} epochs) "
             f"in {tr['seconds']} s, "
             f"{tr['tokens_per_s']} tokens/s on {tr['device']} ({tr['precision']})",
-            f"test macro-F1 {test.get('macro_f1', float('nan')):.4f}  accuracy "
-            f"{test.get('accuracy', float('nan')):.4f}  (n={test.get('n')})",
+            (
+                f"test answer loss {test.get('loss') or float('nan'):.4f}  perplexity "
+                f"{test.get('perplexity') or float('nan'):.2f}  (n={test.get('n')} pairs)"
+                if "loss" in test
+                else f"test macro-F1 {test.get('macro_f1', float('nan')):.4f}  accuracy "
+                f"{test.get('accuracy', float('nan')):.4f}  (n={test.get('n')})"
+            ),
             f"→ {run_dir}; compare: thresher tune eval -p {project_dir} --run {run_dir.name}",
         ],
     )
@@ -182,6 +196,22 @@ def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, a
     against_arg = against if against == "baseline" else str(_run_dir(project_dir, against))
     result = evaluate_run(run_dir, against=against_arg, n_boot=n_boot)
     cmp = result["comparison"]
+    if "loss" in result:  # instruction/response pairs
+        other = result.get("baseline") or result.get("other_run") or {}
+        emit(
+            result,
+            as_json,
+            [
+                f"run {result['run']} on {result['n']} test pairs "
+                f"({result['tokens']} answer tokens)",
+                f"{'model':<26}{'loss':>8}{'perplexity':>12}",
+                f"{result['run'][:25]:<26}{result['loss']:>8.4f}{result['perplexity']:>12.2f}",
+                f"{cmp['against'][:25]:<26}{other['loss']:>8.4f}{other['perplexity']:>12.2f}",
+                f"loss difference vs {cmp['against']}: {cmp['diff']:+.4f} nats/token "
+                f"(95% CI {cmp['ci_low']:+.4f} .. {cmp['ci_high']:+.4f}; lower is better)",
+            ],
+        )
+        return
     lines = [
         f"run {result['run']} on {result['n']} test records",
         f"{'model':<16}{'macro-F1':>10}{'accuracy':>10}{'ECE':>8}",

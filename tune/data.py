@@ -49,6 +49,7 @@ class TuneData:
     labels: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     source_stage: str = "ingest"
+    pairs: bool = False  # instruction/response pairs (tune/pairs.py): label holds the response
 
     def label_map(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.labels)}

@@ -227,6 +227,14 @@ def _test_predictions(run_dir: Path):
     )
 
 
+def _is_pairs_run(run_dir: Path) -> bool:
+    config = run_dir / "config.json"
+    if not config.exists():
+        return False
+    options = json.loads(config.read_text()).get("options", {})
+    return bool(options.get("data", {}).get("response_column"))
+
+
 def evaluate_run(
     run_dir: str | Path, against: str = "baseline", n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -235,6 +243,10 @@ def evaluate_run(
     import pandas as pd
 
     run_dir = Path(run_dir)
+    if _is_pairs_run(run_dir):
+        from tune.pairs import evaluate_pairs_run
+
+        return evaluate_pairs_run(run_dir, against, n_boot, seed)
     test, probs, labels = _test_predictions(run_dir)
     if len(test) == 0:
         raise ThresherError(f"{run_dir}: the test split is empty; add labelled data and retrain")

@@ -193,7 +193,8 @@ def answer_ids(tokenizer, label: str) -> list[int]:
 
 def encode_sft(tokenizer, texts, labels, weights, template: str, max_length: int) -> Encoded:
     """Prompt + answer; targets are -100 over the prompt (loss on the answer only)."""
-    answers = [answer_ids(tokenizer, str(label)) for label in labels]
+    # A free-text answer (instruction/response pairs) keeps at most half of max_length.
+    answers = [answer_ids(tokenizer, str(label))[: max(1, max_length // 2)] for label in labels]
     longest = max((len(a) for a in answers), default=1)
     prompts = _prompt_ids(tokenizer, texts, template, max(8, max_length - longest))
     ids, targets = [], []

@@ -18,6 +18,8 @@ class DataOptions:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    # sft on instruction/response pairs: the response column (or metadata key); None = labels
+    response_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
         val_fraction=float(section["val_fraction"]),
         test_fraction=float(section["test_fraction"]),
         seed=seed,
+        response_column=section.get("response_column") or None,
     )
     fields = {
         k: section[k]

@@ -42,6 +42,15 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _require_classifier(run_dir: str | Path) -> None:
+    """Runs trained on instruction/response pairs have no classes to predict."""
+    if _run_config(Path(run_dir)).get("options", {}).get("data", {}).get("response_column"):
+        raise ThresherError(
+            f"{run_dir} was trained on instruction/response pairs: it writes text, it does not "
+            "classify; export it (thresher tune export --merged) and call generate() on it"
+        )
+
+
 def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     """Load base + adapter of ``run_dir`` (cached per process)."""
     import torch
@@ -81,6 +90,7 @@ def predict_proba(
     (``config.json`` ``labels``). Higher = more likely."""
     from tune.modeling import score_texts
 
+    _require_classifier(run_dir)
     run = load_run(run_dir, device)
     return score_texts(
         run.model,
@@ -107,6 +117,7 @@ def predict_frame(
     """``frame`` (columns id, text) + predicted, prob, and one ``p_<label>`` column per label."""
     import numpy as np
 
+    _require_classifier(run_dir)
     run = load_run(run_dir)
     parts = []
     for start in range(0, len(frame), chunk):

@@ -192,7 +192,7 @@ def train(
     _seed_everything(opts.seed)
 
     # -- setup: data (rank 0 first: it may create the project's split), model, optimizer
-    data = _rank0_first(d, lambda: build_dataset(project, opts.data))
+    data = _rank0_first(d, lambda: _dataset(project, opts))
     ref = resolve_base(opts.base, opts.task)
     run_fp = _fingerprint(opts, data, ref)
     final = tune_dir / str(opts.run)
@@ -320,6 +320,20 @@ def train(
 
         dist.barrier()
     return final
+
+
+def _dataset(project: Project, opts: TuneOptions) -> TuneData:
+    """Labelled records (classify, or sft with the label as the answer), or instruction/response
+    pairs when ``data.response_column`` is set (sft only)."""
+    if opts.data.response_column is None:
+        return build_dataset(project, opts.data)
+    if opts.task != "sft":
+        raise ThresherError(
+            "instruction/response pairs (--response-col) train a causal LM: add --task sft"
+        )
+    from tune.pairs import build_pairs_dataset
+
+    return build_pairs_dataset(project, opts.data)
 
 
 def _eager_on_compile_error(model, fn: Callable[[], Any], before_retry=None) -> Any:
@@ -546,6 +560,32 @@ def _predict(model, tok, frame, data: TuneData, opts: TuneOptions, device, amp):
     )
 
 
+def _val_key(data: TuneData) -> str:
+    return "val_loss" if data.pairs else "val_macro_f1"
+
+
+def _pairs_scores(model, tok, frame, opts: TuneOptions, device, amp, keep: bool = False):
+    """Answer loss metrics of ``frame``'s pairs (+ the per-pair ``nll``/``tokens`` if ``keep``)."""
+    from tune.pairs import answer_nll, pairs_metrics
+
+    nll, tokens = _eager_on_compile_error(
+        model,
+        lambda: answer_nll(
+            model,
+            tok,
+            list(frame["text"]),
+            list(frame["label"]),
+            template=opts.prompt_template,
+            max_length=opts.max_length,
+            batch_size=opts.eval_batch_size,
+            device=device,
+            amp_dtype=amp,
+        ),
+    )
+    out = pairs_metrics(nll, tokens)
+    return {**out, "nll": nll, "tokens": tokens} if keep else out
+
+
 def _trainable_state(model) -> dict[str, Any]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -562,11 +602,16 @@ def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, 
 
     stop = torch.zeros(1)
     if d.main and len(data.val):
-        probs = _predict(model, tok, data.val, data, opts, device, amp)
-        gold = data.val["label"].map(data.label_map()).to_numpy()
-        f1 = classification_metrics(gold, probs, data.labels)["macro_f1"]
-        state.evals.append({"step": state.step, "val_macro_f1": f1})
-        if f1 > state.best_f1:
+        if data.pairs:  # minus the validation loss: higher is better, like macro-F1
+            val_loss = _pairs_scores(model, tok, data.val, opts, device, amp)["loss"]
+            state.evals.append({"step": state.step, "val_loss": val_loss})
+            f1 = -val_loss
+        else:
+            probs = _predict(model, tok, data.val, data, opts, device, amp)
+            gold = data.val["label"].map(data.label_map()).to_numpy()
+            f1 = classification_metrics(gold, probs, data.labels)["macro_f1"]
+            state.evals.append({"step": state.step, "val_macro_f1": f1})
+        if state.best_step == 0 or f1 > state.best_f1:
             state.best_f1, state.best_step, state.bad_evals = f1, state.step, 0
             best = {"weights": _trainable_state(model), "step": state.step}
         else:
@@ -574,7 +619,7 @@ def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, 
             stop[0] = float(state.bad_evals >= opts.patience)
         model.train()
     else:  # every rank records the eval step, so all agree on whether a final eval is due
-        state.evals.append({"step": state.step, "val_macro_f1": float("nan")})
+        state.evals.append({"step": state.step, _val_key(data): float("nan")})
     if d.world > 1:
         import torch.distributed as dist
 
@@ -658,7 +703,16 @@ def _save_outputs(
     label_map = {"labels": data.labels, "label2id": data.label_map()}
     metrics: dict[str, Any] = {}
     frames = []
-    for split in ("val", "test"):
+    for split in ("val", "test") if data.pairs else ():
+        frame = getattr(data, split)
+        scored = _pairs_scores(model, tok, frame, opts, device, amp, keep=True)
+        metrics[split] = {k: v for k, v in scored.items() if k not in ("nll", "tokens")}
+        frames.append(
+            frame[["id", "text", "label", "slice"]]
+            .rename(columns={"label": "gold"})
+            .assign(split=split, nll=scored["nll"], tokens=scored["tokens"])
+        )
+    for split in () if data.pairs else ("val", "test"):
         frame = getattr(data, split)
         probs = _predict(model, tok, frame, data, opts, device, amp)
         gold = frame["label"].map(data.label_map()).to_numpy()
@@ -688,7 +742,11 @@ def _save_outputs(
         "steps": state.step,
         "epochs": round(epochs_done, 4),
         "best_step": state.best_step,
-        "best_val_macro_f1": state.best_f1,
+        **(
+            {"best_val_loss": -state.best_f1}
+            if data.pairs
+            else {"best_val_macro_f1": state.best_f1}
+        ),
         "stopped_early": state.stopped_early,
         "seconds": round(state.train_seconds, 3),
         "seconds_per_epoch": round(state.train_seconds / max(epochs_done, 1e-9), 3),
@@ -722,12 +780,21 @@ def _save_outputs(
         (out.path("config.json")).write_text(json.dumps(config, indent=2, default=str))
         (out.path("metrics.json")).write_text(json.dumps(metrics, indent=2, default=float))
         predictions.to_parquet(out.path("predictions.parquet"), index=False)
-        errors = error_table(
-            predictions.rename(columns={"gold": "label"}),
-            np.stack(predictions["probs"].to_numpy()) if len(predictions) else np.zeros((0, 1)),
-            data.labels,
-            opts.low_confidence,
-        )
+        if data.pairs:
+            from tune.pairs import pairs_error_table
+
+            errors = pairs_error_table(
+                predictions.rename(columns={"gold": "label"}),
+                predictions["nll"].to_numpy(),
+                predictions["tokens"].to_numpy(),
+            )
+        else:
+            errors = error_table(
+                predictions.rename(columns={"gold": "label"}),
+                np.stack(predictions["probs"].to_numpy()) if len(predictions) else np.zeros((0, 1)),
+                data.labels,
+                opts.low_confidence,
+            )
         errors.to_parquet(out.path("errors.parquet"), index=False)
         data.train[["id", "text", "label", "weight"]].to_parquet(
             out.path("train_data.parquet"), index=False
@@ -737,8 +804,9 @@ def _save_outputs(
         )
         _loss_curve(state, out.path("loss_curve.png"))
         out.counts = {**data.counts, "errors": len(errors)}
-        out.extra["metrics"] = {k: metrics[k].get("macro_f1") for k in ("val", "test")}
-    log.info("wrote %s (test macro-F1 %s)", final, metrics["test"].get("macro_f1"))
+        key = "loss" if data.pairs else "macro_f1"
+        out.extra["metrics"] = {k: metrics[k].get(key) for k in ("val", "test")}
+    log.info("wrote %s (test %s %s)", final, key, metrics["test"].get(key))
 
 
 def _loss_curve(state: State, path: Path) -> None:
@@ -753,15 +821,17 @@ def _loss_curve(state: State, path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     if state.evals:
+        key = "val_loss" if "val_loss" in state.evals[0] else "val_macro_f1"
+        name = key.replace("_", " ").replace("macro f1", "macro-F1")
         ax2 = ax.twinx()
         ax2.plot(
             [e["step"] for e in state.evals],
-            [e["val_macro_f1"] for e in state.evals],
+            [e[key] for e in state.evals],
             "o-",
             color="tab:orange",
-            label="val macro-F1",
+            label=name,
         )
-        ax2.set_ylabel("val macro-F1")
+        ax2.set_ylabel(name)
     ax.set_title("training loss")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
