@@ -182,6 +182,9 @@ tune:
   gradient_checkpointing: false
   # torch.compile the transformer blocks: auto (on a CUDA GPU only; ~1 min to compile) | on | off
   compile: auto
+  # Several processes (torchrun / accelerate launch): ddp (a replica per GPU) | fsdp (each GPU
+  # holds a shard of every weight: for models that do not fit one GPU).
+  strategy: ddp
   # Validate every N optimizer steps (0: once per epoch); stop after `patience` evals without gain.
   eval_steps: 0
   patience: 3

@@ -67,6 +67,12 @@ def _run_dir(project_dir: str, run: str | None):
     default=None,
     help="torch.compile the transformer blocks [auto: on a CUDA GPU only].",
 )
+@click.option(
+    "--strategy",
+    type=click.Choice(["ddp", "fsdp"]),
+    default=None,
+    help="Several processes: ddp replicas or fsdp shards [ddp].",
+)
 @force_option
 @json_option
 def train_command(
@@ -88,6 +94,7 @@ def train_command(
     qlora: bool | None,
     gradient_checkpointing: bool | None,
     compile_mode: str | None,
+    strategy: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -129,6 +136,7 @@ def train_command(
             "tune.qlora": qlora,
             "tune.gradient_checkpointing": gradient_checkpointing,
             "tune.compile": compile_mode,
+            "tune.strategy": strategy,
         }
     )
     if base is not None:

@@ -45,6 +45,7 @@ class TuneOptions:
     qlora: bool = False  # 4-bit base (needs bitsandbytes and a GPU)
     gradient_checkpointing: bool = False
     compile: str = "auto"  # torch.compile the transformer blocks: auto (CUDA only) | on | off
+    strategy: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (sharded)
     eval_steps: int = 0  # 0 = once per epoch
     save_steps: int = 50  # checkpoint every N optimizer steps (for --resume)
     patience: int = 3  # early stopping: evaluations without val macro-F1 gain
@@ -98,6 +99,7 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
             "qlora",
             "gradient_checkpointing",
             "compile",
+            "strategy",
             "eval_steps",
             "patience",
             "save_steps",

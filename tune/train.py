@@ -25,6 +25,17 @@ from typing import Any
 from thresher.errors import ThresherError
 from thresher.project import Project, fingerprint, stage_output
 from tune.data import TuneData, build_dataset
+from tune.distributed import (
+    Dist,
+    barrier,
+    init_distributed,
+    load_optimizer_state,
+    load_trainable,
+    optimizer_state,
+    shard_model,
+    trainable_state,
+    wrap_ddp,
+)
 from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
     _fast_sft_ok,
@@ -37,6 +48,7 @@ from tune.modeling import (
     is_compile_error,
     load_base,
     load_tokenizer,
+    repeated_blocks,
     resolve_base,
     score_texts,
     uncompile_blocks,
@@ -52,19 +64,6 @@ LOSS_READ_EVERY = 10  # optimizer steps between reads of the loss (each read wai
 
 class Interrupted(Exception):
     """Raised by the ``stop_after`` test hook to simulate a kill between checkpoints."""
-
-
-@dataclass
-class Dist:
-    """Process-group facts: rank 0 evaluates and writes; world 1 = no DDP."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -84,18 +83,6 @@ class State:
 
 
 # ---- setup ------------------------------------------------------------------------------------
-
-
-def _init_distributed() -> Dist:
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _device(d: Dist):
@@ -181,7 +168,7 @@ def train(
     project = project if isinstance(project, Project) else Project.at(project)
     opts = options or TuneOptions()
     tune_dir = project.root / "tune"
-    d = _init_distributed()
+    d = init_distributed(opts.strategy)
     if d.world > 1 and opts.run is None:  # every rank must agree on the run name
         import torch.distributed as dist
 
@@ -209,7 +196,7 @@ def train(
     amp = _amp_dtype(opts.precision, device)
     tok = load_tokenizer(ref)
     label_map = data.label_map()
-    model = _build_model(ref, opts, data.labels, tok, device, amp)
+    model = _build_model(ref, opts, data.labels, tok, device, amp, d)
     train_set = _encode(tok, data.train, label_map, opts)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(
@@ -223,11 +210,12 @@ def train(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(total, opts.warmup_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ddp = _wrap_ddp(model, d, device)
+    ddp = wrap_ddp(model, d, device)
     state = State()
     best: dict[str, Any] | None = None
-    if resume and (work / CHECKPOINT).exists():
-        state, best = _load_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, d)
+    checkpoint = _checkpoint_path(work, d)
+    if resume and checkpoint.exists():
+        state, best = _load_checkpoint(checkpoint, model, optim, sched, scaler, d)
         log.info("resumed %s at step %d/%d", opts.run, state.step, total)
     eval_every = opts.eval_steps or steps_per_epoch
     fast_sft = opts.task == "sft" and d.world == 1 and _fast_sft_ok(model)
@@ -266,7 +254,7 @@ def train(
                 {"step": state.step, "loss": loss_sum, "lr": sched.get_last_lr()[0]}
             )
             evaluate = state.step % eval_every == 0 or state.step == total
-            save = state.step % opts.save_steps == 0 and d.main
+            save = state.step % opts.save_steps == 0 and d.evaluates
             if evaluate or save or state.step % LOSS_READ_EVERY == 0 or stop_after is not None:
                 _read_losses(state)
             if progress is not None and d.main:
@@ -281,7 +269,7 @@ def train(
             if evaluate:
                 best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
             if save:
-                _save_checkpoint(work / CHECKPOINT, model, optim, sched, scaler, state, best)
+                _save_checkpoint(checkpoint, model, optim, sched, scaler, state, best, d)
             if stop_after is not None and state.step >= stop_after:
                 raise Interrupted(f"stopped after step {state.step}")
             if state.stopped_early:
@@ -297,8 +285,8 @@ def train(
     _read_losses(state)
     # -- evaluate (best state) and save
     if best is not None:
-        _load_trainable(model, best["weights"])
-    if d.main:
+        load_trainable(model, best["weights"])
+    if d.evaluates:
         _save_outputs(
             project,
             final,
@@ -314,11 +302,9 @@ def train(
             steps_per_epoch,
             d,
         )
+    barrier(d)
+    if d.main:
         shutil.rmtree(work, ignore_errors=True)
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
     return final
 
 
@@ -460,11 +446,12 @@ def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
     )
 
 
-def _build_model(ref, opts: TuneOptions, labels, tok, device, amp):
-    """Base (frozen; bf16/fp16 on GPU) + LoRA; trainable parameters are kept in fp32."""
+def _build_model(ref, opts: TuneOptions, labels, tok, device, amp, d: Dist):
+    """Base (frozen; bf16/fp16 on GPU) + LoRA; trainable parameters are kept in fp32. Under FSDP
+    the base stays fp32 too (sharded; gathered in ``amp`` precision for compute), uncompiled."""
     import torch
 
-    base_dtype = amp if device.type == "cuda" else None
+    base_dtype = amp if device.type == "cuda" and not d.fsdp else None
     model = load_base(ref, opts.task, labels, tok, dtype=base_dtype, qlora=opts.qlora)
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -478,20 +465,14 @@ def _build_model(ref, opts: TuneOptions, labels, tok, device, amp):
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("base %s: %d trainable parameters", ref.name, n_train)
     model = model.to(device)
+    if d.fsdp:
+        shard_model(model, repeated_blocks(model), device, amp)
+        return model
     compiled = compile_blocks(model, device, opts.compile)
     if compiled:
         log.info("compiling %d transformer blocks (the first steps wait for it)", compiled)
     del torch
     return model
-
-
-def _wrap_ddp(model, d: Dist, device):
-    if d.world == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
 
 
 def _encode(tok, frame, label_map, opts: TuneOptions):
@@ -586,45 +567,40 @@ def _pairs_scores(model, tok, frame, opts: TuneOptions, device, amp, keep: bool 
     return {**out, "nll": nll, "tokens": tokens} if keep else out
 
 
-def _trainable_state(model) -> dict[str, Any]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model, weights: dict[str, Any]) -> None:
-    params = dict(model.named_parameters())
-    for name, value in weights.items():
-        params[name].data.copy_(value.to(params[name].device))
-
-
 def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, best, d: Dist):
-    """Val macro-F1 on rank 0; keep the best weights; stop after ``patience`` evals without gain."""
+    """Validation score (macro-F1, or minus the answer loss for pairs) on rank 0 (on every rank
+    under FSDP, whose forward needs them all); keep the best weights; stop after ``patience``
+    evaluations without gain. Rank 0 decides and tells the others."""
     import torch
 
-    stop = torch.zeros(1)
-    if d.main and len(data.val):
+    flags = torch.zeros(2)  # improved, stop
+    score = float("nan")
+    if d.evaluates and len(data.val):
         if data.pairs:  # minus the validation loss: higher is better, like macro-F1
-            val_loss = _pairs_scores(model, tok, data.val, opts, device, amp)["loss"]
-            state.evals.append({"step": state.step, "val_loss": val_loss})
-            f1 = -val_loss
+            score = -_pairs_scores(model, tok, data.val, opts, device, amp)["loss"]
         else:
             probs = _predict(model, tok, data.val, data, opts, device, amp)
             gold = data.val["label"].map(data.label_map()).to_numpy()
-            f1 = classification_metrics(gold, probs, data.labels)["macro_f1"]
-            state.evals.append({"step": state.step, "val_macro_f1": f1})
-        if state.best_step == 0 or f1 > state.best_f1:
-            state.best_f1, state.best_step, state.bad_evals = f1, state.step, 0
-            best = {"weights": _trainable_state(model), "step": state.step}
-        else:
-            state.bad_evals += 1
-            stop[0] = float(state.bad_evals >= opts.patience)
-        model.train()
-    else:  # every rank records the eval step, so all agree on whether a final eval is due
-        state.evals.append({"step": state.step, _val_key(data): float("nan")})
+            score = classification_metrics(gold, probs, data.labels)["macro_f1"]
+        if d.main:
+            improved = state.best_step == 0 or score > state.best_f1
+            flags[0] = float(improved)
+            flags[1] = float(not improved and state.bad_evals + 1 >= opts.patience)
     if d.world > 1:
         import torch.distributed as dist
 
-        dist.broadcast(stop, 0)
-    state.stopped_early = bool(stop[0])
+        dist.broadcast(flags, 0)
+    # every rank records the eval step, so all agree on whether a final eval is due
+    value = -score if data.pairs else score
+    state.evals.append({"step": state.step, _val_key(data): value if d.main else float("nan")})
+    if d.main and len(data.val):
+        if flags[0]:
+            state.best_f1, state.best_step, state.bad_evals = score, state.step, 0
+        else:
+            state.bad_evals += 1
+    if flags[0] and d.evaluates:  # gathering the shards is collective under FSDP
+        best = {"weights": trainable_state(model), "step": state.step}
+    state.stopped_early = bool(flags[1])
     model.train()
     return best
 
@@ -632,13 +608,18 @@ def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, 
 # ---- checkpoints ------------------------------------------------------------------------------
 
 
-def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best) -> None:
+def _checkpoint_path(work: Path, d: Dist) -> Path:
+    """One checkpoint per run; under FSDP one per rank (each holds its shard)."""
+    return work / (f"checkpoint-rank{d.rank}-of-{d.world}.pt" if d.fsdp else CHECKPOINT)
+
+
+def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best, d: Dist) -> None:
     import numpy as np
     import torch
 
     blob = {
-        "weights": _trainable_state(model),
-        "optim": optim.state_dict(),
+        "weights": trainable_state(model, full=not d.fsdp),
+        "optim": optimizer_state(optim),
         "sched": sched.state_dict(),
         "scaler": scaler.state_dict(),
         "state": state.__dict__,
@@ -661,8 +642,8 @@ def _load_checkpoint(path: Path, model, optim, sched, scaler, d: Dist):
     import torch
 
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    _load_trainable(model, blob["weights"])
-    optim.load_state_dict(blob["optim"])
+    load_trainable(model, blob["weights"], full=not d.fsdp)
+    load_optimizer_state(optim, blob["optim"])
     sched.load_state_dict(blob["sched"])
     scaler.load_state_dict(blob["scaler"])
     rng = blob["rng"]
@@ -671,7 +652,6 @@ def _load_checkpoint(path: Path, model, optim, sched, scaler, d: Dist):
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    del d
     return State(**blob["state"]), blob["best"]
 
 
@@ -701,6 +681,8 @@ def _save_outputs(
 
     tune_project = Project(final.parent)
     label_map = {"labels": data.labels, "label2id": data.label_map()}
+    # Under FSDP every rank runs this far (gathering and the forward passes are collective).
+    adapter_state = trainable_state(model) if d.fsdp else None
     metrics: dict[str, Any] = {}
     frames = []
     for split in ("val", "test") if data.pairs else ():
@@ -736,6 +718,8 @@ def _save_outputs(
                 }
             )
         )
+    if not d.main:
+        return
     predictions = pd.concat(frames, ignore_index=True)
     epochs_done = state.step / max(1, steps_per_epoch)
     metrics["train"] = {
@@ -773,7 +757,7 @@ def _save_outputs(
         packages=("torch", "transformers", "peft"),
     ) as out:
         adapter = out.path("adapter")
-        model.save_pretrained(adapter)
+        model.save_pretrained(adapter, state_dict=adapter_state)
         tok.save_pretrained(adapter)
         (adapter / "label_map.json").write_text(json.dumps(label_map, indent=2))
         (out.path("label_map.json")).write_text(json.dumps(label_map, indent=2))

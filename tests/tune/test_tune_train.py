@@ -149,36 +149,15 @@ def test_decoder_classification_head(project, tiny_llama):
     assert predict_proba(run, ["great film"]).shape == (1, 2)
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_gloo(project, tiny_bert):
-    """The same CLI command under torchrun: 2 CPU processes, gloo, one run folder."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+def _torchrun(project: Path, base: str, name: str, port: int, *extra: str, **env_extra) -> None:
+    """The same CLI command under torchrun: 2 CPU processes, gloo."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd(), **env_extra}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29533",
-        "-m",
-        "thresher",
-        "tune",
-        "train",
-        "-p",
-        str(project),
-        "--base",
-        tiny_bert,
-        "--name",
-        "ddp",
-        "--max-steps",
-        "6",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--json",
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", str(port), "-m", "thresher", "tune", "train", "-p", str(project),
+        "--base", base, "--name", name, "--batch-size", "8", "--max-length", "32", "--json",
+        *extra,
+    ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -193,8 +172,53 @@ def test_ddp_two_processes_gloo(project, tiny_bert):
         os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only torchrun
         raise
     assert proc.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(project, tiny_bert):
+    """2 CPU processes (DDP replicas), one run folder."""
+    _torchrun(project, tiny_bert, "ddp", 29533, "--max-steps", "6")
     metrics = json.loads((project / "tune" / "ddp" / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 6
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_gloo_saves_the_gathered_adapter(project, tiny_llama):
+    """2 CPU processes with sharded weights (FSDP2): each rank checkpoints its shard, every rank
+    evaluates, and the saved adapter (gathered shards) reproduces the run's own predictions in
+    one ordinary process."""
+    _torchrun(
+        project, tiny_llama, "fsdp", 29534,
+        "--strategy", "fsdp", "--max-steps", "6", "--lr", "0.005",
+        THRESHER_TUNE__SAVE_STEPS="3",  # per-rank shard checkpoints at steps 3 and 6
+    )  # fmt: skip
+    run = project / "tune" / "fsdp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 6
+    assert json.loads((run / "config.json").read_text())["options"]["strategy"] == "fsdp"
+    preds = pd.read_parquet(run / "predictions.parquet")
+    test = preds[preds["split"] == "test"]
+    again = predict_proba(run, test["text"].tolist())
+    assert np.allclose(again, np.stack(test["probs"].to_numpy()), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_after_interrupt_matches_uninterrupted(project, tiny_llama):
+    """Each rank reloads its own weight and optimizer shards and the run ends as if uncut."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    script = Path(__file__).with_name("fsdp_resume.py")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", "29535", str(script), str(project), tiny_llama,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full, cut = project / "tune" / "full", project / "tune" / "cut"
+    assert len(_losses(full)) == 8
+    assert np.allclose(_losses(cut), _losses(full), atol=1e-5)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert b["test"]["macro_f1"] == pytest.approx(a["test"]["macro_f1"])
 
 
 def test_unknown_base_is_a_one_line_error(project):
