@@ -280,9 +280,7 @@ def log_odds_terms(
     return log_odds_from_counts(by_label, top=top, prior_scale=prior_scale, min_count=min_count)
 
 
-def word_doc_counts(
-    texts: Sequence[str], labels: Sequence[str | None]
-) -> dict[str, Counter[str]]:
+def word_doc_counts(texts: Sequence[str], labels: Sequence[str | None]) -> dict[str, Counter[str]]:
     """Per label, how many of the labeled ``texts`` contain each word (one batch's share of
     ``log_odds_from_counts``' input; sum batches with ``merge_word_counts``)."""
     out: dict[str, Counter[str]] = {}
@@ -300,7 +298,7 @@ def merge_word_counts(
     words dropped and seen again later restart from zero, so rare terms are approximate)."""
     for lab, counts in part.items():
         into.setdefault(str(lab), Counter()).update(counts)
-    if cap:
+    if cap and sum(len(c) for c in into.values()) > 2 * cap:
         vocab: Counter[str] = Counter()
         for counts in into.values():
             vocab.update(counts)
