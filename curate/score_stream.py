@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -207,6 +208,8 @@ class RayRunner:
 
     def __init__(self, path: Path, ctx: BatchContext, batch_size: int, progress=None):
         self.ray = import_ray()
+        if not self.ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+            self.ray.init(include_dashboard=False, log_to_driver=False)
         self.path, self.ctx, self.batch_size, self.progress = path, ctx, batch_size, progress
         self.columns = _read_columns(path, ctx.dedup)
 
