@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -71,13 +72,21 @@ def write_jsonl(path: Path, texts, labels, ids=None) -> None:
             fh.write(json.dumps({"id": rid, "text": t, "label": lab}) + "\n")
 
 
+MEMORY_LIMIT_GB = 16  # address-space cap per run: this machine is shared
+
+
+def _limit_memory() -> None:
+    cap = MEMORY_LIMIT_GB * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def cli(args: list[str], env: dict | None = None) -> dict:
     """Run ``thresher ARGS --json`` as a subprocess: its JSON, seconds and peak RSS."""
     cmd = [sys.executable, "-m", "thresher", *args, "--json"]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, cwd=ROOT,
+            cmd, stdout=out, stderr=err, cwd=ROOT, preexec_fn=_limit_memory,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)

