@@ -107,8 +107,8 @@ def metrics(project: Path, flipped_by_id: dict[str, bool]) -> dict:
     import pyarrow.parquet as pq
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    table = pq.read_table(project / "score" / "records.parquet", columns=["id", "label_quality",
-                                                                          "label_issue"])  # fmt: skip
+    cols = ["id", "label_quality", "label_issue"]
+    table = pq.read_table(project / "score" / "records.parquet", columns=cols)
     ids = table.column("id").to_pylist()
     flipped = np.array([flipped_by_id[i] for i in ids])
     q = table.column("label_quality").to_numpy(zero_copy_only=False)

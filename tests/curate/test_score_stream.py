@@ -117,7 +117,8 @@ def test_stream_engine_finds_planted_noise(tmp_path):
     assert unl["predicted_label"] == "pos" and list(unl["bias_groups"]) == ["gender:female"]
     assert df["outlier_score"].isna().all() and df["near_ood"].isna().all()
     probs = np.stack(df["pred_probs"].to_numpy())
-    assert np.allclose(probs.sum(axis=1), 1) and np.allclose(probs.max(axis=1), df["predicted_prob"])
+    assert np.allclose(probs.sum(axis=1), 1)
+    assert np.allclose(probs.max(axis=1), df["predicted_prob"])
     manifest = project.read_manifest("score")
     assert manifest["config"]["engine"] == "stream" and manifest["scoring"]["engine"] == "stream"
     assert manifest["classes"] == ["neg", "pos"] and manifest["counts"]["scored"] == 601
