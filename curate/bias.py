@@ -109,19 +109,37 @@ class Matcher:
             self._words[group] = words
             self._prefixes[group] = tuple(prefixes)
             self._phrases[group] = phrases
+        # Reverse indexes so a text costs O(its words), not O(lexicon size).
+        self._word_groups: dict[str, list[str]] = {}
+        for group, words in self._words.items():
+            for w in words:
+                self._word_groups.setdefault(w, []).append(group)
+        self._phrase_heads: dict[str, list[tuple[str, str, re.Pattern]]] = {}
+        for group, phrases in self._phrases.items():
+            for term, rx in phrases:
+                head = _WORD_RUN.findall(term.rstrip("*"))
+                key = head[0] if head else ""
+                self._phrase_heads.setdefault(key, []).append((group, term, rx))
+        self._any_prefix = any(self._prefixes.values())
 
     def _found(self, text: str) -> dict[str, list[str]]:
         tokens = set(_WORD_RUN.findall(text.lower()))
         found: dict[str, list[str]] = {}
-        for group in self.lexicon:
-            hits = [t for t in self._words[group] if t in tokens]
-            for prefix in self._prefixes[group]:
-                if any(tok.startswith(prefix) for tok in tokens):
-                    hits.append(prefix + "*")
-            hits += [term for term, rx in self._phrases[group] if rx.search(text)]
-            if hits:
-                found[group] = hits
-        return found
+        for tok in tokens & self._word_groups.keys():
+            for group in self._word_groups[tok]:
+                found.setdefault(group, []).append(tok)
+        if self._any_prefix:
+            for group, prefixes in self._prefixes.items():
+                for prefix in prefixes:
+                    if any(tok.startswith(prefix) for tok in tokens):
+                        found.setdefault(group, []).append(prefix + "*")
+        for key, entries in self._phrase_heads.items():
+            if key and not any(tok.startswith(key) for tok in tokens):
+                continue  # a phrase's first word must be in the text (as a word or prefix)
+            for group, term, rx in entries:
+                if rx.search(text):
+                    found.setdefault(group, []).append(term)
+        return {g: found[g] for g in self.lexicon if g in found}
 
     def groups(self, text: str) -> list[str]:
         """Sorted names of the groups ``text`` mentions."""
@@ -195,22 +213,38 @@ def associations(
     largest |log lift|). ``memberships[i]`` lists the slices record ``i`` is in; unlabeled
     records are skipped; slices smaller than ``min_count`` are left out."""
     pairs = [(set(m), lab) for m, lab in zip(memberships, labels, strict=True) if lab is not None]
-    n = len(pairs)
-    if n == 0:
-        return []
-    label_counts = Counter(lab for _, lab in pairs)
+    label_counts = Counter(str(lab) for _, lab in pairs)
     slice_sizes: Counter[str] = Counter()
     joint: Counter[tuple[str, str]] = Counter()
     for slices, lab in pairs:
         for s in slices:
             slice_sizes[s] += 1
-            joint[(s, lab)] += 1
+            joint[(s, str(lab))] += 1
+    return associations_from_counts(
+        label_counts, slice_sizes, joint, kind=kind, min_count=min_count, alpha=alpha
+    )
+
+
+def associations_from_counts(
+    label_counts: Mapping[str, int],
+    slice_sizes: Mapping[str, int],
+    joint: Mapping[tuple[str, str], int],
+    *,
+    kind: str = "group",
+    min_count: int = 5,
+    alpha: float = 0.05,
+) -> list[Association]:
+    """``associations`` from accumulated counts over the labeled records (what a streaming pass
+    sums batch by batch): records per label, labeled records per slice, and per (slice, label)."""
+    n = int(sum(label_counts.values()))
+    if n == 0:
+        return []
     rows: list[Association] = []
     for s, size in sorted(slice_sizes.items()):
         if size < min_count or size == n:
             continue
         for lab, total in sorted(label_counts.items()):
-            a = joint[(s, lab)]
+            a = int(joint.get((s, lab), 0))
             b = size - a
             c = total - a
             d = n - size - c
@@ -259,16 +293,53 @@ def log_odds_terms(
     """Terms that predict each label: log-odds ratio with an informative Dirichlet prior
     (label vs all other labels; the prior is the corpus term distribution scaled to
     ``prior_scale`` pseudo-counts). Returns, per label, the ``top`` terms by z (high = predictive):
-    ``{term, label, z, delta, count}``."""
-    docs = [(set(tokenize(t)), lab) for t, lab in zip(texts, labels, strict=True) if lab]
-    if not docs:
-        return []
+    ``{term, label, z, delta, count}``. Counts are documents containing the term."""
+    by_label = word_doc_counts(texts, labels)
+    return log_odds_from_counts(by_label, top=top, prior_scale=prior_scale, min_count=min_count)
+
+
+def word_doc_counts(texts: Sequence[str], labels: Sequence[str | None]) -> dict[str, Counter[str]]:
+    """Per label, how many of the labeled ``texts`` contain each word (one batch's share of
+    ``log_odds_from_counts``' input; sum batches with ``merge_word_counts``)."""
+    out: dict[str, Counter[str]] = {}
+    for t, lab in zip(texts, labels, strict=True):
+        if lab:
+            out.setdefault(str(lab), Counter()).update(set(tokenize(t)))
+    return out
+
+
+def merge_word_counts(
+    into: dict[str, Counter[str]], part: Mapping[str, Mapping[str, int]], cap: int | None = None
+) -> dict[str, Counter[str]]:
+    """Add ``part`` into ``into``. With ``cap``, when the vocabulary grows past twice ``cap``
+    words, keep only the ``cap`` most frequent (memory stays bounded on huge corpora; counts of
+    words dropped and seen again later restart from zero, so rare terms are approximate)."""
+    for lab, counts in part.items():
+        into.setdefault(str(lab), Counter()).update(counts)
+    if cap and sum(len(c) for c in into.values()) > 2 * cap:
+        vocab: Counter[str] = Counter()
+        for counts in into.values():
+            vocab.update(counts)
+        if len(vocab) > 2 * cap:
+            keep = {t for t, _ in vocab.most_common(cap)}
+            for lab in list(into):
+                into[lab] = Counter({t: c for t, c in into[lab].items() if t in keep})
+    return into
+
+
+def log_odds_from_counts(
+    by_label: Mapping[str, Mapping[str, int]],
+    *,
+    top: int = 15,
+    prior_scale: float = 500.0,
+    min_count: int = 5,
+) -> list[dict[str, Any]]:
+    """``log_odds_terms`` from accumulated document counts per label (term → documents of that
+    label containing it), e.g. summed batch by batch. Ties in z are broken by term."""
     vocab: Counter[str] = Counter()
-    by_label: dict[str, Counter[str]] = {}
-    for toks, lab in docs:
-        vocab.update(toks)
-        by_label.setdefault(str(lab), Counter()).update(toks)
-    terms = [t for t, c in vocab.items() if c >= min_count]
+    for counts in by_label.values():
+        vocab.update(counts)
+    terms = sorted(t for t, c in vocab.items() if c >= min_count)
     if not terms:
         return []
     total = np.array([vocab[t] for t in terms], dtype=float)
@@ -276,14 +347,14 @@ def log_odds_terms(
     alpha0 = alpha.sum()
     out: list[dict[str, Any]] = []
     for lab, counts in sorted(by_label.items()):
-        ya = np.array([counts[t] for t in terms], dtype=float)
+        ya = np.array([counts.get(t, 0) for t in terms], dtype=float)
         yb = total - ya
         na, nb = ya.sum(), yb.sum()
         delta = np.log((ya + alpha) / (na + alpha0 - ya - alpha)) - np.log(
             (yb + alpha) / (nb + alpha0 - yb - alpha)
         )
         z = delta / np.sqrt(1 / (ya + alpha) + 1 / (yb + alpha))
-        for i in np.argsort(-z)[:top]:
+        for i in np.lexsort((np.arange(len(terms)), -z))[:top]:
             out.append(
                 {
                     "term": terms[i],
@@ -334,6 +405,66 @@ def slice_table(
             row["mean_label_quality"] = round(float(np.nanmean(vals)), 6)
         rows.append(row)
     return rows
+
+
+def membership_counts(
+    rows: np.ndarray, names: np.ndarray, y: np.ndarray, classes: Sequence[str]
+) -> tuple[Counter[str], Counter[str], Counter[tuple[str, str]]]:
+    """Counts for ``associations_from_counts`` from a sparse membership (record ``rows[j]`` is in
+    slice ``names[j]``; pairs unique) and label codes ``y`` (-1 = unlabeled) over ``classes``."""
+    labeled = y >= 0
+    label_counts = Counter(
+        {classes[c]: int(v) for c, v in enumerate(np.bincount(y[labeled], minlength=len(classes)))}
+    )
+    keep = labeled[rows] if rows.size else np.zeros(0, dtype=bool)
+    slice_sizes: Counter[str] = Counter()
+    joint: Counter[tuple[str, str]] = Counter()
+    for name, code in zip(names[keep].tolist(), y[rows[keep]].tolist(), strict=True):
+        slice_sizes[name] += 1
+        joint[(name, classes[code])] += 1
+    return label_counts, slice_sizes, joint
+
+
+def slice_table_sparse(
+    rows: np.ndarray,
+    names: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    label_issue: np.ndarray | None = None,
+    label_quality: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """``slice_table`` from a sparse membership (record ``rows[j]`` is in slice ``names[j]``) and
+    label codes ``y`` (-1 = unlabeled): memory grows with the matches, not the records."""
+    n = int(y.shape[0])
+    present = sorted({classes[c] for c in np.unique(y[y >= 0]).tolist()})
+    members: dict[str, np.ndarray] = {"(all)": np.arange(n)}
+    if rows.size:
+        order = np.argsort(names, kind="stable")
+        sorted_names = names[order]
+        uniq, starts = np.unique(sorted_names, return_index=True)
+        ends = list(starts[1:]) + [len(order)]
+        for name, a, b in zip(uniq.tolist(), starts, ends, strict=True):
+            members[str(name)] = np.sort(rows[order[a:b]])
+    out = []
+    for s, idx in sorted(members.items(), key=lambda kv: (kv[0] != "(all)", -len(kv[1]), kv[0])):
+        labeled = idx[y[idx] >= 0]
+        counts = np.bincount(y[labeled], minlength=len(classes))
+        row: dict[str, Any] = {
+            "slice": s,
+            "size": int(len(idx)),
+            "share": round(len(idx) / n, 6) if n else 0.0,
+            "labeled": int(len(labeled)),
+            "label_rates": {
+                c: round(int(counts[classes.index(c)]) / len(labeled), 6) if len(labeled) else None
+                for c in present
+            },
+        }
+        if label_issue is not None and len(labeled):
+            row["noise_rate"] = round(int(np.count_nonzero(label_issue[labeled])) / len(labeled), 6)
+        if label_quality is not None and len(labeled):
+            row["mean_label_quality"] = round(float(np.nanmean(label_quality[labeled])), 6)
+        out.append(row)
+    return out
 
 
 @dataclass

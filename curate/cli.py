@@ -145,6 +145,14 @@ def ingest_command(
     help="Use out-of-sample probabilities (a `thresher tune predict --out` file with p_<label> "
     "columns, or tune run RUN's predictions) instead of the ensemble.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "local", "stream", "ray"]),
+    default=None,
+    help="local = in memory; stream = two passes over Parquet batches (hashed naive Bayes, "
+    "for corpora past memory); ray = those passes on Ray Data (thresher[ray]); auto = stream "
+    "above score.stream_above records [config score.engine: auto].",
+)
 @force_option
 @json_option
 def score_command(
@@ -154,6 +162,7 @@ def score_command(
     no_embeddings: bool,
     learners: str | None,
     probs_from: str | None,
+    engine: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -164,6 +173,7 @@ def score_command(
     Examples:
       thresher curate score -p proj
       thresher curate score -p proj --folds 10 --no-embeddings
+      thresher curate score -p big-proj --engine stream
     """
     from curate.score import ScoreOptions, score
     from thresher.config import load_config
@@ -176,6 +186,7 @@ def score_command(
             "models.embedding": model,
             "score.embeddings": False if no_embeddings else None,
             "score.learners": learners.split(",") if learners else None,
+            "score.engine": engine,
         }
     )
     section = config.section("score")
@@ -192,15 +203,18 @@ def score_command(
         bias_min_count=int(section["bias_min_count"]),
         probs_from=probs_from,
         seed=int(config.get("seed")),
+        engine=str(section.get("engine") or "auto"),
+        stream_above=int(section.get("stream_above") or 200_000),
+        batch_size=int(section.get("batch_size") or 8192),
     )
-    with progress_bar(desc="embed") as bar:
+    with progress_bar(desc="score") as bar:
         result = score(project, opts, force=force, progress=bar.update)
     lines = []
     if result.noop:
         lines.append("score is up to date (inputs and config unchanged); --force redoes it")
     lines.append(
         f"scored {result.scored} of {result.records} records ({result.labeled} labeled) with "
-        f"{'+'.join(result.learners)}, {result.folds} folds"
+        f"{'+'.join(result.learners)}, {result.folds} folds ({result.engine} engine)"
     )
     lines.append(
         f"label issues: {result.label_issues}  near-OOD: {result.near_ood}  "

@@ -51,6 +51,24 @@ class ScoreOptions:
     bias_min_count: int = 5
     probs_from: str | None = None
     seed: int = 0
+    # local = in memory (all learners, outliers, map); stream = two passes over Parquet batches
+    # with hashed naive Bayes (never all texts in memory); ray = the same passes on Ray Data;
+    # auto = local up to ``stream_above`` records to score, stream above.
+    engine: str = "auto"
+    stream_above: int = 200_000
+    batch_size: int = 8192
+
+
+ENGINES = ("auto", "local", "stream", "ray")
+
+
+def resolve_engine(opts: ScoreOptions, rows: int) -> str:
+    """The engine that runs: ``auto`` picks ``stream`` above ``stream_above`` rows."""
+    if opts.engine not in ENGINES:
+        raise InputError(f"score engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")
+    if opts.engine != "auto":
+        return opts.engine
+    return "stream" if rows > opts.stream_above else "local"
 
 
 @dataclass
@@ -70,6 +88,7 @@ class ScoreResult:
     report: str
     noop: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    engine: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,11 +210,18 @@ def score(
     annotations, ann_path = _annotations(project)
     if ann_path is not None:
         inputs.append({"path": str(ann_path), "sha256": path_sha256(ann_path)})
-    config = {**asdict(opts), "lexicon": fingerprint(lexicon)}
+    engine = resolve_engine(opts, pq.ParquetFile(path_in).metadata.num_rows)
+    config = {**asdict(opts), "engine": engine, "lexicon": fingerprint(lexicon)}
     stage_fp = fingerprint({"inputs": inputs, "config": config})
     if not force and project.is_fresh(STAGE, stage_fp):
         manifest = project.read_manifest(STAGE) or {}
         return ScoreResult(**{**manifest["summary"], "noop": True})
+    if engine != "local":
+        return _score_streaming(
+            project, opts, engine, stage_in=stage_in, path_in=path_in, lexicon=lexicon,
+            inputs=inputs, config=config, stage_fp=stage_fp, annotations=annotations,
+            progress=progress,
+        )  # fmt: skip
 
     df = pd.read_parquet(path_in)
     if len(df) == 0:
@@ -322,6 +348,162 @@ def score(
     return summary
 
 
+def _score_streaming(
+    project: Project, opts: ScoreOptions, engine: str, *, stage_in, path_in, lexicon, inputs,
+    config, stage_fp, annotations, progress,
+) -> ScoreResult:  # fmt: skip
+    """The stage on the ``stream`` or ``ray`` engine (``curate.score_stream``): never all texts
+    in memory; no embeddings, outliers or map (their columns are null)."""
+    from curate import noise
+    from curate import score_stream as ss
+    from curate.report import ReportData, render_report, stage_counts
+
+    if opts.probs_from:
+        raise InputError("--probs-from works with the local engine only; add --engine local")
+    if opts.embeddings and "emb" in opts.learners:
+        log.info("%s engine: hashed naive Bayes only (no embeddings, outliers or map)", engine)
+    index = ss.read_index(path_in)
+    if len(index.ids) == 0:
+        raise InputError(f"{path_in} has no records; nothing to score")
+    with stage_output(
+        project, STAGE, stage_fp, inputs=inputs, config=config,
+        packages=("cleanlab", "scikit-learn", "numpy", "pyarrow") + (("ray",) * (engine == "ray")),
+    ) as run:  # fmt: skip
+        out = ss.score_passes(
+            path_in, index, engine=engine, folds=opts.folds, seed=opts.seed, lexicon=lexicon,
+            batch_size=opts.batch_size, progress=progress,
+        )  # fmt: skip
+        run.timings.update(out.timings)
+        res = out.res
+        rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
+        y, _ = noise.encode_labels(rep_labels, res.classes)
+        with run.timed("bias"):
+            report = ss.bias_from_scores(
+                out, y, alpha=opts.bias_alpha, min_count=opts.bias_min_count,
+                lexicon_groups=len(lexicon),
+            )  # fmt: skip
+        consensus, annotator_quality = None, {}
+        if annotations:
+            multi, annotator_quality = _score_annotations(
+                list(index.ids[index.rep]), annotations, res, noise
+            )
+            if multi is not None:
+                consensus = ss.consensus_map(multi)
+            if annotator_quality:
+                run.path("annotators.json").write_text(
+                    json.dumps({"annotator_quality": annotator_quality}, indent=2) + "\n",
+                    encoding="utf-8",
+                )
+        with run.timed("write"):
+            row_of = representative_rows(index.rep, index.clusters, index.ids)
+            quality, issue = expand_scores(index.rep, row_of, index.labels, res)
+            offsets_values = ss.group_lists(out.group_rows, out.group_names, len(res.label_issue))
+            written = ss.write_records(
+                path_in, run.path("records.parquet"), index=index, row_of=row_of,
+                quality=quality, issue=issue, res=res, groups=offsets_values,
+                consensus=consensus, batch_size=opts.batch_size,
+            )  # fmt: skip
+        bias_dict = report.to_dict()
+        run.path("bias.json").write_text(
+            json.dumps(bias_dict, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8"
+        )
+        summary = ScoreResult(
+            scored=len(res.label_issue),
+            records=written,
+            labeled=sum(v is not None for v in index.labels),
+            label_issues=int(issue.sum()),
+            near_ood=0,
+            significant_bias=sum(1 for g in report.groups if g["significant"]),
+            top_bias=[
+                {k: g[k] for k in ("name", "label", "lift", "q_value", "slice_size")}
+                for g in report.groups[:5]
+            ],
+            learners=list(res.learners),
+            folds=res.folds,
+            path=str(project.records_path(STAGE)),
+            report=str(project.stage_dir(STAGE) / "report.html"),
+            engine=engine,
+        )
+        scoring = {
+            "input stage": stage_in,
+            **ss.manifest_scoring(out, engine, ss.ns.VIEW_FEATURES),
+            "folds": res.folds,
+            "ranking": "normalized_margin",
+        }
+        with run.timed("report"):
+            frame = _report_frame(path_in, index, row_of, quality, issue, res, offsets_values,
+                                  opts.batch_size)  # fmt: skip
+            html_text = render_report(
+                ReportData(
+                    records=frame,
+                    bias=bias_dict,
+                    stage_counts={**stage_counts(project), "score": {"records": written}},
+                    coords=None,
+                    project=str(project.root),
+                    scoring=scoring,
+                )
+            )
+            run.path("report.html").write_text(html_text, encoding="utf-8")
+        run.counts.update(
+            {"rows_in": written, "scored": summary.scored, "label_issues": summary.label_issues,
+             "near_ood": 0}
+        )  # fmt: skip
+        summary.timings = dict(run.timings)
+        run.extra.update(
+            {"summary": _summary_json(summary), "scoring": scoring, "seed": opts.seed,
+             "classes": res.classes}
+        )  # fmt: skip
+    return summary
+
+
+def _report_frame(path_in, index, row_of, quality, issue, res, groups, batch_size: int):
+    """What the report needs for every row, without the texts: the text (and id) is read back
+    only for the rows the report shows (top issues, first member of conflicted clusters)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from curate.report import ReportData
+    from curate.score_stream import take_rows
+
+    n = len(index.ids)
+    offsets, values = groups
+    empty: list[str] = []
+    rep_groups = [
+        list(values[offsets[j] : offsets[j + 1]]) if offsets[j + 1] > offsets[j] else empty
+        for j in range(len(offsets) - 1)
+    ]
+    frame = pd.DataFrame(
+        {
+            "label": np.array(index.labels, dtype=object),
+            "label_quality": quality,
+            "label_issue": issue,
+            "predicted_label": np.asarray(res.predicted_label, dtype=object)[row_of],
+            "predicted_prob": res.predicted_prob[row_of],
+            "near_ood": np.zeros(n, dtype=bool),
+            "bias_groups": [rep_groups[j] for j in row_of],
+        }
+    )
+    names = set(pq.ParquetFile(path_in).schema_arrow.names)
+    show = frame[frame["label_issue"]].sort_values("label_quality")
+    show_rows = list(show.head(ReportData.top_issues).index)
+    if {"dup_cluster", "label_conflict"} <= names:
+        dup = pq.read_table(path_in, columns=["dup_cluster", "label_conflict"]).to_pandas()
+        frame["dup_cluster"] = dup["dup_cluster"].to_numpy()
+        frame["label_conflict"] = dup["label_conflict"].to_numpy()
+        conflicted = frame[frame["label_conflict"].fillna(False).astype(bool)
+                           & frame["dup_cluster"].notna()]  # fmt: skip
+        for _, members in list(conflicted.groupby("dup_cluster"))[:30]:
+            show_rows.append(int(members.index[0]))
+    picked = take_rows(path_in, np.array(sorted(set(show_rows)), dtype=np.int64),
+                       ["id", "text"], batch_size)  # fmt: skip
+    ids = np.full(n, None, dtype=object)
+    texts = np.full(n, None, dtype=object)
+    for row, rec in picked.items():
+        ids[row], texts[row] = rec["id"], rec["text"]
+    frame["id"], frame["text"] = ids, texts
+    return frame
+
+
 def _summary_json(summary: ScoreResult) -> dict[str, Any]:
     out = summary.to_dict()
     out.pop("noop")
@@ -347,20 +529,17 @@ def _score_annotations(ids, annotations, res, noise):
     return frame, multi.annotator_quality
 
 
-def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):
-    """Score columns for every row of ``df``: representatives get theirs; cluster members get
-    their representative's predictions and a label quality of their own label against them."""
+def representative_rows(rep: np.ndarray, clusters, ids) -> np.ndarray:
+    """For every row, the position (in representative order) of the representative whose
+    predictions it carries: its own for representatives, its cluster's for members."""
     import pandas as pd
 
-    from curate.noise import encode_labels, quality_scores
-
-    n = len(df)
-    src = np.flatnonzero(rep)  # row in df of each representative, in reps order
+    n = rep.shape[0]
+    src = np.flatnonzero(rep)  # row of each representative, in representative order
     row_of = np.empty(n, dtype=np.int64)
     row_of[src] = np.arange(len(src))
     if not rep.all():
         by_cluster = {}
-        clusters = df["dup_cluster"].to_numpy()
         for j, i in enumerate(src):
             if not pd.isna(clusters[i]):
                 by_cluster[clusters[i]] = j
@@ -368,31 +547,52 @@ def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):
             cluster = clusters[i]
             if pd.isna(cluster) or cluster not in by_cluster:
                 raise InputError(
-                    f"record {df['id'].iloc[i]} is not a representative and its cluster has none; "
+                    f"record {ids[i]} is not a representative and its cluster has none; "
                     "rerun `thresher curate dedup --force`"
                 )
             row_of[i] = by_cluster[cluster]
+    return row_of
+
+
+def expand_scores(rep: np.ndarray, row_of: np.ndarray, labels: list, res):
+    """``label_quality`` and ``label_issue`` for every row: representatives keep theirs; a
+    cluster member gets its own label's quality against its representative's predictions and
+    is an issue when its label differs from the representative's and the ensemble predicts
+    another label than the member's (same label as the representative: same verdict)."""
+    from curate.noise import encode_labels, quality_scores
+
     probs = res.pred_probs[row_of]
-    labels = [None if pd.isna(v) else str(v) for v in df["label"]]
-    y, _ = encode_labels(labels, res.classes) if _known(labels, res.classes) else (None, None)
     quality = res.label_quality[row_of].copy()
     issue = res.label_issue[row_of].copy()
     if not rep.all():
-        if y is None:
+        if _known(labels, res.classes):
+            y, _ = encode_labels(labels, res.classes)
+        else:
             y = np.array([res.classes.index(v) if v in res.classes else -1 for v in labels])
         members = ~rep
         quality[members] = quality_scores(y[members], probs[members])
+        src = np.flatnonzero(rep)
         rep_label = np.array([labels[src[j]] for j in row_of], dtype=object)
         own = np.array(labels, dtype=object)
         pred = np.array(res.predicted_label, dtype=object)[row_of]
         same = own == rep_label
-        # Same label as the representative: same verdict. Different label: an issue when the
-        # ensemble predicts another label than this member's.
         issue[members] = np.where(same[members], issue[members], pred[members] != own[members])
-        issue[members & pd.isna(own)] = False
+        issue[members & np.array([v is None for v in labels])] = False
+    return quality, issue.astype(bool)
+
+
+def _expand(df, rep, reps, res, out_score, near_ood, groups, coords):
+    """Score columns for every row of ``df`` (see ``expand_scores``)."""
+    import pandas as pd
+
+    clusters = df["dup_cluster"].to_numpy() if "dup_cluster" in df.columns else None
+    row_of = representative_rows(rep, clusters, df["id"].to_numpy())
+    probs = res.pred_probs[row_of]
+    labels = [None if pd.isna(v) else str(v) for v in df["label"]]
+    quality, issue = expand_scores(rep, row_of, labels, res)
     out = df.copy()
     out["label_quality"] = quality
-    out["label_issue"] = issue.astype(bool)
+    out["label_issue"] = issue
     out["predicted_label"] = [res.predicted_label[j] for j in row_of]
     out["predicted_prob"] = res.predicted_prob[row_of]
     # Class probabilities in sorted-label order (``classes`` in the manifest), for review/loop.

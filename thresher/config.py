@@ -88,6 +88,14 @@ score:
   # Significance level after Benjamini-Hochberg correction, and the smallest slice tested.
   bias_alpha: 0.05
   bias_min_count: 5
+  # local = in memory (all learners, outliers, embedding map); stream = two passes over the
+  # records in Parquet batches with hashed naive Bayes (exact K-fold, never all texts in memory;
+  # no embeddings/outliers/map); ray = the same passes on Ray Data (pip install thresher[ray]);
+  # auto = local up to stream_above records, stream above.
+  engine: auto
+  stream_above: 200000
+  # Records per batch on the stream/ray engines.
+  batch_size: 8192
 
 # Active learning (`thresher round`): which records go to annotators next.
 loop:

@@ -1,0 +1,556 @@
+"""The score stage's streaming engines (``stream`` on one machine, ``ray`` on Ray Data).
+
+No step holds all texts or features: the input Parquet is read in record batches three times.
+
+0. The small columns of every row (id, label, is_representative, dup_cluster): classes, checks.
+1. Per batch: hashed word + char n-gram features and naive Bayes' sufficient statistics per
+   fold and class (``curate.noise_stream``), plus word document counts per label for the
+   data-driven bias terms; summed over batches (associative: on Ray, ``map_batches`` + a reduce
+   on the driver).
+2. Per batch: each record's out-of-sample NB scores (fold ``f``'s model = all counts minus fold
+   ``f``'s, exact K-fold) and its lexicon groups/terms. The driver keeps (n, alphas, classes)
+   floats per record, calibrates them and runs cleanlab on the (n, k) arrays, as the in-memory
+   path does.
+3. Write ``records.parquet`` batch by batch (``ParquetWriter``): input columns + score columns.
+   The report reads back only the texts it shows.
+
+What the streaming engines do not compute: the embedding learner, outlier scores, the near-OOD
+flag and the embedding map (they need all vectors at once): ``outlier_score`` and ``near_ood`` are
+null. With dedup output only representatives are featurised, as in the in-memory path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate import noise_stream as ns
+from thresher.errors import InputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+WORD_CAP = 200_000  # distinct words kept for the data-driven bias terms (see merge_word_counts)
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a batch function needs (small; shipped to every Ray task)."""
+
+    classes: tuple[str, ...]
+    folds: int
+    seed: int
+    n_features: int = ns.VIEW_FEATURES
+    alphas: tuple[float, ...] = ns.ALPHAS
+    lexicon: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    dedup: bool = False
+
+
+@dataclass
+class Pass1Part:
+    counts: ns.CountPart
+    words: dict[str, Counter[str]]
+    rows: int
+
+
+def _rep_mask(batch) -> np.ndarray:
+    if "is_representative" not in batch.column_names:
+        return np.ones(batch.num_rows, dtype=bool)
+    col = batch.column("is_representative").to_numpy(zero_copy_only=False)
+    return np.array([True if v is None else bool(v) for v in col], dtype=bool)
+
+
+def _batch_fields(batch, ctx: BatchContext):
+    """The representatives' ids, texts and labels of an Arrow batch."""
+    keep = _rep_mask(batch) if ctx.dedup else np.ones(batch.num_rows, dtype=bool)
+    ids = batch.column("id").to_pylist()
+    texts = batch.column("text").to_pylist()
+    labels = batch.column("label").to_pylist() if "label" in batch.column_names else None
+    idx = np.flatnonzero(keep).tolist()
+    ids = [str(ids[i]) for i in idx]
+    texts = ["" if texts[i] is None else str(texts[i]) for i in idx]
+    labs = [None] * len(idx) if labels is None else [labels[i] for i in idx]
+    labs = [None if v is None else str(v) for v in labs]
+    return ids, texts, labs
+
+
+def pass1_batch(batch, ctx: BatchContext) -> Pass1Part:
+    """Pass 1 on one Arrow batch: NB sufficient statistics and word counts."""
+    from curate.bias import word_doc_counts
+
+    ids, texts, labels = _batch_fields(batch, ctx)
+    y = ns.label_codes(labels, ctx.classes)
+    fold = ns.fold_ids(ids, ctx.folds, ctx.seed)
+    X = ns.featurize(texts, ctx.n_features)
+    part = ns.batch_counts(X, y, fold, ctx.folds, len(ctx.classes))
+    return Pass1Part(part, word_doc_counts(texts, labels), len(ids))
+
+
+_MATCHERS: dict[Any, Any] = {}
+
+
+def _matcher(ctx: BatchContext):
+    from curate.bias import Matcher
+
+    key = ctx.lexicon
+    if key not in _MATCHERS:
+        _MATCHERS.clear()
+        _MATCHERS[key] = Matcher({g: list(t) for g, t in ctx.lexicon})
+    return _MATCHERS[key]
+
+
+def pass2_batch(batch, ctx: BatchContext, model: ns.NBModel):
+    """Pass 2 on one Arrow batch: out-of-sample NB scores and lexicon matches, one row per
+    representative (Arrow table: id, scores = alphas * classes floats, groups, terms)."""
+    import pyarrow as pa
+
+    ids, texts, labels = _batch_fields(batch, ctx)
+    y = ns.label_codes(labels, ctx.classes)
+    fold = np.where(y >= 0, ns.fold_ids(ids, ctx.folds, ctx.seed), -1)
+    scores = model.scores(ns.featurize(texts, ctx.n_features), fold)
+    matcher = _matcher(ctx)
+    found = [matcher.groups_and_terms(t) for t in texts]
+    width = scores.shape[1] * scores.shape[2]
+    flat = pa.array(scores.reshape(-1), type=pa.float64())
+    return pa.table(
+        {
+            "id": pa.array(ids, type=pa.string()),
+            "scores": pa.FixedSizeListArray.from_arrays(flat, width),
+            "groups": pa.array([g for g, _ in found], type=pa.list_(pa.string())),
+            "terms": pa.array([t for _, t in found], type=pa.list_(pa.string())),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Executors: the same batch functions, run in this process or on Ray Data
+
+
+def _read_columns(path: Path, dedup: bool) -> list[str]:
+    import pyarrow.parquet as pq
+
+    names = set(pq.ParquetFile(path).schema_arrow.names)
+    cols = ["id", "text"] + (["label"] if "label" in names else [])
+    if dedup and "is_representative" in names:
+        cols.append("is_representative")
+    return cols
+
+
+def _local_batches(path: Path, columns: list[str], batch_size: int) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+class LocalRunner:
+    """Both passes in this process, batch after batch."""
+
+    name = "stream"
+
+    def __init__(self, path: Path, ctx: BatchContext, batch_size: int, progress=None):
+        self.path, self.ctx, self.batch_size, self.progress = path, ctx, batch_size, progress
+        self.columns = _read_columns(path, ctx.dedup)
+
+    def pass1(self) -> Iterator[Pass1Part]:
+        for batch in _local_batches(self.path, self.columns, self.batch_size):
+            yield pass1_batch(batch, self.ctx)
+            if self.progress:
+                self.progress(batch.num_rows)
+
+    def pass2(self, model: ns.NBModel) -> Iterator[Any]:
+        for batch in _local_batches(self.path, self.columns, self.batch_size):
+            yield pass2_batch(batch, self.ctx, model)
+            if self.progress:
+                self.progress(batch.num_rows)
+
+
+def import_ray():
+    """Ray with Ray Data, or a one-line error with the install hint."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as err:
+        raise MissingDependencyError(
+            "the ray engine needs Ray Data; pip install 'thresher[ray]'"
+        ) from err
+    return ray
+
+
+def _ray_pass1(batch, ctx: BatchContext):
+    """map_batches task: one batch → one row holding its pickled partial statistics."""
+    import pyarrow as pa
+
+    part = pass1_batch(batch, ctx)
+    return pa.table({"part": pa.array([pickle.dumps(part)], type=pa.binary())})
+
+
+def _ray_pass2(batch, ctx: BatchContext, model_ref):
+    import ray
+
+    model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
+    return pass2_batch(batch, ctx, model)
+
+
+class RayRunner:
+    """Both passes as Ray Data ``map_batches`` over the input Parquet; the driver reduces pass 1
+    and collects pass 2's small per-record outputs in input order. ``ray.init()`` is left to the
+    caller or to Ray's defaults (a local instance, or the cluster named by ``RAY_ADDRESS``)."""
+
+    name = "ray"
+
+    def __init__(self, path: Path, ctx: BatchContext, batch_size: int, progress=None):
+        self.ray = import_ray()
+        if not self.ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+            self.ray.init(include_dashboard=False, log_to_driver=False)
+        self.path, self.ctx, self.batch_size, self.progress = path, ctx, batch_size, progress
+        self.columns = _read_columns(path, ctx.dedup)
+
+    def _dataset(self):
+        data = self.ray.data
+        data.DataContext.get_current().execution_options.preserve_order = True
+        return data.read_parquet(str(self.path), columns=self.columns)
+
+    def pass1(self) -> Iterator[Pass1Part]:
+        out = self._dataset().map_batches(
+            _ray_pass1, fn_kwargs={"ctx": self.ctx}, batch_format="pyarrow",
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            for blob in batch.column("part").to_pylist():
+                part = pickle.loads(blob)
+                if self.progress:
+                    self.progress(part.rows)
+                yield part
+
+    def pass2(self, model: ns.NBModel) -> Iterator[Any]:
+        ref = self.ray.put(model)
+        out = self._dataset().map_batches(
+            _ray_pass2, fn_kwargs={"ctx": self.ctx, "model_ref": ref}, batch_format="pyarrow",
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            if batch.num_rows:
+                if self.progress:
+                    self.progress(batch.num_rows)
+                yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class Index:
+    """Pass 0: the small columns of every row (no text)."""
+
+    ids: np.ndarray  # object (str)
+    labels: list[str | None]
+    rep: np.ndarray  # bool
+    clusters: np.ndarray | None
+    dedup: bool
+
+
+def read_index(path: Path) -> Index:
+    """Ids, labels and dedup columns of every row (a few dozen bytes per record)."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.ParquetFile(path).schema_arrow.names)
+    cols = [c for c in ("id", "label", "is_representative", "dup_cluster") if c in names]
+    table = pq.read_table(path, columns=cols)
+    ids = np.array(table.column("id").to_pylist(), dtype=object)
+    labels = table.column("label").to_pylist() if "label" in names else [None] * len(ids)
+    labels = [None if v is None else str(v) for v in labels]
+    dedup = "is_representative" in names
+    if dedup:
+        rep = np.array(
+            [True if v is None else bool(v) for v in table.column("is_representative").to_pylist()]
+        )
+    else:
+        rep = np.ones(len(ids), dtype=bool)
+    clusters = None
+    if "dup_cluster" in names:
+        clusters = table.column("dup_cluster").to_pandas().to_numpy()
+    return Index(ids, labels, rep, clusters, dedup)
+
+
+@dataclass
+class StreamScores:
+    """What the streaming passes produce for the stage (representatives in file order)."""
+
+    res: Any  # curate.noise.NoiseResult over the representatives
+    group_rows: np.ndarray  # sparse membership: representative position, group name
+    group_names: np.ndarray
+    term_rows: np.ndarray
+    term_names: np.ndarray
+    words: dict[str, Counter[str]]
+    alpha: float
+    log_loss: dict[float, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def score_passes(
+    path: Path,
+    index: Index,
+    *,
+    engine: str,
+    folds: int,
+    seed: int,
+    lexicon: dict[str, list[str]],
+    batch_size: int,
+    ranking: str = "normalized_margin",
+    filter_by: str = "low_quality",
+    n_features: int = ns.VIEW_FEATURES,
+    alphas: tuple[float, ...] = ns.ALPHAS,
+    progress: Callable[[int], None] | None = None,
+) -> StreamScores:
+    """Passes 1 and 2 and the cleanlab scoring of the representatives of the records at
+    ``path``. ``engine``: ``stream`` (this process) or ``ray`` (Ray Data)."""
+    import time
+
+    from curate.bias import merge_word_counts
+    from curate.noise import NoiseResult, effective_folds, encode_labels, issue_mask, quality_scores
+
+    rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
+    y, classes = encode_labels(rep_labels)
+    k_folds = effective_folds(y, folds)
+    ctx = BatchContext(
+        classes=tuple(classes), folds=k_folds, seed=seed, n_features=n_features, alphas=alphas,
+        lexicon=tuple((g, tuple(t)) for g, t in sorted(lexicon.items())), dedup=index.dedup,
+    )  # fmt: skip
+    runner_cls = {"stream": LocalRunner, "ray": RayRunner}.get(engine)
+    if runner_cls is None:
+        raise InputError(f"unknown streaming engine {engine!r}; choose stream or ray")
+    runner = runner_cls(path, ctx, batch_size, progress)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    stats = ns.NBStats.zeros(k_folds, len(classes), 2 * n_features)
+    words: dict[str, Counter[str]] = {}
+    seen = 0
+    for part in runner.pass1():
+        stats.add(part.counts)
+        merge_word_counts(words, part.words, cap=WORD_CAP)
+        seen += part.rows
+    if seen != len(y):
+        raise InputError(f"{path}: read {seen} representatives in pass 1, expected {len(y)}")
+    model = ns.NBModel.from_stats(stats, alphas)
+    timings["pass1_counts"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    scores = np.zeros((len(y), len(alphas), len(classes)))
+    groups: list[tuple[np.ndarray, np.ndarray]] = []
+    terms: list[tuple[np.ndarray, np.ndarray]] = []
+    rep_ids = index.ids[index.rep]
+    pos = 0
+    for table in runner.pass2(model):
+        n = table.num_rows
+        got = table.column("id").to_pylist()
+        if got != list(rep_ids[pos : pos + n]):
+            raise RuntimeError(f"{engine}: pass 2 rows out of input order at row {pos}")
+        flat = table.column("scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        scores[pos : pos + n] = flat.reshape(n, len(alphas), len(classes))
+        groups.append(_sparse(table.column("groups"), pos))
+        terms.append(_sparse(table.column("terms"), pos))
+        pos += n
+    if pos != len(y):
+        raise InputError(f"{path}: scored {pos} representatives in pass 2, expected {len(y)}")
+    timings["pass2_scores"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    cal = ns.calibrate(scores, y, alphas=alphas, seed=seed)
+    del scores
+    probs = cal.probs
+    quality = quality_scores(y, probs, ranking)
+    issues = issue_mask(y, probs, filter_by, ranking)
+    pred = probs.argmax(axis=1)
+    res = NoiseResult(
+        classes=list(classes),
+        pred_probs=probs,
+        label_quality=quality,
+        label_issue=issues,
+        predicted_label=[classes[i] for i in pred],
+        predicted_prob=probs[np.arange(len(pred)), pred],
+        folds=k_folds,
+        learners=(ns.LEARNER,),
+    )
+    timings["calibrate_cleanlab"] = round(time.perf_counter() - t0, 3)
+    g_rows, g_names = _concat(groups)
+    t_rows, t_names = _concat(terms)
+    return StreamScores(
+        res, g_rows, g_names, t_rows, t_names, words, cal.alpha, cal.log_loss, timings
+    )
+
+
+def _sparse(column, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64) + offset
+    names = np.array(pc.list_flatten(arr).to_pylist(), dtype=object)
+    return rows, names
+
+
+def _concat(parts) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=object)
+    return (
+        np.concatenate([r for r, _ in parts]).astype(np.int64),
+        np.concatenate([n for _, n in parts]).astype(object),
+    )
+
+
+def bias_from_scores(out: StreamScores, y: np.ndarray, *, alpha: float, min_count: int,
+                     lexicon_groups: int, top_terms: int = 15):  # fmt: skip
+    """The ``bias.json`` report from the streamed counts and memberships."""
+    from dataclasses import asdict
+
+    from curate import bias as b
+
+    classes = out.res.classes
+    rows = []
+    for kind, (r, n) in (("group", (out.group_rows, out.group_names)),
+                         ("term", (out.term_rows, out.term_names))):  # fmt: skip
+        counts = b.membership_counts(r, n, y, classes)
+        rows.append(
+            b.associations_from_counts(*counts, kind=kind, min_count=min_count, alpha=alpha)
+        )
+    return b.BiasReport(
+        groups=[asdict(r) for r in rows[0]],
+        terms=[asdict(r) for r in rows[1]],
+        data_driven_terms=b.log_odds_from_counts(out.words, top=top_terms, min_count=min_count),
+        slices=b.slice_table_sparse(
+            out.group_rows,
+            out.group_names,
+            y,
+            classes,
+            out.res.label_issue,
+            out.res.label_quality,
+        ),  # fmt: skip
+        alpha=alpha,
+        min_count=min_count,
+        lexicon_groups=lexicon_groups,
+    )
+
+
+def group_lists(rows: np.ndarray, names: np.ndarray, n: int):
+    """Sparse membership → (offsets (n + 1), values sorted per row) for building list columns."""
+    order = np.lexsort((names.astype(str), rows)) if rows.size else np.zeros(0, np.int64)
+    counts = np.bincount(rows, minlength=n) if rows.size else np.zeros(n, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return offsets, names[order]
+
+
+def write_records(
+    path_in: Path,
+    path_out: Path,
+    *,
+    index: Index,
+    row_of: np.ndarray,
+    quality: np.ndarray,
+    issue: np.ndarray,
+    res,
+    groups: tuple[np.ndarray, np.ndarray],
+    consensus: dict[str, tuple[str, float, float]] | None,
+    batch_size: int,
+) -> int:
+    """Pass 3: every input row + the score columns, written batch by batch (zstd Parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offsets, values = groups
+    classes = res.classes
+    k = len(classes)
+    writer = None
+    start = 0
+    try:
+        for batch in pq.ParquetFile(path_in).iter_batches(batch_size=batch_size):
+            n = batch.num_rows
+            sl = slice(start, start + n)
+            r = row_of[sl]
+            probs = res.pred_probs[r]
+            pred = np.asarray(res.predicted_label, dtype=object)[r]
+            lens = offsets[r + 1] - offsets[r]
+            starts = np.repeat(offsets[r], lens) + (
+                np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+            )
+            cols = dict(zip(batch.schema.names, batch.columns, strict=True))
+            cols["label_quality"] = pa.array(quality[sl], type=pa.float64(), from_pandas=True)
+            cols["label_issue"] = pa.array(issue[sl], type=pa.bool_())
+            cols["predicted_label"] = pa.array(pred.tolist(), type=pa.string())
+            cols["predicted_prob"] = pa.array(res.predicted_prob[r], type=pa.float64())
+            cols["pred_probs"] = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+                pa.array(probs.reshape(-1), type=pa.float64()),
+            )
+            cols["outlier_score"] = pa.nulls(n, pa.float64())
+            cols["near_ood"] = pa.nulls(n, pa.bool_())
+            cols["bias_groups"] = pa.ListArray.from_arrays(
+                pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)),
+                pa.array(values[starts].tolist(), type=pa.string()),
+            )
+            if consensus is not None:
+                ids = index.ids[sl]
+                hit = [consensus.get(str(i)) for i in ids]
+                for j, (name, kind) in enumerate(
+                    (("consensus_label", pa.string()), ("consensus_quality", pa.float64()),
+                     ("annotator_agreement", pa.float64()))
+                ):  # fmt: skip
+                    cols[name] = pa.array([h[j] if h else None for h in hit], kind)
+            table = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(path_out, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            start += n
+    finally:
+        if writer is not None:
+            writer.close()
+    return start
+
+
+def take_rows(path: Path, rows: np.ndarray, columns: list[str], batch_size: int) -> dict[int, dict]:
+    """Read back only ``rows`` (positions) of the Parquet at ``path``: {row: {col: value}}."""
+    import pyarrow.parquet as pq
+
+    want = np.unique(rows)
+    out: dict[int, dict] = {}
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+        n = batch.num_rows
+        lo, hi = np.searchsorted(want, [start, start + n])
+        if hi > lo:
+            picked = batch.take(want[lo:hi] - start).to_pylist()
+            out.update(zip(want[lo:hi].tolist(), picked, strict=True))
+        start += n
+    return out
+
+
+def consensus_map(frame) -> dict[str, tuple[str, float, float]]:
+    return {
+        str(i): (lab, float(q), float(a))
+        for i, lab, q, a in zip(
+            frame["id"],
+            frame["consensus_label"],
+            frame["consensus_quality"],
+            frame["annotator_agreement"],
+            strict=True,
+        )  # fmt: skip
+    }
+
+
+def manifest_scoring(out: StreamScores, engine: str, n_features: int) -> dict[str, Any]:
+    return {
+        "engine": engine,
+        "learners": ns.LEARNER,
+        "features": f"hashed word 1-2 + char_wb 2-5 grams, 2 x {n_features}",
+        "nb_alpha": out.alpha,
+        "calibration_log_loss": json.loads(json.dumps(out.log_loss)),
+    }
