@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 SERVER_STAMP := $(VENV)/.server-installed
 
-.PHONY: install system-deps server-install demo test test-unit test-integration lint bench bench-gpu clean
+.PHONY: install system-deps server-install demo test test-unit test-integration lint bench bench-score-stream bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,9 +74,13 @@ bench: install server-install
 	$(BIN)/python benchmarks/tune_cpu.py --size 2000 --epochs 1 --out $(R)/tune_cpu.json
 	$(BIN)/python benchmarks/curation_lift.py --steps 88 --out $(R)/curation_lift.json
 
-# Needs a CUDA GPU: the recipe's step vs HF Trainer + peft.
+# Streaming score at 1M records vs the in-memory engine and Ray at 100k (~15 min on 2 cores).
+bench-score-stream: install
+	$(BIN)/python benchmarks/score_stream.py --out $(R)/score_stream.json
+
+# Needs a CUDA GPU: the recipe's step (eager, compiled) vs HF Trainer + peft, with a profile.
 bench-gpu: install
-	$(BIN)/python benchmarks/tune_gpu.py --out $(R)/tune_gpu.json
+	$(BIN)/python benchmarks/tune_gpu.py --profile $(R)/tune_gpu_profile.txt --out $(R)/tune_gpu.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache
