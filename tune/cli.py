@@ -51,7 +51,23 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option("--grad-accum", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--max-length", type=int, default=None)
-@click.option("--label-issues", type=click.Choice(["exclude", "downweight", "keep"]), default=None)
+@click.option(
+    "--label-issues",
+    type=click.Choice(["exclude", "downweight", "relabel", "keep"]),
+    default=None,
+    help="Suspected label errors (score stage) [config tune.label_issues].",
+)
+@click.option(
+    "--issue-min-prob",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Act on flags with predicted_prob >= this [tune.issue_min_prob].",
+)
+@click.option(
+    "--curate-val/--no-curate-val",
+    default=None,
+    help="Apply --label-issues to the validation split too [tune.curate_val].",
+)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
 @click.option("--qlora", is_flag=True, default=None, help="4-bit base (bitsandbytes + GPU).")
 @click.option("--gradient-checkpointing", is_flag=True, default=None)
@@ -71,6 +87,8 @@ def train_command(
     lr: float | None,
     max_length: int | None,
     label_issues: str | None,
+    issue_min_prob: float | None,
+    curate_val: bool | None,
     precision: str | None,
     qlora: bool | None,
     gradient_checkpointing: bool | None,
@@ -109,6 +127,8 @@ def train_command(
             "tune.lr": lr,
             "tune.max_length": max_length,
             "tune.label_issues": label_issues,
+            "tune.issue_min_prob": issue_min_prob,
+            "tune.curate_val": curate_val,
             "tune.precision": precision,
             "tune.qlora": qlora,
             "tune.gradient_checkpointing": gradient_checkpointing,
