@@ -81,29 +81,60 @@ def score_inline(project: Path) -> str:
 
     proj = Project.at(project)
     records = pd.read_parquet(proj.records_path("ingest"))
-    classes = sorted(records["label"].unique())
-    y = records["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    known = records["label"].notna().to_numpy()
+    classes = sorted(records["label"][known].unique())
+    y = records["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy()
     x = embed_texts(records["text"].tolist(), cache_dir=project / ".cache" / "embeddings")
-    probs = cross_val_predict(
-        LogisticRegression(max_iter=2000, C=4.0), x, y, cv=5, method="predict_proba"
+    model = LogisticRegression(max_iter=2000, C=4.0)
+    probs = np.zeros((len(records), len(classes)))
+    probs[known] = cross_val_predict(model, x[known], y, cv=5, method="predict_proba")
+    probs[~known] = model.fit(x[known], y).predict_proba(x[~known])
+    records["label_issue"] = False
+    records.loc[known, "label_issue"] = find_label_issues(
+        y, probs[known], filter_by="prune_by_noise_rate"
     )
-    records["label_issue"] = find_label_issues(y, probs, filter_by="prune_by_noise_rate")
-    records["label_quality"] = probs[np.arange(len(y)), y]
+    records["label_quality"] = np.nan
+    records.loc[known, "label_quality"] = probs[known][np.arange(len(y)), y]
     pred = probs.argmax(axis=1)
     records["predicted_label"] = [classes[i] for i in pred]
-    records["predicted_prob"] = probs[np.arange(len(y)), pred]
+    records["predicted_prob"] = probs[np.arange(len(records)), pred]
     proj.stage_dir("score").mkdir(parents=True, exist_ok=True)
     records.to_parquet(proj.records_path("score"), index=False)
     return "inline cleanlab (MiniLM embeddings + logreg, 5-fold out-of-sample probs)"
 
 
+def hidden_test_labels(project: Path, run):
+    """Run ``run()`` with the test split's labels hidden from the ingest records (so the label
+    issue detector never learns from test labels), then put them back into ingest and score."""
+    import pandas as pd
+
+    from thresher.project import Project
+
+    proj = Project.at(project)
+    split = pd.read_parquet(project / "tune" / "split.parquet")
+    test = set(split["id"][split["split"] == "test"])
+    path = proj.records_path("ingest")
+    records = pd.read_parquet(path)
+    hidden = records.assign(label=records["label"].where(~records["id"].isin(test), None))
+    hidden.to_parquet(path, index=False)
+    try:
+        result = run()
+    finally:
+        records.to_parquet(path, index=False)
+    scored = pd.read_parquet(proj.records_path("score"))
+    gold = dict(zip(records["id"], records["label"], strict=True))
+    scored["label"] = scored["id"].map(gold)
+    scored.to_parquet(proj.records_path("score"), index=False)
+    return result
+
+
 def score_stage(project: Path, seed: int) -> str:
-    """DIR/score/records.parquet from the real score stage (default options)."""
+    """DIR/score/records.parquet from the real score stage (default options), test labels hidden."""
     from curate.score import ScoreOptions, score
     from thresher.project import Project
 
     opts = ScoreOptions(seed=seed)
-    res = score(Project.at(project), opts, force=True)
+    res = hidden_test_labels(project, lambda: score(Project.at(project), opts, force=True))
     return (
         f"score stage (curate.score, learners {'+'.join(res.learners)}, "
         f"{opts.repeats}x{res.folds} folds, default options)"
@@ -181,7 +212,19 @@ def test_preds(run: Path):
     )
 
 
+def cache_file(args, seed: int, name: str) -> Path | None:
+    """Where ``--cache`` keeps one (seed, variant) result of this exact setup (None: no cache)."""
+    if args.cache is None:
+        return None
+    key = (
+        f"n{args.size}_f{args.flip}_{args.detector}h_e{args.epochs}_s{args.steps}_p{args.patience}"
+        f"_v{args.eval_steps}_lr{args.lr}_w{args.issue_weight}"
+    )
+    return args.cache / key / f"seed{seed}_{name}.json"
+
+
 def run_seed(args, seed: int, workdir: Path) -> dict:
+    import numpy as np
     import pandas as pd
 
     from tune import TuneOptions, train
@@ -191,7 +234,10 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
     project = demo_project(workdir, args.size, seed)
     flipped = flip_train_labels(project, args.flip, seed)
     t0 = time.perf_counter()
-    scorer = score_stage(project, seed) if args.detector == "score" else score_inline(project)
+    if args.detector == "score":
+        scorer = score_stage(project, seed)
+    else:
+        scorer = hidden_test_labels(project, lambda: score_inline(project))
     score_seconds = round(time.perf_counter() - t0, 1)
     score_path = project / "score" / "records.parquet"
     detected = pd.read_parquet(score_path)
@@ -212,6 +258,12 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
     preds = {}
     for name in args.variants:
         spec = parse_variant(name)
+        cached = cache_file(args, seed, name)
+        if cached is not None and cached.exists():
+            blob = json.loads(cached.read_text())
+            out["variants"][name] = blob["entry"]
+            preds[name] = (blob["ids"], np.array(blob["gold"]), np.array(blob["pred"]), blob["k"])
+            continue
         frame = oracle if spec["oracle"] else detected
         frame.to_parquet(score_path, index=False)
         t0 = time.perf_counter()
@@ -267,6 +319,16 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
                 round(100 * boot["ci_high"], 2),
             ]
         out["variants"][name] = entry
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            blob = {
+                "entry": entry,
+                "ids": ids,
+                "gold": gold.tolist(),
+                "pred": pred.tolist(),
+                "k": k,
+            }
+            cached.write_text(json.dumps(blob))
         logging.warning(
             "seed %d %s: %s",
             seed,
@@ -300,6 +362,9 @@ def main() -> None:
     parser.add_argument("--issue-weight", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep/reuse each (seed, variant) result here"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.variants[0] != "raw":

@@ -216,3 +216,21 @@ def test_relabel_needs_predicted_labels(project):
         build_dataset(proj, DataOptions(label_issues="relabel"))
     with pytest.raises(ThresherError, match="label_issues policy"):
         build_dataset(proj, DataOptions(label_issues="flip"))
+
+
+def test_curation_options_come_from_the_config(project):
+    from thresher.config import load_config
+    from tune.options import options_from_config
+
+    config = load_config(project)
+    default = options_from_config(config).data
+    assert (default.label_issues, default.issue_min_prob, default.curate_val) == (
+        DataOptions().label_issues,
+        DataOptions().issue_min_prob,
+        DataOptions().curate_val,
+    )  # the config template and the dataclass agree
+    cli = config.with_overrides(
+        {"tune.label_issues": "relabel", "tune.issue_min_prob": 0.7, "tune.curate_val": True}
+    )
+    data = options_from_config(cli).data
+    assert (data.label_issues, data.issue_min_prob, data.curate_val) == ("relabel", 0.7, True)
