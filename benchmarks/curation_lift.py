@@ -16,6 +16,9 @@ Per seed (the subsample, the flips and the training seed all follow it):
    - ``oracle-POLICY[+val]``: the same with the detector replaced by the truth (exactly the
      flipped rows flagged, their true label as ``predicted_label``): the ceiling of cleaning.
      ``oracle-relabel`` trains on the clean labels.
+   - ``reviewK-POLICY``: the product's review loop, simulated: annotators settle the K most
+     suspicious flagged train/val records (lowest ``label_quality``) with their true labels
+     (``DIR/review/annotations.parquet``); the other flags follow POLICY.
 5. Per variant: test macro-F1, lift over raw with a paired bootstrap 95 % CI (per seed, and
    pooled over seeds: test rows resampled within each seed, the mean lift recomputed), the
    detector's precision/recall on the rows the policy acted on, train seconds.
@@ -142,20 +145,48 @@ def score_stage(project: Path, seed: int) -> str:
 
 
 def parse_variant(name: str) -> dict:
-    """``raw`` | ``[oracle-]POLICY[@MIN_PROB][+val]`` → mode, policy, min prob, oracle, val."""
+    """``raw`` | ``[oracle-|reviewK-]POLICY[@MIN_PROB][+val]`` → mode, policy, min prob, oracle,
+    review budget, val."""
     if name == "raw":
-        return {"mode": "raw", "policy": "keep", "min_prob": 0.0, "oracle": False, "val": False}
+        return {
+            "mode": "raw",
+            "policy": "keep",
+            "min_prob": 0.0,
+            "oracle": False,
+            "review": 0,
+            "val": False,
+        }
     rest, val = (name[:-4], True) if name.endswith("+val") else (name, False)
     oracle = rest.startswith("oracle-")
     rest = rest.removeprefix("oracle-")
+    review = 0
+    if rest.startswith("review"):
+        budget, _, rest = rest.partition("-")
+        review = int(budget.removeprefix("review"))
     policy, _, prob = rest.partition("@")
     return {
         "mode": "curated",
         "policy": policy,
         "min_prob": float(prob or 0.0),
         "oracle": oracle,
+        "review": review,
         "val": val,
     }
+
+
+def simulate_review(project: Path, detected, flipped: set[str], trainval: set[str], budget: int):
+    """``DIR/review/annotations.parquet`` as if annotators had settled the ``budget`` most
+    suspicious flagged train/val records (lowest label_quality) with their true labels."""
+    import pandas as pd
+
+    flags = detected[detected["label_issue"].astype(bool) & detected["id"].isin(trainval)]
+    top = flags.sort_values(["label_quality", "id"]).head(budget)
+    true = top["label"].where(~top["id"].isin(flipped), top["label"].map(OTHER))
+    (project / "review").mkdir(exist_ok=True)
+    pd.DataFrame({"id": top["id"], "label": true}).to_parquet(
+        project / "review" / "annotations.parquet", index=False
+    )
+    return set(top["id"])
 
 
 def oracle_frame(detected, flipped: set[str]):
@@ -168,14 +199,18 @@ def oracle_frame(detected, flipped: set[str]):
     return frame
 
 
-def acted_on(run: Path, data_counts: dict, detected, spec: dict, trainval: set[str]) -> set[str]:
-    """Train/val ids the policy changed (excluded, down-weighted or relabelled)."""
-    flags = detected[detected["label_issue"].astype(bool) & detected["id"].isin(trainval)]
+def acted_on(detected, spec: dict, trainval: set[str], reviewed: set[str]) -> set[str]:
+    """Train/val ids the curation changed (reviewed, excluded, down-weighted or relabelled)."""
+    flags = detected[
+        detected["label_issue"].astype(bool)
+        & detected["id"].isin(trainval)
+        & ~detected["id"].isin(reviewed)
+    ]
     if spec["min_prob"] > 0:
         flags = flags[flags["predicted_prob"] >= spec["min_prob"]]
     if spec["policy"] == "relabel":
         flags = flags[flags["predicted_label"] != flags["label"]]
-    return set(flags["id"]) if spec["policy"] != "keep" else set()
+    return (set(flags["id"]) if spec["policy"] != "keep" else set()) | reviewed
 
 
 def pooled_ci(per_seed: list[tuple], n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -231,6 +266,21 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
     from tune.evaluate import bootstrap_diff, macro_f1
     from tune.options import DataOptions
 
+    head_file = cache_file(args, seed, "detector")
+    files = [cache_file(args, seed, name) for name in args.variants]
+    if head_file is not None and all(f.exists() for f in [head_file, *files]):
+        out = json.loads(head_file.read_text())
+        out["variants"], out["_preds"] = {}, {}
+        for name, f in zip(args.variants, files, strict=True):
+            blob = json.loads(f.read_text())
+            out["variants"][name] = blob["entry"]
+            out["_preds"][name] = (
+                blob["ids"],
+                np.array(blob["gold"]),
+                np.array(blob["pred"]),
+                blob["k"],
+            )
+        return out
     project = demo_project(workdir, args.size, seed)
     flipped = flip_train_labels(project, args.flip, seed)
     t0 = time.perf_counter()
@@ -254,6 +304,9 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
         "label_issue_scorer": scorer,
         "variants": {},
     }
+    if head_file is not None:
+        head_file.parent.mkdir(parents=True, exist_ok=True)
+        head_file.write_text(json.dumps(out))
     oracle = oracle_frame(detected, flipped)
     preds = {}
     for name in args.variants:
@@ -266,6 +319,9 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
             continue
         frame = oracle if spec["oracle"] else detected
         frame.to_parquet(score_path, index=False)
+        reviewed = set()
+        if spec["review"]:
+            reviewed = simulate_review(project, frame, flipped, trainval, spec["review"])
         t0 = time.perf_counter()
         run = train(
             project,
@@ -290,14 +346,11 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
             ),
         )
         seconds = round(time.perf_counter() - t0, 1)
+        (project / "review" / "annotations.parquet").unlink(missing_ok=True)
         metrics = json.loads((run / "metrics.json").read_text())
         ids, gold, pred, k = test_preds(run)
         preds[name] = (ids, gold, pred, k)
-        changed = (
-            acted_on(run, metrics["data"], frame, spec, trainval)
-            if spec["mode"] != "raw"
-            else set()
-        )
+        changed = acted_on(frame, spec, trainval, reviewed) if spec["mode"] != "raw" else set()
         entry = {
             "test_macro_f1": round(macro_f1(gold, pred, k), 4),
             "best_val_macro_f1": metrics["train"].get("best_val_macro_f1"),
