@@ -219,9 +219,13 @@ def _issues(frame, best, reviewed: dict[str, str], opts: DataOptions):
     issue = _flag(frame, "label_issue") & ~frame["id"].isin(reviewed.keys())
     if opts.mode == "raw":
         return issue & False, best
-    prob = frame["predicted_prob"] if "predicted_prob" in frame.columns else None
-    if opts.issue_min_prob > 0 and prob is not None:
-        issue &= prob.fillna(0.0).astype(float) >= opts.issue_min_prob
+    if opts.issue_min_prob > 0:
+        if "predicted_prob" not in frame.columns:
+            raise ThresherError(
+                "issue_min_prob needs predicted_prob from the score stage; "
+                "rerun `thresher curate score` or set issue_min_prob: 0"
+            )
+        issue &= frame["predicted_prob"].fillna(0.0).astype(float) >= opts.issue_min_prob
     relabel_to = best
     if opts.label_issues == "relabel":
         if "predicted_label" not in frame.columns:

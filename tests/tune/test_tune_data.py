@@ -214,6 +214,8 @@ def test_relabel_needs_predicted_labels(project):
     _write_stage(proj, "score", frame)
     with pytest.raises(ThresherError, match="predicted_label"):
         build_dataset(proj, DataOptions(label_issues="relabel"))
+    with pytest.raises(ThresherError, match="predicted_prob"):
+        build_dataset(proj, DataOptions(issue_min_prob=0.5))
     with pytest.raises(ThresherError, match="label_issues policy"):
         build_dataset(proj, DataOptions(label_issues="flip"))
 
