@@ -164,10 +164,15 @@ tune:
   task: classify
   # curated: dedup representatives, reviewed labels over raw ones, label issues as below. raw: all.
   data: curated
-  # Suspected label errors (score stage label_issue): exclude | downweight | keep.
+  # Suspected label errors (score stage label_issue): exclude | downweight | keep |
+  # relabel (to the score stage's out-of-sample predicted_label).
   label_issues: exclude
   # Loss weight of a suspected label error when label_issues is downweight.
   issue_weight: 0.3
+  # Act only on flags whose predicted_prob (out-of-sample probability of another label) >= this.
+  issue_min_prob: 0.0
+  # Apply label_issues to the validation split too (early stopping); the test split never.
+  curate_val: false
   # The split is made once per project (DIR/tune/split.parquet) and then fixed.
   val_fraction: 0.15
   test_fraction: 0.15

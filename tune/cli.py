@@ -51,7 +51,23 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option("--grad-accum", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--max-length", type=int, default=None)
-@click.option("--label-issues", type=click.Choice(["exclude", "downweight", "keep"]), default=None)
+@click.option(
+    "--label-issues",
+    type=click.Choice(["exclude", "downweight", "relabel", "keep"]),
+    default=None,
+    help="Suspected label errors (score stage) [config tune.label_issues].",
+)
+@click.option(
+    "--issue-min-prob",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Act on flags with predicted_prob >= this [tune.issue_min_prob].",
+)
+@click.option(
+    "--curate-val/--no-curate-val",
+    default=None,
+    help="Apply --label-issues to the validation split too [tune.curate_val].",
+)
 @click.option(
     "--response-col",
     default=None,
@@ -90,6 +106,8 @@ def train_command(
     max_length: int | None,
     label_issues: str | None,
     response_col: str | None,
+    issue_min_prob: float | None,
+    curate_val: bool | None,
     precision: str | None,
     qlora: bool | None,
     gradient_checkpointing: bool | None,
@@ -132,6 +150,8 @@ def train_command(
             "tune.max_length": max_length,
             "tune.label_issues": label_issues,
             "tune.response_column": response_col,
+            "tune.issue_min_prob": issue_min_prob,
+            "tune.curate_val": curate_val,
             "tune.precision": precision,
             "tune.qlora": qlora,
             "tune.gradient_checkpointing": gradient_checkpointing,

@@ -3,8 +3,11 @@
 Curated (``mode="curated"``):
 - dedup representatives only (when ``DIR/dedup`` ran): one record per exact/near cluster;
 - reviewed labels over raw labels (``DIR/review/annotations.parquet``: ``id, label`` consensus);
-- suspected label errors (``label_issue`` from ``DIR/score``) excluded, down-weighted or kept,
-  unless a reviewer confirmed the label.
+- suspected label errors (``label_issue`` from ``DIR/score``) excluded, down-weighted, relabelled
+  to the score stage's ``predicted_label`` or kept, unless a reviewer confirmed the label. With
+  ``issue_min_prob`` > 0 only the flags whose ``predicted_prob`` (the out-of-sample probability of
+  another label) reaches it count; ``curate_val`` applies the same policy to the validation split
+  (early stopping / model selection), never to the test split.
 Raw (``mode="raw"``): every labelled ingested record with its raw label, weight 1.
 
 The split is made once per project (stratified by label, seeded, by duplicate cluster so a cluster
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "split.parquet"
 ANNOTATIONS = Path("review") / "annotations.parquet"
 SPLITS = ("train", "val", "test")
+POLICIES = ("exclude", "downweight", "relabel", "keep")
 
 
 class EmptyDataError(ThresherError):
@@ -207,10 +211,45 @@ def _flag(frame, column: str):
     return frame[column].fillna(False).astype(bool)
 
 
+def _issues(frame, best, reviewed: dict[str, str], opts: DataOptions):
+    """(issue mask, label to relabel to) of the suspected label errors that the policy acts on.
+
+    A flag counts unless a reviewer settled the record, its ``predicted_prob`` is below
+    ``opts.issue_min_prob`` (low = the score stage is unsure the label is wrong), or, for
+    ``relabel``, it has no ``predicted_label`` different from the current label."""
+    issue = _flag(frame, "label_issue") & ~frame["id"].isin(reviewed.keys())
+    if opts.mode == "raw":
+        return issue & False, best
+    if opts.issue_min_prob > 0:
+        if "predicted_prob" not in frame.columns:
+            raise ThresherError(
+                "issue_min_prob needs predicted_prob from the score stage; "
+                "rerun `thresher curate score` or set issue_min_prob: 0"
+            )
+        issue &= frame["predicted_prob"].fillna(0.0).astype(float) >= opts.issue_min_prob
+    relabel_to = best
+    if opts.label_issues == "relabel":
+        if "predicted_label" not in frame.columns:
+            raise ThresherError(
+                "label_issues: relabel needs predicted_label from the score stage; "
+                "rerun `thresher curate score` or use exclude|downweight"
+            )
+        relabel_to = frame["predicted_label"].where(frame["predicted_label"].notna(), None)
+        issue &= relabel_to.notna() & (relabel_to.astype(str) != best.astype(str))
+    return issue, relabel_to
+
+
 def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     """Train/val/test frames for ``opts.mode`` (see the module docstring); counts say what was
-    dropped and why."""
+    dropped, relabelled and why."""
     import pandas as pd
+
+    if opts.label_issues not in POLICIES:
+        raise ThresherError(
+            f"unknown label_issues policy {opts.label_issues!r}; use {'|'.join(POLICIES)}"
+        )
+    if opts.mode not in ("raw", "curated"):
+        raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
 
     stage, frame = load_records(project, "curated")
     frame = _cluster_info(project, frame).copy()
@@ -237,14 +276,23 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
         is_rep = _flag(frame, "is_representative") | frame["dup_cluster"].isna()
     else:
         is_rep = frame["id"].map(lambda _: True)
-    issue = _flag(frame, "label_issue") & ~frame["id"].isin(reviewed.keys())
+    issue, relabel_to = _issues(frame, best, reviewed, opts)
 
-    # Evaluation splits: same records and gold labels for raw and curated runs.
+    # Evaluation splits: the same test records and gold labels for raw and curated runs; val too,
+    # unless curate_val applies the curated policy to it (curated mode only).
     eval_frames = {}
     for name in ("val", "test"):
         rows = frame["split"].eq(name) & best.notna()
+        label = best
+        if name == "val" and opts.mode == "curated" and opts.curate_val:
+            counts["val_label_issues"] = int((rows & issue).sum())
+            if opts.label_issues == "relabel":
+                label = best.where(~issue, relabel_to)
+                counts["val_relabelled"] = int((rows & issue).sum())
+            elif opts.label_issues in ("exclude", "downweight"):
+                rows &= ~issue
         part = base[rows].assign(
-            label=best[rows].astype(str), _rep=is_rep[rows], _g=frame["group"][rows]
+            label=label[rows].astype(str), _rep=is_rep[rows], _g=frame["group"][rows]
         )
         part = part.sort_values(["_g", "_rep", "id"], ascending=[True, False, True])
         eval_frames[name] = part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
@@ -263,15 +311,12 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
         counts["label_issues"] = int((rows & issue).sum())
         if opts.label_issues == "exclude":
             rows &= ~issue
-        train = base[rows].assign(label=best[rows].astype(str))
+        label = best.where(~issue, relabel_to) if opts.label_issues == "relabel" else best
+        train = base[rows].assign(label=label[rows].astype(str))
         if opts.label_issues == "downweight":
             train.loc[issue[rows].to_numpy(), "weight"] = float(opts.issue_weight)
-        elif opts.label_issues not in ("exclude", "keep"):
-            raise ThresherError(
-                f"unknown label_issues policy {opts.label_issues!r}; use exclude|downweight|keep"
-            )
-    else:
-        raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
+        elif opts.label_issues == "relabel":
+            counts["relabelled"] = int((rows & issue).sum())
 
     labels = sorted(
         set(train["label"]) | set(eval_frames["val"]["label"]) | set(eval_frames["test"]["label"])

@@ -13,8 +13,10 @@ class DataOptions:
     """How the training set is built from the project (see tune/data.py)."""
 
     mode: str = "curated"  # curated | raw
-    label_issues: str = "exclude"  # exclude | downweight | keep
+    label_issues: str = "exclude"  # exclude | downweight | relabel | keep
     issue_weight: float = 0.3  # loss weight of suspected label errors when downweighting
+    issue_min_prob: float = 0.0  # a flag counts when the score stage's predicted_prob >= this
+    curate_val: bool = False  # apply the policy to the validation split too (never to test)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -78,6 +80,8 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
         mode=section["data"],
         label_issues=section["label_issues"],
         issue_weight=float(section["issue_weight"]),
+        issue_min_prob=float(section["issue_min_prob"]),
+        curate_val=bool(section["curate_val"]),
         val_fraction=float(section["val_fraction"]),
         test_fraction=float(section["test_fraction"]),
         seed=seed,

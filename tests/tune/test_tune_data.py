@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.tune.conftest import make_project, synthetic_rows
+from thresher.errors import ThresherError
 from thresher.project import Project
 from tune.data import EmptyDataError, build_dataset, make_split
 from tune.options import DataOptions
@@ -140,3 +141,98 @@ def test_everything_flagged_empties_the_curated_set(project):
     _write_stage(proj, "score", frame)
     with pytest.raises(EmptyDataError, match="curated"):
         build_dataset(proj, DataOptions())
+
+
+def _scored(project: Project) -> pd.DataFrame:
+    """Fake score output: every 10th record flagged, predicted the other label with a
+    probability that alternates between 0.95 and 0.6; one flag predicts its own label."""
+    frame = pd.read_parquet(project.records_path("ingest"))
+    other = {"pos": "neg", "neg": "pos"}
+    frame["label_issue"] = [i % 10 == 0 for i in range(len(frame))]
+    frame["predicted_label"] = [
+        other[lab] if flag else lab
+        for lab, flag in zip(frame["label"], frame["label_issue"], strict=True)
+    ]
+    frame.loc[10, "predicted_label"] = frame.loc[10, "label"]  # flagged, yet predicts its label
+    frame["predicted_prob"] = [0.95 if i % 20 == 0 else 0.6 for i in range(len(frame))]
+    _write_stage(project, "score", frame)
+    return frame
+
+
+def test_relabel_changes_exactly_the_confident_flags(project):
+    proj = Project.at(project)
+    frame = _scored(proj).set_index("id")
+    keep = build_dataset(proj, DataOptions(label_issues="keep"))
+    data = build_dataset(proj, DataOptions(label_issues="relabel", issue_min_prob=0.9))
+    assert list(data.train["id"]) == list(keep.train["id"])  # nothing dropped
+    before = keep.train.set_index("id")["label"]
+    after = data.train.set_index("id")["label"]
+    changed = set(after.index[after != before])
+    confident = frame.index[
+        frame["label_issue"]
+        & (frame["predicted_prob"] >= 0.9)
+        & (frame["predicted_label"] != frame["label"])
+    ]
+    expected = set(confident) & set(data.train["id"])
+    assert changed == expected and expected
+    assert (after[list(changed)] == frame.loc[list(changed), "predicted_label"]).all()
+    assert data.counts["relabelled"] == len(expected)
+    # without a threshold every flag that predicts another label is relabelled
+    every = build_dataset(proj, DataOptions(label_issues="relabel"))
+    flags = frame.index[frame["label_issue"] & (frame["predicted_label"] != frame["label"])]
+    assert every.counts["relabelled"] == len(set(flags) & set(every.train["id"]))
+    assert every.counts["relabelled"] > data.counts["relabelled"]
+    # val and test keep their labels unless curate_val
+    assert every.val.equals(keep.val) and every.test.equals(keep.test)
+
+
+def test_issue_min_prob_and_curate_val(project):
+    proj = Project.at(project)
+    frame = _scored(proj).set_index("id")
+    confident = set(frame.index[frame["label_issue"] & (frame["predicted_prob"] >= 0.9)])
+    flagged = set(frame.index[frame["label_issue"]])
+    data = build_dataset(proj, DataOptions(issue_min_prob=0.9))
+    assert set(data.train["id"]) & confident == set()
+    assert set(data.train["id"]) & (flagged - confident)  # unconfident flags are kept
+    plain = build_dataset(proj, DataOptions())
+    assert set(plain.val["id"]) & flagged  # val untouched by default
+    cur = build_dataset(proj, DataOptions(curate_val=True))
+    assert set(cur.val["id"]) == set(plain.val["id"]) - flagged
+    assert cur.counts["val_label_issues"] == len(set(plain.val["id"]) & flagged)
+    assert list(cur.test["id"]) == list(plain.test["id"])  # the test split is never curated
+    rel = build_dataset(proj, DataOptions(label_issues="relabel", curate_val=True))
+    assert list(rel.val["id"]) == list(plain.val["id"])
+    moved = rel.val.set_index("id")["label"] != plain.val.set_index("id")["label"]
+    assert rel.counts["val_relabelled"] == int(moved.sum()) > 0
+    assert rel.test.equals(plain.test)
+
+
+def test_relabel_needs_predicted_labels(project):
+    proj = Project.at(project)
+    frame = pd.read_parquet(proj.records_path("ingest"))
+    frame["label_issue"] = [i % 10 == 0 for i in range(len(frame))]
+    _write_stage(proj, "score", frame)
+    with pytest.raises(ThresherError, match="predicted_label"):
+        build_dataset(proj, DataOptions(label_issues="relabel"))
+    with pytest.raises(ThresherError, match="predicted_prob"):
+        build_dataset(proj, DataOptions(issue_min_prob=0.5))
+    with pytest.raises(ThresherError, match="label_issues policy"):
+        build_dataset(proj, DataOptions(label_issues="flip"))
+
+
+def test_curation_options_come_from_the_config(project):
+    from thresher.config import load_config
+    from tune.options import options_from_config
+
+    config = load_config(project)
+    default = options_from_config(config).data
+    assert (default.label_issues, default.issue_min_prob, default.curate_val) == (
+        DataOptions().label_issues,
+        DataOptions().issue_min_prob,
+        DataOptions().curate_val,
+    )  # the config template and the dataclass agree
+    cli = config.with_overrides(
+        {"tune.label_issues": "relabel", "tune.issue_min_prob": 0.7, "tune.curate_val": True}
+    )
+    data = options_from_config(cli).data
+    assert (data.label_issues, data.issue_min_prob, data.curate_val) == ("relabel", 0.7, True)
