@@ -239,6 +239,21 @@ def _issues(frame, best, reviewed: dict[str, str], opts: DataOptions):
     return issue, relabel_to
 
 
+def representatives(frame):
+    """True for dedup representatives and for records outside any duplicate cluster."""
+    if "is_representative" not in frame.columns:
+        return frame["id"].map(lambda _: True)
+    return _flag(frame, "is_representative") | frame["dup_cluster"].isna()
+
+
+def one_per_cluster(part, is_rep, group):
+    """An evaluation frame with one record per duplicate cluster (its representative first,
+    then the smallest id), so a cluster counts once."""
+    part = part.assign(_rep=is_rep, _g=group)
+    part = part.sort_values(["_g", "_rep", "id"], ascending=[True, False, True])
+    return part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
+
+
 def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     """Train/val/test frames for ``opts.mode`` (see the module docstring); counts say what was
     dropped, relabelled and why."""
@@ -272,10 +287,7 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
             "slice": _slices(frame),
         }
     )
-    if "is_representative" in frame.columns:
-        is_rep = _flag(frame, "is_representative") | frame["dup_cluster"].isna()
-    else:
-        is_rep = frame["id"].map(lambda _: True)
+    is_rep = representatives(frame)
     issue, relabel_to = _issues(frame, best, reviewed, opts)
 
     # Evaluation splits: the same test records and gold labels for raw and curated runs; val too,
@@ -291,11 +303,9 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
                 counts["val_relabelled"] = int((rows & issue).sum())
             elif opts.label_issues in ("exclude", "downweight"):
                 rows &= ~issue
-        part = base[rows].assign(
-            label=label[rows].astype(str), _rep=is_rep[rows], _g=frame["group"][rows]
+        eval_frames[name] = one_per_cluster(
+            base[rows].assign(label=label[rows].astype(str)), is_rep[rows], frame["group"][rows]
         )
-        part = part.sort_values(["_g", "_rep", "id"], ascending=[True, False, True])
-        eval_frames[name] = part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
     counts["held_out_duplicates"] = int(frame["split"].eq("held").sum())
 
     rows = frame["split"].eq("train")

@@ -27,10 +27,11 @@ from tune.data import (
     EmptyDataError,
     TuneData,
     _cluster_info,
-    _flag,
     _slices,
     ensure_split,
     load_records,
+    one_per_cluster,
+    representatives,
 )
 from tune.options import DataOptions
 
@@ -91,16 +92,11 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
             "slice": _slices(frame),
         }
     )
-    if "is_representative" in frame.columns:
-        is_rep = _flag(frame, "is_representative") | frame["dup_cluster"].isna()
-    else:
-        is_rep = frame["id"].map(lambda _: True)
+    is_rep = representatives(frame)
     parts = {}
     for name in ("val", "test"):
         rows = frame["split"].eq(name) & response.notna()
-        part = base[rows].assign(_rep=is_rep[rows], _g=frame["group"][rows])
-        part = part.sort_values(["_g", "_rep", "id"], ascending=[True, False, True])
-        parts[name] = part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
+        parts[name] = one_per_cluster(base[rows], is_rep[rows], frame["group"][rows])
     rows = frame["split"].eq("train") & response.notna()
     if opts.mode == "curated":
         counts["dropped_duplicates"] = int((rows & ~is_rep).sum())
