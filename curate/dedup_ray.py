@@ -21,20 +21,9 @@ import numpy as np
 
 from curate import minhash as mh
 from curate.normalize import NormalizeOptions, normalized_bytes
-from thresher.errors import MissingDependencyError
+from curate.ray_support import import_ray
 
 log = logging.getLogger(__name__)
-
-
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as err:
-        raise MissingDependencyError(
-            "the ray engine needs Ray Data; pip install 'thresher[ray]'"
-        ) from err
-    return ray
 
 
 def _sketch_block(batch, opts):
@@ -77,7 +66,7 @@ def _fixed(column, width: int, dtype) -> np.ndarray:
 
 def sketch_with_ray(src: Path, opts):
     """Pass 1 on Ray Data: a ``curate.dedup._Corpus`` for the records at ``src``."""
-    ray = _import_ray()
+    ray = import_ray()
     import pyarrow as pa
 
     from curate.dedup import _bits_to_bool, _Corpus, _label_codes

@@ -302,15 +302,7 @@ def score(
             labeled=int(labeled_mask.sum()),
             label_issues=int(records["label_issue"].sum()),
             near_ood=int(records["near_ood"].sum()),
-            significant_bias=sum(1 for g in report.groups if g["significant"]),
-            top_bias=[
-                {k: g[k] for k in ("name", "label", "lift", "q_value", "slice_size")}
-                for g in report.groups[:5]
-            ],
-            learners=list(res.learners),
-            folds=res.folds,
-            path=str(project.records_path(STAGE)),
-            report=str(project.stage_dir(STAGE) / "report.html"),
+            **_summary_fields(project, report, res),
         )
         scoring = {
             "input stage": stage_in,
@@ -413,15 +405,7 @@ def _score_streaming(
             labeled=sum(v is not None for v in index.labels),
             label_issues=int(issue.sum()),
             near_ood=0,
-            significant_bias=sum(1 for g in report.groups if g["significant"]),
-            top_bias=[
-                {k: g[k] for k in ("name", "label", "lift", "q_value", "slice_size")}
-                for g in report.groups[:5]
-            ],
-            learners=list(res.learners),
-            folds=res.folds,
-            path=str(project.records_path(STAGE)),
-            report=str(project.stage_dir(STAGE) / "report.html"),
+            **_summary_fields(project, report, res),
             engine=engine,
         )
         scoring = {
@@ -611,3 +595,18 @@ def _known(labels, classes) -> bool:
 
 def report_path(project: Project) -> Path:
     return project.stage_dir(STAGE) / "report.html"
+
+
+def _summary_fields(project: Project, report, res) -> dict[str, Any]:
+    """The summary fields both engines report: bias headline, learners, folds, output paths."""
+    return {
+        "significant_bias": sum(1 for g in report.groups if g["significant"]),
+        "top_bias": [
+            {k: g[k] for k in ("name", "label", "lift", "q_value", "slice_size")}
+            for g in report.groups[:5]
+        ],
+        "learners": list(res.learners),
+        "folds": res.folds,
+        "path": str(project.records_path(STAGE)),
+        "report": str(project.stage_dir(STAGE) / "report.html"),
+    }

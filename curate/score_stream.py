@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from curate import noise_stream as ns
-from thresher.errors import InputError, MissingDependencyError
+from curate.ray_support import import_ray
+from thresher.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +171,6 @@ class LocalRunner:
             yield pass2_batch(batch, self.ctx, model)
             if self.progress:
                 self.progress(batch.num_rows)
-
-
-def import_ray():
-    """Ray with Ray Data, or a one-line error with the install hint."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as err:
-        raise MissingDependencyError(
-            "the ray engine needs Ray Data; pip install 'thresher[ray]'"
-        ) from err
-    return ray
 
 
 def _ray_pass1(batch, ctx: BatchContext):
