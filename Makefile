@@ -71,7 +71,7 @@ bench: install server-install
 	$(BIN)/python benchmarks/push.py --size 5000 > $(R)/push.json
 	$(BIN)/python benchmarks/active_learning.py --seeds 5 --out $(R)/active_learning.json
 	$(BIN)/python benchmarks/round_real.py --size 10000 > $(R)/round_real.json
-	$(BIN)/python benchmarks/tune_cpu.py --size 2000 --epochs 1 --out $(R)/tune_cpu.json
+	$(BIN)/python benchmarks/tune_cpu.py --size 0 --epochs 1 --out $(R)/tune_cpu.json
 	$(BIN)/python benchmarks/curation_lift.py --steps 88 --out $(R)/curation_lift.json
 
 # Streaming score at 1M records vs the in-memory engine and Ray at 100k (~15 min on 2 cores).
