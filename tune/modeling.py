@@ -303,15 +303,12 @@ def compile_blocks(model, device, mode: str) -> int:
     number of blocks compiled."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return 0
-    import torch
-
     if device.type == "cuda" and not _has_triton():
         log.warning("torch.compile needs triton on CUDA; training uncompiled")
         return 0
     blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(dynamic=True)
-    del torch
     return len(blocks)
 
 
