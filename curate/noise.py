@@ -320,9 +320,13 @@ def score_label_noise(
     embeddings: np.ndarray | None = None,
     classes: Sequence[str] | None = None,
     pred_probs: np.ndarray | None = None,
+    holdout: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> NoiseResult:
     """Score every record's label. ``labels`` may hold None (unlabeled: predictions only).
+
+    ``holdout`` (bool, n): records whose labels no model may learn from (e.g. a test split): they
+    are predicted like unlabeled records and their labels are scored against those predictions.
 
     ``pred_probs`` (n, k), e.g. from a fine-tuned model, replaces the ensemble when given (it must
     be out of sample). Raises ``InputError`` on degenerate input (one class, tiny classes, length
@@ -331,7 +335,8 @@ def score_label_noise(
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
     y, names = encode_labels(labels, classes)
     k = len(names)
-    folds = effective_folds(y, opts.folds)
+    y_fit = y if holdout is None else np.where(np.asarray(holdout, dtype=bool), -1, y)
+    folds = effective_folds(y_fit, opts.folds)
     learners = tuple(opts.learners)
     if "emb" in learners and embeddings is None:
         raise InputError(
@@ -349,13 +354,13 @@ def score_label_noise(
     else:
         feats = text_features(texts) if set(learners) & set(TEXT_LEARNERS) else None
         split_sets = [
-            stratified_folds(y, folds, opts.seed + r) for r in range(max(1, opts.repeats))
+            stratified_folds(y_fit, folds, opts.seed + r) for r in range(max(1, opts.repeats))
         ]
 
         def run(exclude=None):
             runs = [
                 ensemble_probs(
-                    y,
+                    y_fit,
                     k,
                     learners,
                     splits,

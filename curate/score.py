@@ -170,6 +170,22 @@ def _map_2d(features: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(features)
 
 
+TUNE_SPLIT = ("tune", "split.parquet")
+
+
+def _held_out_ids(project: Project) -> tuple[frozenset[str], Path | None]:
+    """Ids whose labels no label-noise model may learn from: the tune split's test records (and
+    the val/test clusters' later duplicates, ``held``), so a curated run's test score is not
+    shaped by its own test labels. Empty before the first ``thresher tune train``."""
+    import pandas as pd
+
+    path = project.root.joinpath(*TUNE_SPLIT)
+    if not path.exists():
+        return frozenset(), None
+    split = pd.read_parquet(path, columns=["id", "split"])
+    return frozenset(split["id"][split["split"].isin(["test", "held"])].astype(str)), path
+
+
 def _annotations(project: Project):
     """Per-record annotator labels from a review pull, if any: {id: {annotator: label}}."""
     import pandas as pd
@@ -210,6 +226,9 @@ def score(
     annotations, ann_path = _annotations(project)
     if ann_path is not None:
         inputs.append({"path": str(ann_path), "sha256": path_sha256(ann_path)})
+    held_out, split_path = _held_out_ids(project)
+    if split_path is not None:
+        inputs.append({"path": str(split_path), "sha256": path_sha256(split_path)})
     engine = resolve_engine(opts, pq.ParquetFile(path_in).metadata.num_rows)
     config = {**asdict(opts), "engine": engine, "lexicon": fingerprint(lexicon)}
     stage_fp = fingerprint({"inputs": inputs, "config": config})
@@ -220,7 +239,7 @@ def score(
         return _score_streaming(
             project, opts, engine, stage_in=stage_in, path_in=path_in, lexicon=lexicon,
             inputs=inputs, config=config, stage_fp=stage_fp, annotations=annotations,
-            progress=progress,
+            progress=progress, held_out=held_out,
         )  # fmt: skip
 
     df = pd.read_parquet(path_in)
@@ -257,8 +276,9 @@ def score(
             _, classes = noise.encode_labels(labels)
             external = _external_probs(project, opts.probs_from, reps["id"].tolist(), classes)
         with run.timed("label_noise"):
+            holdout = reps["id"].astype(str).isin(held_out).to_numpy() if held_out else None
             res = noise.score_label_noise(
-                texts, labels, nopts, embeddings=embeddings, pred_probs=external
+                texts, labels, nopts, embeddings=embeddings, pred_probs=external, holdout=holdout
             )
         with run.timed("outliers"):
             dense = _dense_features(texts, embeddings)
@@ -342,7 +362,7 @@ def score(
 
 def _score_streaming(
     project: Project, opts: ScoreOptions, engine: str, *, stage_in, path_in, lexicon, inputs,
-    config, stage_fp, annotations, progress,
+    config, stage_fp, annotations, progress, held_out=frozenset(),
 ) -> ScoreResult:  # fmt: skip
     """The stage on the ``stream`` or ``ray`` engine (``curate.score_stream``): never all texts
     in memory; no embeddings, outliers or map (their columns are null)."""
@@ -363,7 +383,7 @@ def _score_streaming(
     ) as run:  # fmt: skip
         out = ss.score_passes(
             path_in, index, engine=engine, folds=opts.folds, seed=opts.seed, lexicon=lexicon,
-            batch_size=opts.batch_size, progress=progress,
+            batch_size=opts.batch_size, progress=progress, held_out=held_out,
         )  # fmt: skip
         run.timings.update(out.timings)
         res = out.res

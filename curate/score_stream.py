@@ -53,6 +53,7 @@ class BatchContext:
     alphas: tuple[float, ...] = ns.ALPHAS
     lexicon: tuple[tuple[str, tuple[str, ...]], ...] = ()
     dedup: bool = False
+    held_out: frozenset[str] = frozenset()  # ids whose labels no model learns from (tune test)
 
 
 @dataclass
@@ -83,12 +84,19 @@ def _batch_fields(batch, ctx: BatchContext):
     return ids, texts, labs
 
 
+def _fit_labels(ids, labels, ctx: BatchContext):
+    """The labels the models learn from: held-out records count as unlabeled."""
+    if not ctx.held_out:
+        return labels
+    return [None if i in ctx.held_out else lab for i, lab in zip(ids, labels, strict=True)]
+
+
 def pass1_batch(batch, ctx: BatchContext) -> Pass1Part:
     """Pass 1 on one Arrow batch: NB sufficient statistics and word counts."""
     from curate.bias import word_doc_counts
 
     ids, texts, labels = _batch_fields(batch, ctx)
-    y = ns.label_codes(labels, ctx.classes)
+    y = ns.label_codes(_fit_labels(ids, labels, ctx), ctx.classes)
     fold = ns.fold_ids(ids, ctx.folds, ctx.seed)
     X = ns.featurize(texts, ctx.n_features)
     part = ns.batch_counts(X, y, fold, ctx.folds, len(ctx.classes))
@@ -114,8 +122,8 @@ def pass2_batch(batch, ctx: BatchContext, model: ns.NBModel):
     import pyarrow as pa
 
     ids, texts, labels = _batch_fields(batch, ctx)
-    y = ns.label_codes(labels, ctx.classes)
-    fold = np.where(y >= 0, ns.fold_ids(ids, ctx.folds, ctx.seed), -1)
+    y = ns.label_codes(_fit_labels(ids, labels, ctx), ctx.classes)
+    fold = np.where(y >= 0, ns.fold_ids(ids, ctx.folds, ctx.seed), -1)  # -1: the all-fold model
     scores = model.scores(ns.featurize(texts, ctx.n_features), fold)
     matcher = _matcher(ctx)
     found = [matcher.groups_and_terms(t) for t in texts]
@@ -299,6 +307,7 @@ def score_passes(
     n_features: int = ns.VIEW_FEATURES,
     alphas: tuple[float, ...] = ns.ALPHAS,
     progress: Callable[[int], None] | None = None,
+    held_out: frozenset[str] = frozenset(),
 ) -> StreamScores:
     """Passes 1 and 2 and the cleanlab scoring of the representatives of the records at
     ``path``. ``engine``: ``stream`` (this process) or ``ray`` (Ray Data)."""
@@ -309,10 +318,14 @@ def score_passes(
 
     rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
     y, classes = encode_labels(rep_labels)
-    k_folds = effective_folds(y, folds)
+    rep_ids = index.ids[index.rep]
+    held = np.array([str(i) in held_out for i in rep_ids], dtype=bool) if held_out else None
+    y_fit = y if held is None else np.where(held, -1, y)
+    k_folds = effective_folds(y_fit, folds)
     ctx = BatchContext(
         classes=tuple(classes), folds=k_folds, seed=seed, n_features=n_features, alphas=alphas,
         lexicon=tuple((g, tuple(t)) for g, t in sorted(lexicon.items())), dedup=index.dedup,
+        held_out=frozenset(held_out),
     )  # fmt: skip
     runner_cls = {"stream": LocalRunner, "ray": RayRunner}.get(engine)
     if runner_cls is None:
@@ -337,7 +350,6 @@ def score_passes(
     scores = np.zeros((len(y), len(alphas), len(classes)))
     groups: list[tuple[np.ndarray, np.ndarray]] = []
     terms: list[tuple[np.ndarray, np.ndarray]] = []
-    rep_ids = index.ids[index.rep]
     pos = 0
     for table in runner.pass2(model):
         n = table.num_rows
@@ -354,7 +366,7 @@ def score_passes(
     timings["pass2_scores"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    cal = ns.calibrate(scores, y, alphas=alphas, seed=seed)
+    cal = ns.calibrate(scores, y_fit, alphas=alphas, seed=seed)  # held-out labels unused
     del scores
     probs = cal.probs
     quality = quality_scores(y, probs, ranking)

@@ -249,3 +249,44 @@ def test_probs_from_tune_run_hook(tmp_path):
     score(project, opts, force=True)
     out = pd.read_parquet(project.records_path("score"))
     assert (out["label_issue"].to_numpy() == flipped).all()
+
+
+@pytest.mark.parametrize("engine", ["local", "stream"])
+def test_tune_test_labels_never_train_the_noise_models(tmp_path, engine):
+    """Once tune has made its split, the test records' labels are scored but never learned
+    from: changing them leaves every prediction as it was (and rescoring is not a no-op)."""
+    from dataclasses import replace
+
+    opts = replace(FAST, engine=engine)
+    project, _ = _project(tmp_path)
+    records = pd.read_parquet(project.records_path("ingest"))
+    test_ids = records["id"].iloc[::5].astype(str).tolist()
+    split = pd.DataFrame(
+        {
+            "id": records["id"].astype(str),
+            "group": "g",
+            "split": np.where(records["id"].isin(test_ids), "test", "train"),
+        }
+    )
+    (project.root / "tune").mkdir()
+    split.to_parquet(project.root / "tune" / "split.parquet", index=False)
+    first = score(project, opts)
+    assert not first.noop
+    before = pd.read_parquet(project.records_path("score")).set_index("id")
+
+    flipped = records.assign(
+        label=np.where(
+            records["id"].isin(test_ids),
+            records["label"].map({"pos": "neg", "neg": "pos"}),
+            records["label"],
+        )
+    )
+    flipped.to_parquet(project.records_path("ingest"), index=False)
+    score(project, opts, force=True)
+    after = pd.read_parquet(project.records_path("score")).set_index("id").loc[before.index]
+    assert np.allclose(after["predicted_prob"], before["predicted_prob"])
+    assert (after["predicted_label"] == before["predicted_label"]).all()
+    held = before.index.isin(test_ids)
+    # ...while the flipped test labels themselves are judged against those predictions
+    assert (after["label_quality"][held] != before["label_quality"][held]).mean() > 0.9
+    assert after["label_issue"][held].mean() > before["label_issue"][held].mean()
