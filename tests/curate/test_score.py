@@ -197,7 +197,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
         assert title in dom
 
 
-def test_multiannotator_labels_from_review_are_scored(tmp_path):
+@pytest.mark.parametrize("engine", ["local", "stream"])
+def test_multiannotator_labels_from_review_are_scored(tmp_path, engine):
+    from dataclasses import replace
+
     project, _ = _project(tmp_path, n=120, flip=0.0)
     df = pd.read_parquet(project.records_path("ingest"))
     rows = df.head(30)
@@ -213,7 +216,7 @@ def test_multiannotator_labels_from_review_are_scored(tmp_path):
     )
     (project.root / "review").mkdir()
     ann.to_parquet(project.root / "review" / "annotations.parquet")
-    score(project, FAST)
+    score(project, replace(FAST, engine=engine, batch_size=50))
     out = pd.read_parquet(project.records_path("score")).set_index("id")
     scored = out.loc[rows["id"]]
     assert (scored["consensus_label"] == rows.set_index("id")["label"]).all()

@@ -241,28 +241,3 @@ def test_ray_engine_gives_the_same_scores_as_stream(tmp_path):
     out = pd.read_parquet(project.records_path("score")).set_index("id").loc[stream.index]
     assert np.allclose(out["label_quality"], stream["label_quality"], atol=1e-9)
     assert (out["label_issue"] == stream["label_issue"]).all()
-
-
-def test_multiannotator_labels_are_scored_on_the_stream_engine(tmp_path):
-    rows, _ = _rows(n=160, flip=0.0)
-    project = _write_project(tmp_path, rows)
-    df = pd.read_parquet(project.records_path("ingest")).head(30)
-    other = {"pos": "neg", "neg": "pos"}
-    ann = pd.DataFrame(
-        {
-            "id": df["id"],
-            "annotator_labels": [
-                json.dumps({"ann1": lab, "ann2": lab, "bad": other[lab] if i % 2 else lab})
-                for i, lab in enumerate(df["label"])
-            ],
-        }
-    )
-    (project.root / "review").mkdir()
-    ann.to_parquet(project.root / "review" / "annotations.parquet")
-    score(project, STREAM)
-    out = pd.read_parquet(project.records_path("score")).set_index("id")
-    scored = out.loc[df["id"]]
-    assert (scored["consensus_label"] == df.set_index("id")["label"]).all()
-    assert out["consensus_label"].isna().sum() == len(out) - 30
-    quality = json.loads((project.stage_dir("score") / "annotators.json").read_text())
-    assert quality["annotator_quality"]["bad"] < quality["annotator_quality"]["ann1"]
