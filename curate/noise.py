@@ -383,20 +383,43 @@ def score_label_noise(
             log.info("first pass flagged %d records; retraining without them", first_issues)
             if 0 < first_issues:
                 probs, per = run(exclude=flagged)
-    quality = quality_scores(y, probs, opts.ranking)
-    issues = issue_mask(y, probs, opts.filter_by, opts.ranking)
-    pred = probs.argmax(axis=1)
-    return NoiseResult(
-        classes=names,
-        pred_probs=probs,
-        label_quality=quality,
-        label_issue=issues,
-        predicted_label=[names[i] for i in pred],
-        predicted_prob=probs[np.arange(len(pred)), pred],
+    return noise_result(
+        y,
+        probs,
+        names,
+        ranking=opts.ranking,
+        filter_by=opts.filter_by,
         folds=folds,
         learners=learners if pred_probs is None else ("external",),
         first_pass_issues=first_issues,
         learner_probs=per,
+    )
+
+
+def noise_result(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    ranking: str,
+    filter_by: str,
+    folds: int,
+    learners: tuple[str, ...],
+    **extra,
+) -> NoiseResult:
+    """Label quality, the issue set and the predicted label from out-of-sample ``probs``
+    (the last step of every engine)."""
+    pred = probs.argmax(axis=1)
+    return NoiseResult(
+        classes=list(classes),
+        pred_probs=probs,
+        label_quality=quality_scores(y, probs, ranking),
+        label_issue=issue_mask(y, probs, filter_by, ranking),
+        predicted_label=[classes[i] for i in pred],
+        predicted_prob=probs[np.arange(len(pred)), pred],
+        folds=folds,
+        learners=learners,
+        **extra,
     )
 
 

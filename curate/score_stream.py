@@ -314,7 +314,7 @@ def score_passes(
     import time
 
     from curate.bias import merge_word_counts
-    from curate.noise import NoiseResult, effective_folds, encode_labels, issue_mask, quality_scores
+    from curate.noise import effective_folds, encode_labels, noise_result
 
     rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
     y, classes = encode_labels(rep_labels)
@@ -369,19 +369,10 @@ def score_passes(
     cal = ns.calibrate(scores, y_fit, alphas=alphas, seed=seed)  # held-out labels unused
     del scores
     probs = cal.probs
-    quality = quality_scores(y, probs, ranking)
-    issues = issue_mask(y, probs, filter_by, ranking)
-    pred = probs.argmax(axis=1)
-    res = NoiseResult(
-        classes=list(classes),
-        pred_probs=probs,
-        label_quality=quality,
-        label_issue=issues,
-        predicted_label=[classes[i] for i in pred],
-        predicted_prob=probs[np.arange(len(pred)), pred],
-        folds=k_folds,
+    res = noise_result(
+        y, probs, classes, ranking=ranking, filter_by=filter_by, folds=k_folds,
         learners=(ns.LEARNER,),
-    )
+    )  # fmt: skip
     timings["calibrate_cleanlab"] = round(time.perf_counter() - t0, 3)
     g_rows, g_names = _concat(groups)
     t_rows, t_names = _concat(terms)
