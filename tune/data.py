@@ -59,14 +59,14 @@ class TuneData:
         return {name: i for i, name in enumerate(self.labels)}
 
 
-def load_records(project: Project, mode: str = "curated"):
+def load_records(project: Project, mode: str = "curated", require_label: bool = True):
     """(stage, frame) of the most downstream records (score > dedup > ingest); raw: ingest."""
     import pandas as pd
 
     stages = ["ingest"] if mode == "raw" else ["score", "dedup", "ingest"]
     stage, path = project.latest_records(stages)
     frame = pd.read_parquet(path)
-    if "label" not in frame.columns:
+    if require_label and "label" not in frame.columns:
         raise EmptyDataError(f"{path} has no label column; ingest with --label-col")
     return stage, frame
 

@@ -69,7 +69,9 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
     import pandas as pd
 
     column = str(opts.response_column)
-    stage, frame = _records(project, opts.mode)
+    if opts.mode not in ("raw", "curated"):
+        raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
+    stage, frame = load_records(project, opts.mode, require_label=False)  # pairs need no label
     frame = _cluster_info(project, frame).copy()
     frame["id"] = frame["id"].astype(str)
     response = response_values(frame, column)
@@ -118,19 +120,6 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
         source_stage=stage,
         pairs=True,
     )
-
-
-def _records(project: Project, mode: str):
-    if mode not in ("raw", "curated"):
-        raise ThresherError(f"unknown data mode {mode!r}; use raw or curated")
-    try:
-        return load_records(project, mode)
-    except EmptyDataError:  # pairs need no label column
-        import pandas as pd
-
-        stages = ["ingest"] if mode == "raw" else ["score", "dedup", "ingest"]
-        stage, path = project.latest_records(stages)
-        return stage, pd.read_parquet(path)
 
 
 # ---- scoring ----------------------------------------------------------------------------------
