@@ -391,13 +391,22 @@ def score_texts(
                     tgts.append([-100] * len(prompts[i]) + a)
             x, m, y = collate(seqs, tgts, pad, "sft")
             logits = model(input_ids=x.to(device), attention_mask=m.to(device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), -1)
-            tgt = y[:, 1:].to(device)
-            keep = tgt != -100
-            tok = logp.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
-            seq_logp = tok.sum(-1).view(len(idx), len(labels))
+            seq_logp, _ = answer_logprob(logits, y.to(device))
+            seq_logp = seq_logp.view(len(idx), len(labels))
             out[idx] = torch.softmax(seq_logp, -1).cpu().numpy()
     return out
+
+
+def answer_logprob(logits, labels):
+    """Per sequence: the summed log-probability of its target tokens (``labels`` != -100, the
+    causal shift applied) and how many there are."""
+    import torch
+
+    target = labels[:, 1:]
+    keep = target != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
+    return picked.sum(-1), keep.sum(-1)
 
 
 class _null:

@@ -141,7 +141,7 @@ def answer_nll(
     import numpy as np
     import torch
 
-    from tune.modeling import collate, encode_sft
+    from tune.modeling import answer_logprob, collate, encode_sft
 
     n = len(texts)
     nll, tokens = np.zeros(n, dtype="float64"), np.zeros(n, dtype="int64")
@@ -167,12 +167,9 @@ def answer_nll(
             logits = model(
                 input_ids=x.to(device), attention_mask=m.to(device), use_cache=False
             ).logits
-            target = y[:, 1:].to(device)
-            keep = target != -100
-            logp = torch.log_softmax(logits[:, :-1].float(), -1)
-            picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
-            nll[idx] = (-picked.sum(-1)).double().cpu().numpy()
-            tokens[idx] = keep.sum(-1).cpu().numpy()
+            logp, count = answer_logprob(logits, y.to(device))
+            nll[idx] = (-logp).double().cpu().numpy()
+            tokens[idx] = count.cpu().numpy()
     return nll, tokens
 
 
