@@ -190,7 +190,8 @@ tune:
   target_modules: []
   # auto: bf16 (or fp16) autocast on GPU, fp32 on CPU | bf16 | fp16 | fp32
   precision: auto
-  # 4-bit base weights (needs bitsandbytes and a CUDA GPU).
+  # QLoRA: 4-bit NF4 base weights (pip install 'thresher[qlora]'; for GPUs short of memory,
+  # also runs on a CPU).
   qlora: false
   gradient_checkpointing: false
   # torch.compile the transformer blocks: auto (on a CUDA GPU only; ~1 min to compile) | on | off

@@ -74,7 +74,7 @@ def _run_dir(project_dir: str, run: str | None):
     help="sft on instruction/response pairs: the response column (or metadata key).",
 )
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
-@click.option("--qlora", is_flag=True, default=None, help="4-bit base (bitsandbytes + GPU).")
+@click.option("--qlora", is_flag=True, default=None, help="QLoRA: 4-bit NF4 base (bitsandbytes).")
 @click.option("--gradient-checkpointing", is_flag=True, default=None)
 @click.option(
     "--compile",

@@ -28,7 +28,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, merged: bool = False) ->
     else:
         from tune.predict import load_run
 
-        run = load_run(run_dir, device="cpu")
+        # A QLoRA run merges into the full-precision base: a plain model, no bitsandbytes needed.
+        run = load_run(run_dir, device="cpu", quantized=False)
         model = run.model.merge_and_unload()
         model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)

@@ -63,16 +63,29 @@ def _strip_gguf_quantizer(model) -> None:
 
 
 def load_base(
-    ref: ModelRef, task: str, labels: Sequence[str], tokenizer, *, dtype=None, qlora: bool = False
+    ref: ModelRef,
+    task: str,
+    labels: Sequence[str],
+    tokenizer,
+    *,
+    dtype=None,
+    qlora: bool = False,
+    device=None,
 ):
-    """The base model, with a fresh classification head over ``labels`` for classify."""
+    """The base model, with a fresh classification head over ``labels`` for classify.
+
+    ``qlora``: the linear layers are quantized to 4-bit NF4 as they load, straight onto
+    ``device`` (a quantized model is not moved afterwards); the other weights (embeddings, norms,
+    head) stay in ``dtype`` (float32 when None)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = _load_kwargs(ref)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if qlora:
-        kwargs.update(_qlora_kwargs())
+        dtype = dtype or torch.float32
+        kwargs.update(_qlora_kwargs(dtype, device or torch.device("cpu")))
     try:
         if task == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -96,25 +109,36 @@ def load_base(
     return model
 
 
-def _qlora_kwargs() -> dict[str, Any]:
-    import importlib.util
+def _qlora_kwargs(dtype, device) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a 4-bit NF4 base (double quantization) computing in
+    ``dtype`` on ``device``. bitsandbytes >= 0.48 has CPU kernels too: QLoRA is for GPUs that
+    lack the memory for the base, but the same path runs (slowly) on a CPU."""
+    import importlib.metadata
 
-    import torch
-
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+    try:
+        version = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if version is None or tuple(int(x) for x in version.split(".")[:2]) < (0, 48):
         raise MissingDependencyError(
-            "QLoRA needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
+            "QLoRA needs bitsandbytes >= 0.48 (pip install 'thresher[qlora]'); "
             "drop --qlora to train plain LoRA"
         )
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"QLoRA runs on CUDA or CPU, not {device.type}; drop --qlora")
+    if device.type == "cpu":
+        log.warning("QLoRA on the CPU: it works, but plain LoRA is faster there")
     from transformers import BitsAndBytesConfig
 
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
-        )
+        ),
+        "device_map": {"": str(device)},
+        "dtype": dtype,
     }
 
 

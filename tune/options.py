@@ -44,7 +44,7 @@ class TuneOptions:
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ()  # empty = peft's default for the architecture
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
-    qlora: bool = False  # 4-bit base (needs bitsandbytes and a GPU)
+    qlora: bool = False  # 4-bit NF4 base (needs bitsandbytes >= 0.48; GPU or CPU)
     gradient_checkpointing: bool = False
     compile: str = "auto"  # torch.compile the transformer blocks: auto (CUDA only) | on | off
     strategy: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (sharded)

@@ -269,7 +269,9 @@ def _base_model_nll(run_dir: Path, test):
     options = config["options"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(ref)
-    model = load_base(ref, "sft", [], tok).to(device)
+    # The base the adapter was trained on (4-bit for a QLoRA run), so the comparison is fair.
+    model = load_base(ref, "sft", [], tok, qlora=options.get("qlora", False), device=device)
+    model = model.to(device)
     nll, _ = answer_nll(
         model,
         tok,

@@ -51,8 +51,11 @@ def _require_classifier(run_dir: str | Path) -> None:
         )
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
-    """Load base + adapter of ``run_dir`` (cached per process)."""
+def load_run(
+    run_dir: str | Path, device: str | None = None, *, quantized: bool = True
+) -> LoadedRun:
+    """Load base + adapter of ``run_dir`` (cached per process). A QLoRA run's base is loaded in
+    4-bit as it was trained, unless ``quantized`` is False (full precision, e.g. for merging)."""
     import torch
     from peft import PeftModel
 
@@ -61,7 +64,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
 
     run_dir = Path(run_dir).resolve()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(run_dir), str(dev))
+    key = (str(run_dir), str(dev), quantized)
     if key in _LOADED:
         return _LOADED[key]
     config = _run_config(run_dir)
@@ -71,7 +74,13 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     tok = load_tokenizer(ModelRef(ref.name, str(adapter)))
     amp = _amp_dtype(opts.precision, dev)
     base = load_base(
-        ref, opts.task, config["labels"], tok, dtype=amp if dev.type == "cuda" else None
+        ref,
+        opts.task,
+        config["labels"],
+        tok,
+        dtype=amp if dev.type == "cuda" else None,
+        qlora=opts.qlora and quantized,
+        device=dev,
     )
     model = PeftModel.from_pretrained(base, str(adapter)).to(dev).eval()
     loaded = LoadedRun(model, tok, list(config["labels"]), opts, dev, amp)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from thresher.errors import ThresherError
+from thresher.errors import ConfigError, ThresherError
 from thresher.project import Project, fingerprint, stage_output
 from tune.data import TuneData, build_dataset
 from tune.distributed import (
@@ -452,7 +452,11 @@ def _build_model(ref, opts: TuneOptions, labels, tok, device, amp, d: Dist):
     import torch
 
     base_dtype = amp if device.type == "cuda" and not d.fsdp else None
-    model = load_base(ref, opts.task, labels, tok, dtype=base_dtype, qlora=opts.qlora)
+    if opts.qlora and d.fsdp:
+        raise ConfigError("--qlora cannot be sharded with --strategy fsdp; use --strategy ddp")
+    model = load_base(
+        ref, opts.task, labels, tok, dtype=base_dtype, qlora=opts.qlora, device=device
+    )
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
