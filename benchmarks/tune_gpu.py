@@ -4,8 +4,15 @@ Same model (a Qwen2-0.5B architecture config with random bf16 weights: no hub), 
 (r=16 on q,k,v,o), same SFT-shaped data (random prompts of 32..seq_len tokens, each followed by an
 8-token answer; loss on the answer only), same batch size, bf16 autocast, fused AdamW, grad-norm
 clip 1.0, in one process on the same GPU. Reports real (non-pad) tokens/s, MFU and peak memory for
-each, and the ratio. The recipe runs twice: eager, and with its default on a GPU
-(``compile=auto``: ``torch.compile`` of each transformer block, see tune/modeling.py).
+each, and the ratio. Recipe variants (``--variants``): ``recipe`` (eager), ``recipe_compiled``
+(``compile=on``, the GPU default ``auto``: ``torch.compile`` of each transformer block, see
+tune/modeling.py), ``recipe_graphs`` (``compile=graphs``: lengths padded to buckets, batches to
+full rows, the whole training forward compiled with mode="reduce-overhead" and replayed as CUDA
+graphs, one compile with symbolic lengths) and ``recipe_graphs_static`` (the same compiled
+``dynamic=False``: one compile per shape). Graphs variants compile and record every shape the
+timed steps meet before the clock starts (``warmup_seconds``, ``shapes``); ``fill`` is real
+tokens / padded positions (bucketing pads more), ``cudagraph_skips`` how often inductor declined
+a CUDA graph (should be 0).
 
 What differs is the recipe, not the settings: ``Trainer`` (defaults: random batches, full logits
 over the 151k vocabulary at every position, fp32 upcast inside the loss) vs ``tune.train``'s step
@@ -17,7 +24,8 @@ forward + input gradients, no weight gradients for the frozen base) + causal att
 (6·N_body per token), which overstates what a LoRA step computes by 1.5×; both are printed.
 
     python benchmarks/tune_gpu.py [--configs 1024x8 512x8 1024x32] [--steps 30] [--tiny]
-        [--profile FILE]
+        [--variants trainer recipe recipe_compiled recipe_graphs] [--profile FILE
+        --profile-variant recipe_graphs]
 ``--tiny`` is a small config on CPU to check the script (no meaningful numbers).
 """
 
@@ -351,6 +359,29 @@ def measure(fn, fpt, fpt6, device):
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
 
+def summary(args, device, amp, results) -> dict:
+    import torch
+
+    return {
+        "benchmark": "tune_gpu",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny check)",
+        "model": "Qwen2-0.5B architecture, random weights" if not args.tiny else "tiny Qwen2",
+        "params": next(
+            (r[v]["params"] for r in results for v in RECIPE_COMPILE if "params" in r.get(v, {})),
+            None,
+        ),
+        "lora": "r=16 alpha=32 on q,k,v,o",
+        "steps_timed": args.steps,
+        "precision": "bf16 autocast, frozen base in bf16, LoRA in fp32" if amp else "fp32",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "peft": __import__("peft").__version__,
+        },
+        "results": results,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -400,6 +431,8 @@ def main() -> None:
                 fpt6,
                 device,
             )
+            done = {"variant": name, "seq_len": seq_len, "batch": args.batch, **row[name]}
+            print(json.dumps(done), file=sys.stderr, flush=True)
         trainer = row.get("trainer", {})
         for name in RECIPE_COMPILE:
             ours = row.get(name, {})
@@ -407,24 +440,11 @@ def main() -> None:
                 row[f"speedup_{name}"] = round(ours["tokens_per_s"] / trainer["tokens_per_s"], 3)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    out = {
-        "benchmark": "tune_gpu",
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny check)",
-        "model": "Qwen2-0.5B architecture, random weights" if not args.tiny else "tiny Qwen2",
-        "params": next(
-            (r[v]["params"] for r in results for v in RECIPE_COMPILE if "params" in r.get(v, {})),
-            None,
-        ),
-        "lora": "r=16 alpha=32 on q,k,v,o",
-        "steps_timed": args.steps,
-        "precision": "bf16 autocast, frozen base in bf16, LoRA in fp32" if amp else "fp32",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "peft": __import__("peft").__version__,
-        },
-        "results": results,
-    }
+        if args.out:  # the rows so far, in case a time limit cuts the run
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            partial = {**summary(args, device, amp, results), "complete": False}
+            args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
+    out = summary(args, device, amp, results)
     emit(out, args.out)
 
 

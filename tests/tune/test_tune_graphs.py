@@ -165,14 +165,19 @@ def _losses(run_dir) -> list[float]:
 
 
 @pytest.mark.slow
-def test_graphs_mode_trains_like_eager(project, tiny_llama):
+def test_graphs_mode_trains_like_eager(project, tiny_llama, caplog):
     """compile=graphs (whole training forward compiled, bucketed shapes, filler rows) gives the
     eager run's losses and predictions; the adapter's keys are the eager run's keys."""
     from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
 
     opts = {"base": tiny_llama, "task": "sft", "max_steps": 6, "lora_dropout": 0.0, **FAST}
     eager = train(project, TuneOptions(run="eager", compile="off", **opts))
-    graphs = train(project, TuneOptions(run="graphs", compile="graphs", **opts))
+    frames = counters["stats"]["unique_graphs"]
+    with caplog.at_level("INFO", logger="tune.train"):
+        graphs = train(project, TuneOptions(run="graphs", compile="graphs", **opts))
+    assert "graphs mode" in caplog.text and "continuing uncompiled" not in caplog.text
+    assert counters["stats"]["unique_graphs"] > frames  # it did compile
     assert np.allclose(_losses(graphs), _losses(eager), rtol=1e-4, atol=1e-5)
     a = json.loads((eager / "metrics.json").read_text())
     b = json.loads((graphs / "metrics.json").read_text())
@@ -182,7 +187,6 @@ def test_graphs_mode_trains_like_eager(project, tiny_llama):
     assert keys[0] == keys[1] and not any("_orig_mod" in k for k in keys[1])
 
 
-@pytest.mark.slow
 def test_graphs_compile_failure_falls_back_to_eager(project, tiny_llama, monkeypatch, caplog):
     """A compile error in the graphs-mode step undoes it and the run goes on eagerly."""
     import importlib
