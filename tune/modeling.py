@@ -277,7 +277,7 @@ def collate(
     ``length`` pads to exactly that many positions instead (graphs mode buckets); ``rows`` adds
     filler rows up to that batch size: pad ids, labels ignored (-100, or class 0 for classify,
     given zero weight by the caller), attention on their first position only (a row with every
-    key masked would give NaN attention, and NaN times a zero weight is still NaN)."""
+    key masked can give NaN in some attention kernels, and NaN times a zero weight is still NaN)."""
     import torch
 
     longest = max(len(x) for x in batch_ids)

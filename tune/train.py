@@ -230,7 +230,7 @@ def train(
         static = StaticShapes.for_options(opts.batch_size, opts.max_length)
         loss_fn = loss_module(model, opts.task, fast_sft)
         if compile_graphs(loss_fn, device):
-            log.info("graphs mode: lengths padded to %s; one compile per shape", static.buckets)
+            log.info("graphs mode: lengths padded to %s (CUDA graphs on a GPU)", static.buckets)
 
     # -- train
     model.train()  # from_pretrained returns eval mode (dropout off)

@@ -211,3 +211,47 @@ def test_graphs_compile_failure_falls_back_to_eager(project, tiny_llama, monkeyp
     assert "continuing uncompiled" in caplog.text
     assert len(compiled) == 1 and compiled[0]._compiled_call_impl is None
     assert len(_losses(run)) == 3 and all(np.isfinite(_losses(run)))
+
+
+@pytest.mark.slow
+def test_graphs_compiled_encoder_classifier_gives_eager_loss_and_gradients(tiny_bert):
+    """The graphs-mode loss module on a BERT classifier (static batch, two length buckets under
+    one compile) gives the eager loss and gradients (CPU inductor; dropout off)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tune.modeling import (
+        StaticShapes,
+        add_lora,
+        compile_graphs,
+        encode_classify,
+        forward_loss,
+        loss_module,
+        make_batch,
+    )
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = add_lora(base, "classify", 4, 8, 0.0).eval()  # eval: no dropout to differ
+    static = StaticShapes(4, (32, 64))
+    texts = [["a great film", "dull"], ["word " * 40, "fine", "bad bad"]]
+    batches = []
+    for chunk in texts:
+        enc = encode_classify(tok, chunk, [1, 0, 1][: len(chunk)], [1.0] * len(chunk), 64)
+        batches.append(
+            make_batch(enc.input_ids, enc.labels, enc.weights, 0, "classify", static=static)
+        )
+    assert [b.input_ids.shape[1] for b in batches] == [32, 64]
+    lm = loss_module(model, "classify", False)
+    assert compile_graphs(lm, torch.device("cpu"))
+    for batch in batches:
+        out = []
+        for fn in (lambda b: forward_loss(model, b, "classify", False), lm.loss):
+            model.zero_grad()
+            loss = fn(batch)
+            loss.backward()
+            out.append((loss.detach(), _grads(model)))
+        (l1, g1), (l2, g2) = out
+        assert torch.allclose(l1, l2, rtol=1e-4)
+        for a, b in zip(g1, g2, strict=True):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
