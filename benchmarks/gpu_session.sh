@@ -4,11 +4,12 @@
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh [MODEL_FP16_DIR DOCS_FILE]
 # 1. tune_gpu.py: recipe with CUDA graphs (compile=graphs) and with compiled blocks (compile=on)
 #    vs HF Trainer + peft at 1024x8, 1024x16, 1024x32: tokens/s, MFU, peak memory, compile
-#    warm-up, and a profile of 3 graphs-mode steps. Budget (one 10-minute call): graphs ~1.5 min
-#    of compiling for the first config and again for the second (the batch size changes), the
-#    third reuses it; compiled blocks ~0.5-1 min each; Trainer ~0.43 s/step (out of memory at
-#    1024x32 on 80 GB); 23 steps per run: ~6-7 min in all, cut at TUNE_TIMEOUT (540 s; the rows
-#    finished by then are in tune_gpu.log). Eager recipe: add recipe to VARIANTS.
+#    warm-up, and a profile of 3 graphs-mode steps. Budget (one 10-minute call): graphs compile
+#    once (~1-2 min, a guess) and the later configs reuse it (symbolic batch and length), only
+#    recording CUDA graphs; compiled blocks ~0.5-1 min; Trainer ~0.43 s/step (out of memory at
+#    1024x32 on 80 GB); 23 steps per run: ~5-7 min in all, cut at TUNE_TIMEOUT (540 s; the rows
+#    finished by then are in tune_gpu.log and the partial JSON). Eager recipe: add recipe to
+#    VARIANTS.
 # 2. embed.py on the CPU (the machine's CPU, where bf16 units may exist): thresher vs plain encode.
 #    The encoder comes from MODEL_FP16_DIR (a sentence-transformers folder whose weights were stored
 #    as model.fp16.safetensors to travel light; restored to float32 here) and DOCS_FILE.

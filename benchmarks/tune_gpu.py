@@ -8,7 +8,7 @@ each, and the ratio. Recipe variants (``--variants``): ``recipe`` (eager), ``rec
 (``compile=on``, the GPU default ``auto``: ``torch.compile`` of each transformer block, see
 tune/modeling.py), ``recipe_graphs`` (``compile=graphs``: lengths padded to buckets, batches to
 full rows, the whole training forward compiled with mode="reduce-overhead" and replayed as CUDA
-graphs, one compile with symbolic lengths) and ``recipe_graphs_static`` (the same compiled
+graphs, one compile with symbolic batch and lengths) and ``recipe_graphs_static`` (the same compiled
 ``dynamic=False``: one compile per shape). Graphs variants compile and record every shape the
 timed steps meet before the clock starts (``warmup_seconds``, ``shapes``); ``fill`` is real
 tokens / padded positions (bucketing pads more), ``cudagraph_skips`` how often inductor declined

@@ -467,15 +467,15 @@ def _loss_module_class():
             self.model = model
             self.task = task
             self.fast_sft = fast_sft
-            self.dynamic_lengths = False  # set by compile_graphs
+            self.dynamic_dims = False  # set by compile_graphs
 
         def forward(self, input_ids, attention_mask, labels, weights, answer_pos, answer_tgt):
             batch = Batch(input_ids, attention_mask, labels, weights, 0, answer_pos, answer_tgt)
             return forward_loss(self.model, batch, self.task, self.fast_sft)
 
         def loss(self, batch: Batch):
-            if self.dynamic_lengths and is_compiled(self):
-                _mark_lengths_dynamic(batch)
+            if self.dynamic_dims and is_compiled(self):
+                _mark_dims_dynamic(batch)
             return self(
                 batch.input_ids,
                 batch.attention_mask,
@@ -488,15 +488,21 @@ def _loss_module_class():
     return LossModule
 
 
-def _mark_lengths_dynamic(batch: Batch) -> None:
-    """Tell the compiler that the length dimensions vary (the batch dimension does not)."""
+def _mark_dims_dynamic(batch: Batch) -> None:
+    """Compile the batch and length dimensions as symbols: one compile serves every bucket (and
+    batch size); each CUDA graph is still recorded for one concrete shape."""
     import torch
 
-    for t in (batch.input_ids, batch.attention_mask, batch.answer_pos, batch.answer_tgt):
+    for t in (
+        batch.input_ids,
+        batch.attention_mask,
+        batch.labels,
+        batch.weights,
+        batch.answer_pos,
+        batch.answer_tgt,
+    ):
         if t is not None:
-            torch._dynamo.maybe_mark_dynamic(t, 1)
-    if batch.labels is not None and batch.labels.dim() == 2:
-        torch._dynamo.maybe_mark_dynamic(batch.labels, 1)
+            torch._dynamo.maybe_mark_dynamic(t, list(range(t.dim())))
 
 
 def loss_module(model, task: str, fast_sft: bool):
@@ -546,12 +552,13 @@ def compile_graphs(module, device, static: bool = False) -> bool:
     compiled-blocks step was still host-bound). On the CPU it compiles without CUDA graphs
     (correctness checks). Every micro-batch has one of a few shapes (``StaticShapes``).
 
-    By default the batch dimension is static and the length dimensions are marked dynamic: one
-    compile (~1 min for a 0.5B model) serves every length bucket, and a CUDA graph is recorded per
-    bucket the first times it is met (cheap). ``static=True`` compiles ``dynamic=False``: fully
-    specialised kernels, but one whole-model compile per (length, answer) bucket pair, which is
-    minutes of warm-up for the 7 buckets up to 1024 (the benchmark's ``recipe_graphs_static``
-    compares the two). Returns whether it compiled."""
+    By default the batch and length dimensions are compiled as symbols (``maybe_mark_dynamic``):
+    one compile serves every length bucket (and batch size), and cudagraph trees record a CUDA
+    graph per concrete shape the first times it is met (cheap: a warm-up run and a recording).
+    ``static=True`` compiles ``dynamic=False``: fully specialised kernels, but a whole-model
+    compile per (length, answer) bucket pair, minutes of warm-up for the 7 length buckets up to
+    1024 (the benchmark's ``recipe_graphs_static`` compares the two). Returns whether it
+    compiled."""
     import torch
 
     if device.type == "cuda" and not _has_triton():
@@ -560,7 +567,7 @@ def compile_graphs(module, device, static: bool = False) -> bool:
     # every shape the compiler specialises on is one entry; the default limit (8) would
     # silently send the later shapes back to eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    module.dynamic_lengths = not static
+    module.dynamic_dims = not static
     module.compile(mode="reduce-overhead", dynamic=False if static else None)
     return True
 
