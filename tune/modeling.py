@@ -566,7 +566,9 @@ def compile_graphs(module, device, static: bool = False) -> bool:
         return False
     # every shape the compiler specialises on is one entry; the default limit (8) would
     # silently send the later shapes back to eager
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
     module.dynamic_dims = not static
     module.compile(mode="reduce-overhead", dynamic=False if static else None)
     return True
