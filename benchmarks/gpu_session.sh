@@ -2,7 +2,14 @@
 # The GPU checks in one go, for a lent or rented GPU machine with torch/transformers/peft installed
 # (python3 there). Writes JSON and logs under OUT (default: benchmarks/results/gpu).
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh [MODEL_FP16_DIR DOCS_FILE]
-# 1. tune_gpu.py: recipe (eager and compiled) vs HF Trainer + peft, tokens/s, MFU, peak memory.
+# 1. tune_gpu.py: recipe with CUDA graphs (compile=graphs) and with compiled blocks (compile=on)
+#    vs HF Trainer + peft at 1024x8, 1024x16, 1024x32: tokens/s, MFU, peak memory, compile
+#    warm-up, and a profile of 3 graphs-mode steps. Budget (one 10-minute call): graphs compile
+#    once (~1-2 min, a guess) and the later configs reuse it (symbolic batch and length), only
+#    recording CUDA graphs; compiled blocks ~0.5-1 min; Trainer ~0.43 s/step (out of memory at
+#    1024x32 on 80 GB); 23 steps per run: ~5-7 min in all, cut at TUNE_TIMEOUT (540 s; the rows
+#    finished by then are in tune_gpu.log and the partial JSON). Eager recipe: add recipe to
+#    VARIANTS.
 # 2. embed.py on the CPU (the machine's CPU, where bf16 units may exist): thresher vs plain encode.
 #    The encoder comes from MODEL_FP16_DIR (a sentence-transformers folder whose weights were stored
 #    as model.fp16.safetensors to travel light; restored to float32 here) and DOCS_FILE.
@@ -14,11 +21,13 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 grep -o -w -E 'amx_bf16|avx512_bf16|avx512f|avx2' /proc/cpuinfo | sort | uniq -c || true
 nproc
-timeout "${TUNE_TIMEOUT:-420}" $PY benchmarks/tune_gpu.py --configs ${CONFIGS:-1024x8 512x8 1024x32} \
-  --steps "${STEPS:-20}" --profile "$OUT/profile.txt" --out "$OUT/tune_gpu.json" \
-  >"$OUT/tune_gpu.log" 2>&1
+timeout "${TUNE_TIMEOUT:-540}" $PY benchmarks/tune_gpu.py --configs ${CONFIGS:-1024x8 1024x16 1024x32} \
+  --variants ${VARIANTS:-recipe_graphs recipe_compiled trainer} --steps "${STEPS:-20}" \
+  --warmup "${WARMUP:-3}" --profile "$OUT/profile.txt" --profile-variant recipe_graphs \
+  --out "$OUT/tune_gpu.json" >"$OUT/tune_gpu.log" 2>&1
 echo "tune_gpu exit $?"
-grep -v -i -E 'warn|^\s*$' "$OUT/tune_gpu.log" | grep -E '^\{"seq_len|per step' | cut -c1-900
+grep -v -i -E 'warn|^\s*$' "$OUT/tune_gpu.log" | grep -E '^\{"(seq_len|variant)|per step' | cut -c1-1500
+grep -i -E 'skipping cudagraphs|recompil|graph break|Traceback|Error' "$OUT/tune_gpu.log" | sort | uniq -c | head -20
 head -30 "$OUT/profile.txt" 2>/dev/null | cut -c1-170
 if [ $# -ge 2 ]; then
   rm -rf /tmp/encoder && cp -r "$1" /tmp/encoder

@@ -4,8 +4,15 @@ Same model (a Qwen2-0.5B architecture config with random bf16 weights: no hub), 
 (r=16 on q,k,v,o), same SFT-shaped data (random prompts of 32..seq_len tokens, each followed by an
 8-token answer; loss on the answer only), same batch size, bf16 autocast, fused AdamW, grad-norm
 clip 1.0, in one process on the same GPU. Reports real (non-pad) tokens/s, MFU and peak memory for
-each, and the ratio. The recipe runs twice: eager, and with its default on a GPU
-(``compile=auto``: ``torch.compile`` of each transformer block, see tune/modeling.py).
+each, and the ratio. Recipe variants (``--variants``): ``recipe`` (eager), ``recipe_compiled``
+(``compile=on``, the GPU default ``auto``: ``torch.compile`` of each transformer block, see
+tune/modeling.py), ``recipe_graphs`` (``compile=graphs``: lengths padded to buckets, batches to
+full rows, the whole training forward compiled with mode="reduce-overhead" and replayed as CUDA
+graphs, one compile with symbolic batch and lengths) and ``recipe_graphs_static`` (the same compiled
+``dynamic=False``: one compile per shape). Graphs variants compile and record every shape the
+timed steps meet before the clock starts (``warmup_seconds``, ``shapes``); ``fill`` is real
+tokens / padded positions (bucketing pads more), ``cudagraph_skips`` how often inductor declined
+a CUDA graph (should be 0).
 
 What differs is the recipe, not the settings: ``Trainer`` (defaults: random batches, full logits
 over the 151k vocabulary at every position, fp32 upcast inside the loss) vs ``tune.train``'s step
@@ -17,7 +24,8 @@ forward + input gradients, no weight gradients for the frozen base) + causal att
 (6·N_body per token), which overstates what a LoRA step computes by 1.5×; both are printed.
 
     python benchmarks/tune_gpu.py [--configs 1024x8 512x8 1024x32] [--steps 30] [--tiny]
-        [--profile FILE]
+        [--variants trainer recipe recipe_compiled recipe_graphs] [--profile FILE
+        --profile-variant recipe_graphs]
 ``--tiny`` is a small config on CPU to check the script (no meaningful numbers).
 """
 
@@ -36,7 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
 
 PEAK_BF16 = 989e12
-RECIPE_COMPILE = {"recipe": "off", "recipe_compiled": "on"}
+RECIPE_COMPILE = {
+    "recipe": "off",
+    "recipe_compiled": "on",
+    "recipe_graphs": "graphs",
+    "recipe_graphs_static": "graphs-static",
+}
 ANSWER = 8
 
 
@@ -119,62 +132,104 @@ def _sync(device):
 
 def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None):
     """Our step (tune.train.train_step) with length-grouped batches; ``compile_mode`` as the
-    recipe's ``tune.compile``. ``profile_to``: write a torch.profiler table of 3 steps there."""
+    recipe's ``tune.compile`` (``graphs``: bucketed static shapes, the whole training forward
+    compiled with mode="reduce-overhead", CUDA graphs; ``graphs-static``: the same compiled
+    ``dynamic=False``, one compile per shape). ``profile_to``: write a torch.profiler table of 3
+    steps there."""
     import torch
 
-    from tune.modeling import _fast_sft_ok, collate, compile_blocks
+    from tune.modeling import (
+        StaticShapes,
+        _fast_sft_ok,
+        compile_blocks,
+        compile_graphs,
+        loss_module,
+        make_batch,
+    )
     from tune.train import _linear_schedule, length_grouped_batches, train_step
 
     model = build_model(cfg, device, amp or torch.float32, args.seed)
     compiled = compile_blocks(model, device, compile_mode)
     model.train()
+    fast = _fast_sft_ok(model)
+    static = loss_fn = None
+    if compile_mode.startswith("graphs"):
+        static = StaticShapes.for_options(args.batch, args.seq_len)
+        loss_fn = loss_module(model, "sft", fast)
+        compile_graphs(loss_fn, device, static=compile_mode == "graphs-static")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
-    total = args.warmup + args.steps
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(total, 0.0))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     ids, labels = data
     batches = length_grouped_batches([len(x) for x in ids], args.batch, args.seed)
-    fast = _fast_sft_ok(model)
     n_params = sum(p.numel() for p in model.parameters())
     multiple = 8 if device.type == "cuda" else 1
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    tokens = 0
-    t0 = None
 
     def step_batch(step):
         idx = batches[step % len(batches)]
-        x, m, y = collate([ids[i] for i in idx], [labels[i] for i in idx], 0, "sft", multiple)
-        return x, m, y, torch.ones(len(idx))
+        return make_batch(
+            [ids[i] for i in idx],
+            [labels[i] for i in idx],
+            [1.0] * len(idx),
+            0,
+            "sft",
+            multiple=multiple,
+            static=static,
+        )
 
-    for step in range(total):
-        batch = step_batch(step)
-        if step == args.warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        _, n = train_step(model, [batch], optim, sched, scaler, trainable, "sft", device, amp, fast)
-        if step >= args.warmup:
-            tokens += n
+    plan = [step_batch(step) for step in range(args.warmup + args.steps)]
+    warm, timed = plan[: args.warmup], plan[args.warmup :]
+    shapes = {(b.input_ids.shape, b.answer_pos.shape): b for b in timed}
+    if static is not None:
+        # every shape the timed steps meet is compiled and its CUDA graph recorded (2 calls:
+        # warm-up run, then recording) before the clock starts
+        warm = [b for b in shapes.values() for _ in range(2)] + warm
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(len(warm) + len(timed), 0.0))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step(batch):
+        return train_step(
+            model, [batch], optim, sched, scaler, trainable, "sft", device, amp, fast, loss_fn
+        )
+
+    skips_before = _cudagraph_skips()
+    t_warm = time.perf_counter()
+    for batch in warm:
+        step(batch)
+    _sync(device)
+    t0 = time.perf_counter()
+    tokens = 0
+    for batch in timed:
+        tokens += step(batch)[1]
     _sync(device)
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    skips = _cudagraph_skips() - skips_before
     if profile_to is not None:
-        one = [step_batch(k) for k in range(3)]
-
-        def step(k):
-            train_step(model, [one[k]], optim, sched, scaler, trainable, "sft", device, amp, fast)
-
-        profile_steps(profile_to, step, device)
+        profile_steps(profile_to, lambda k: step(timed[k % len(timed)]), device)
     return {
         "tokens_per_s": tokens / seconds,
         "seconds": seconds,
         "tokens": tokens,
+        # real tokens / padded positions of the timed batches (bucketing pads more)
+        "fill": tokens / sum(b.input_ids.numel() for b in timed),
+        "shapes": len(shapes),
+        "warmup_steps": len(warm),
+        "warmup_seconds": t0 - t_warm,  # includes compiling (and CUDA graph recording)
         "peak_mem_gib": peak,
+        # graphs on CUDA: times inductor declined CUDA graphs (0 = every compiled graph replayed)
+        "cudagraph_skips": skips if static is not None and device.type == "cuda" else None,
         "fast_sft_logits": fast,
         "compiled_blocks": compiled,
         "params": n_params,
     }
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"].get("cudagraph_skips", 0))
 
 
 def run_trainer(cfg, data, args, device, amp):
@@ -304,6 +359,29 @@ def measure(fn, fpt, fpt6, device):
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
 
+def summary(args, device, amp, results) -> dict:
+    import torch
+
+    return {
+        "benchmark": "tune_gpu",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny check)",
+        "model": "Qwen2-0.5B architecture, random weights" if not args.tiny else "tiny Qwen2",
+        "params": next(
+            (r[v]["params"] for r in results for v in RECIPE_COMPILE if "params" in r.get(v, {})),
+            None,
+        ),
+        "lora": "r=16 alpha=32 on q,k,v,o",
+        "steps_timed": args.steps,
+        "precision": "bf16 autocast, frozen base in bf16, LoRA in fp32" if amp else "fp32",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "peft": __import__("peft").__version__,
+        },
+        "results": results,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -327,7 +405,8 @@ def main() -> None:
     cfg = model_config(args.tiny)
     results = []
     for k, text in enumerate(args.configs):
-        seq_len, args.batch = parse_config(text)
+        args.seq_len, args.batch = parse_config(text)
+        seq_len = args.seq_len
         data = make_data(
             args.batch * (args.warmup + args.steps) * 2, seq_len, cfg.vocab_size, args.seed
         )
@@ -352,36 +431,20 @@ def main() -> None:
                 fpt6,
                 device,
             )
+            done = {"variant": name, "seq_len": seq_len, "batch": args.batch, **row[name]}
+            print(json.dumps(done), file=sys.stderr, flush=True)
         trainer = row.get("trainer", {})
-        for name in ("recipe", "recipe_compiled"):
+        for name in RECIPE_COMPILE:
             ours = row.get(name, {})
             if "tokens_per_s" in ours and "tokens_per_s" in trainer:
                 row[f"speedup_{name}"] = round(ours["tokens_per_s"] / trainer["tokens_per_s"], 3)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    out = {
-        "benchmark": "tune_gpu",
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (--tiny check)",
-        "model": "Qwen2-0.5B architecture, random weights" if not args.tiny else "tiny Qwen2",
-        "params": next(
-            (
-                r[v]["params"]
-                for r in results
-                for v in ("recipe", "recipe_compiled")
-                if "params" in r.get(v, {})
-            ),
-            None,
-        ),
-        "lora": "r=16 alpha=32 on q,k,v,o",
-        "steps_timed": args.steps,
-        "precision": "bf16 autocast, frozen base in bf16, LoRA in fp32" if amp else "fp32",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "peft": __import__("peft").__version__,
-        },
-        "results": results,
-    }
+        if args.out:  # the rows so far, in case a time limit cuts the run
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            partial = {**summary(args, device, amp, results), "complete": False}
+            args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
+    out = summary(args, device, amp, results)
     emit(out, args.out)
 
 

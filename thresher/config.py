@@ -195,6 +195,8 @@ tune:
   qlora: false
   gradient_checkpointing: false
   # torch.compile the transformer blocks: auto (on a CUDA GPU only; ~1 min to compile) | on | off
+  # | graphs (opt-in, one process: lengths padded to buckets, the whole training forward compiled
+  # and replayed as CUDA graphs on a GPU, one graph per length bucket)
   compile: auto
   # Several processes (torchrun / accelerate launch): ddp (a replica per GPU) | fsdp (each GPU
   # holds a shard of every weight: for models that do not fit one GPU).

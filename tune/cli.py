@@ -79,9 +79,10 @@ def _run_dir(project_dir: str, run: str | None):
 @click.option(
     "--compile",
     "compile_mode",
-    type=click.Choice(["auto", "on", "off"]),
+    type=click.Choice(["auto", "on", "off", "graphs"]),
     default=None,
-    help="torch.compile the transformer blocks [auto: on a CUDA GPU only].",
+    help="torch.compile the transformer blocks [auto: on a CUDA GPU only]; graphs: the whole "
+    "training step with bucketed shapes, as CUDA graphs (one process).",
 )
 @click.option(
     "--strategy",

@@ -10,6 +10,7 @@ Shared by training, prediction and export so the three agree on one recipe:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -228,41 +229,218 @@ def encode_sft(tokenizer, texts, labels, weights, template: str, max_length: int
     return Encoded(ids, targets, list(weights))
 
 
-def collate(batch_ids, batch_labels, pad_id: int, task: str, multiple: int = 1):
-    """Right-pad to the longest sequence in the batch (dynamic padding) → tensors."""
+# ---- batches ----------------------------------------------------------------------------------
+
+MIN_BUCKET = 32  # the shortest padded length in graphs mode
+LINEAR_ABOVE = 256  # graphs mode: powers of two up to here, then multiples of it
+MIN_ANSWER_BUCKET = 8
+
+
+def seq_buckets(max_length: int) -> list[int]:
+    """The padded lengths of graphs mode (one CUDA graph each): powers of two from 32 up to 256,
+    then multiples of 256, then ``max_length`` rounded up to a multiple of 8.
+
+    Why: every distinct shape is a compile and a recorded CUDA graph (with its own memory), while
+    every padded position is wasted GPU work. Doubling keeps the short lengths to a handful of
+    shapes (32..256: 4) where padding costs little in absolute terms; above 256 a step of 256
+    keeps the waste under 256 tokens per row (~12 % on average between 768 and 1024) instead of
+    doubling's ~25 %. Up to 1024 that is 7 shapes: 32, 64, 128, 256, 512, 768, 1024."""
+    top = -(-max(max_length, 1) // 8) * 8
+    out, n = [], MIN_BUCKET
+    while n < top and n <= LINEAR_ABOVE:
+        out.append(n)
+        n *= 2
+    n = 2 * LINEAR_ABOVE
+    while n < top:
+        out.append(n)
+        n += LINEAR_ABOVE
+    return [*out, top]
+
+
+def bucket_of(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= ``n``; longer than every bucket: ``n`` rounded up to 8."""
+    for b in buckets:
+        if b >= n:
+            return b
+    return -(-n // 8) * 8
+
+
+def answer_bucket(n: int) -> int:
+    """Answer slots per row in graphs mode: a power of two, at least 8."""
+    b = MIN_ANSWER_BUCKET
+    while b < n:
+        b *= 2
+    return b
+
+
+@dataclass(frozen=True)
+class StaticShapes:
+    """Graphs mode: every micro-batch has ``rows`` rows (short ones padded with zero-weight filler
+    rows) and a length from ``buckets``; answer slots are bucketed too (``answer_bucket``)."""
+
+    rows: int
+    buckets: tuple[int, ...]
+
+    @classmethod
+    def for_options(cls, batch_size: int, max_length: int) -> StaticShapes:
+        return cls(batch_size, tuple(seq_buckets(max_length)))
+
+
+def collate(
+    batch_ids,
+    batch_labels,
+    pad_id: int,
+    task: str,
+    multiple: int = 1,
+    *,
+    length: int | None = None,
+    rows: int | None = None,
+):
+    """Right-pad to the longest sequence in the batch (dynamic padding) → tensors.
+
+    ``length`` pads to exactly that many positions instead (graphs mode buckets); ``rows`` adds
+    filler rows up to that batch size: pad ids, labels ignored (-100, or class 0 for classify,
+    given zero weight by the caller), attention on their first position only (a row with every
+    key masked can give NaN in some attention kernels, and NaN times a zero weight is still NaN)."""
     import torch
 
     longest = max(len(x) for x in batch_ids)
     longest = -(-longest // multiple) * multiple
-    ids = torch.full((len(batch_ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), longest), dtype=torch.long)
+    if length is not None:
+        longest = max(length, max(len(x) for x in batch_ids))
+    n = max(rows or 0, len(batch_ids))
+    ids = torch.full((n, longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, longest), dtype=torch.long)
+    mask[len(batch_ids) :, 0] = 1  # filler rows
     for i, x in enumerate(batch_ids):
         ids[i, : len(x)] = torch.tensor(x)
         mask[i, : len(x)] = 1
     if task == "classify":
-        labels = torch.tensor(batch_labels, dtype=torch.long)
+        labels = torch.zeros(n, dtype=torch.long)
+        labels[: len(batch_labels)] = torch.tensor(batch_labels, dtype=torch.long)
     else:
-        labels = torch.full((len(batch_ids), longest), -100, dtype=torch.long)
+        labels = torch.full((n, longest), -100, dtype=torch.long)
         for i, y in enumerate(batch_labels):
             labels[i, : len(y)] = torch.tensor(y)
     return ids, mask, labels
 
 
-def weighted_loss(logits, labels, weights, task: str):
+def answer_index(labels, width: int | None = None):
+    """(positions, targets), both (B, A): for each row the positions ``t`` whose next token is an
+    answer target (``labels[:, t + 1] != -100``) and that target; unused slots hold position 0 and
+    target -100 (ignored). A = the most answer tokens in a row, or ``width`` (graphs mode).
+    Built on the CPU from CPU labels, so the loss gathers with a fixed-shape index: no boolean
+    indexing on the device (a device→host sync and a data-dependent shape every step)."""
+    import torch
+
+    shift = labels[:, 1:]
+    keep = shift != -100
+    counts = keep.sum(1)
+    a = max(int(counts.max()) if len(counts) else 0, 1)
+    a = max(a, width or 0)
+    positions = torch.zeros((labels.shape[0], a), dtype=torch.long)
+    targets = torch.full((labels.shape[0], a), -100, dtype=torch.long)
+    for i in range(labels.shape[0]):
+        where = keep[i].nonzero().flatten()
+        positions[i, : len(where)] = where
+        targets[i, : len(where)] = shift[i, where]
+    return positions, targets
+
+
+@dataclass
+class Batch:
+    """One micro-batch: ``input_ids``/``attention_mask`` (B, L), ``labels`` (B,) for classify or
+    (B, L) for sft, ``weights`` (B,) (0 for filler rows), ``answer_pos``/``answer_tgt`` (B, A)
+    for sft (see ``answer_index``) and ``tokens`` = real (non-pad, non-filler) tokens."""
+
+    input_ids: Any
+    attention_mask: Any
+    labels: Any
+    weights: Any
+    tokens: int
+    answer_pos: Any = None
+    answer_tgt: Any = None
+
+    def to(self, device, pin: bool = False) -> Batch:
+        def move(t):
+            if t is None:
+                return None
+            if pin:
+                t = t.pin_memory()
+            return t.to(device, non_blocking=True)
+
+        return Batch(
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
+            move(self.weights),
+            self.tokens,
+            move(self.answer_pos),
+            move(self.answer_tgt),
+        )
+
+
+def make_batch(
+    batch_ids,
+    batch_labels,
+    weights,
+    pad_id: int,
+    task: str,
+    *,
+    multiple: int = 1,
+    static: StaticShapes | None = None,
+) -> Batch:
+    """CPU tensors for one micro-batch: dynamic padding (to ``multiple``), or with ``static`` a
+    bucketed length, ``static.rows`` rows (zero-weight filler) and bucketed answer slots."""
+    import torch
+
+    length = rows = None
+    if static is not None:
+        length = bucket_of(max(len(x) for x in batch_ids), static.buckets)
+        rows = static.rows
+    x, m, y = collate(batch_ids, batch_labels, pad_id, task, multiple, length=length, rows=rows)
+    w = torch.zeros(x.shape[0], dtype=torch.float32)
+    w[: len(weights)] = torch.tensor(list(weights), dtype=torch.float32)
+    tokens = sum(len(ids) for ids in batch_ids)
+    if task != "sft":
+        return Batch(x, m, y, w, tokens)
+    width = None
+    if static is not None:
+        width = answer_bucket(int((y[:, 1:] != -100).sum(1).max()))
+    pos, tgt = answer_index(y, width)
+    return Batch(x, m, y, w, tokens, pos, tgt)
+
+
+def _answer_loss(logits, targets, weights):
+    """Weighted mean cross-entropy over answer tokens; ``logits`` (B, A, V), ``targets`` (B, A)
+    with -100 in unused slots, ``weights`` (B,)."""
+    import torch.nn.functional as F
+
+    per_token = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view_as(targets)
+    token_w = weights[:, None] * (targets != -100)
+    return (per_token * token_w).sum() / token_w.sum().clamp_min(1e-8)
+
+
+def _gather_positions(x, positions):
+    """``x`` (B, L, D) at ``positions`` (B, A) → (B, A, D)."""
+    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def weighted_loss(logits, labels, weights, task: str, answer=None):
     """Cross-entropy, each example weighted (suspected label errors may weigh less): the weighted
-    mean over examples (classify) or over answer tokens (sft)."""
+    mean over examples (classify) or over answer tokens (sft). ``answer`` = (positions, targets)
+    from ``answer_index``: the sft loss then reads the logits at those positions only (a fixed
+    shape gather, no device→host sync); without it every position is scored (same value)."""
     import torch.nn.functional as F
 
     if task == "classify":
         per_example = F.cross_entropy(logits.float(), labels, reduction="none")
         return (per_example * weights).sum() / weights.sum().clamp_min(1e-8)
-    # Causal LM: position t predicts token t+1; only answer positions have targets.
-    shift_labels = labels[:, 1:]
-    keep = shift_labels != -100
-    picked = logits[:, :-1][keep].float()  # logits only where there is a target
-    per_token = F.cross_entropy(picked, shift_labels[keep], reduction="none")
-    token_w = weights[:, None].expand_as(shift_labels)[keep]
-    return (per_token * token_w).sum() / token_w.sum().clamp_min(1e-8)
+    if answer is not None:  # position t predicts token t+1
+        return _answer_loss(_gather_positions(logits, answer[0]), answer[1], weights)
+    return _answer_loss(logits[:, :-1], labels[:, 1:], weights)
 
 
 def _fast_sft_ok(model) -> bool:
@@ -278,28 +456,83 @@ def _fast_sft_ok(model) -> bool:
     return plain and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
 
 
-def forward_loss(model, input_ids, attention_mask, labels, weights, task: str, fast_sft: bool):
-    """The training loss for one micro-batch.
+def forward_loss(model, batch: Batch, task: str, fast_sft: bool):
+    """The training loss for one micro-batch (tensors already on the model's device).
 
-    ``fast_sft`` (one process, plain decoders): run the decoder, then the LM head only at positions
-    that have an answer target. With a 150k vocabulary most of a causal LM's logits (and their fp32
-    upcast in the loss) are wasted on prompt tokens; this skips them. Same loss value."""
-    if task == "sft" and fast_sft:
-        import torch.nn.functional as F
-
+    ``fast_sft`` (one process, plain decoders): run the decoder, then the LM head only at the
+    answer positions (``batch.answer_pos``, a fixed-shape gather). With a 150k vocabulary most of
+    a causal LM's logits (and their fp32 upcast in the loss) are wasted on prompt tokens; this
+    skips them. Same loss value and gradients. No step here waits for the device."""
+    answer = (batch.answer_pos, batch.answer_tgt) if batch.answer_pos is not None else None
+    if task == "sft" and fast_sft and answer is not None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden = base.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).last_hidden_state
-        shift = labels[:, 1:]
-        keep = shift != -100
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-        per_token = F.cross_entropy(logits.float(), shift[keep], reduction="none")
-        token_w = weights[:, None].expand_as(shift)[keep]
-        return (per_token * token_w).sum() / token_w.sum().clamp_min(1e-8)
+        logits = base.get_output_embeddings()(_gather_positions(hidden, answer[0]))
+        return _answer_loss(logits, answer[1], batch.weights)
     kwargs = {"use_cache": False} if task == "sft" else {}  # training needs no KV cache
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-    return weighted_loss(logits, labels, weights, task)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+    return weighted_loss(logits, batch.labels, batch.weights, task, answer)
+
+
+@functools.cache
+def _loss_module_class():
+    import torch
+
+    class LossModule(torch.nn.Module):
+        """``forward_loss`` as a module, so graphs mode can compile the whole training forward
+        (decoder, answer gather, LM head, cross-entropy, weighting) as one graph while ``model``
+        itself stays uncompiled (eval and predict use it eagerly; its ``state_dict`` keys are
+        untouched)."""
+
+        def __init__(self, model, task: str, fast_sft: bool) -> None:
+            super().__init__()
+            self.model = model
+            self.task = task
+            self.fast_sft = fast_sft
+            self.dynamic_dims = False  # set by compile_graphs
+
+        def forward(self, input_ids, attention_mask, labels, weights, answer_pos, answer_tgt):
+            batch = Batch(input_ids, attention_mask, labels, weights, 0, answer_pos, answer_tgt)
+            return forward_loss(self.model, batch, self.task, self.fast_sft)
+
+        def loss(self, batch: Batch):
+            if self.dynamic_dims and is_compiled(self):
+                _mark_dims_dynamic(batch)
+            return self(
+                batch.input_ids,
+                batch.attention_mask,
+                batch.labels,
+                batch.weights,
+                batch.answer_pos,
+                batch.answer_tgt,
+            )
+
+    return LossModule
+
+
+def _mark_dims_dynamic(batch: Batch) -> None:
+    """Compile the batch and length dimensions as symbols: one compile serves every bucket (and
+    batch size); each CUDA graph is still recorded for one concrete shape."""
+    import torch
+
+    for t in (
+        batch.input_ids,
+        batch.attention_mask,
+        batch.labels,
+        batch.weights,
+        batch.answer_pos,
+        batch.answer_tgt,
+    ):
+        if t is not None:
+            torch._dynamo.maybe_mark_dynamic(t, list(range(t.dim())))
+
+
+def loss_module(model, task: str, fast_sft: bool):
+    """A ``torch.nn.Module`` whose forward is ``forward_loss(model, batch, ...)`` (see
+    ``compile_graphs``); call ``.loss(batch)``."""
+    return _loss_module_class()(model, task, fast_sft)
 
 
 def repeated_blocks(model) -> list[Any]:
@@ -325,8 +558,8 @@ def compile_blocks(model, device, mode: str) -> int:
     so compiled once) with dynamic shapes, so length-grouped batches do not recompile, and
     ``state_dict`` keys stay unchanged (checkpoints and adapters load either way). Returns the
     number of blocks compiled."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return 0
+    if mode not in ("auto", "on") or (mode == "auto" and device.type != "cuda"):
+        return 0  # off, or graphs (compile_graphs compiles the whole training forward instead)
     if device.type == "cuda" and not _has_triton():
         log.warning("torch.compile needs triton on CUDA; training uncompiled")
         return 0
@@ -336,12 +569,46 @@ def compile_blocks(model, device, mode: str) -> int:
     return len(blocks)
 
 
-def uncompile_blocks(model) -> int:
-    """Undo ``compile_blocks`` (back to eager); returns how many blocks were compiled."""
+def compile_graphs(module, device, static: bool = False) -> bool:
+    """Graphs mode: ``torch.compile(mode="reduce-overhead")`` of ``module`` (the whole training
+    forward, a ``loss_module``) in place. On CUDA the compiled forward and backward are replayed
+    as CUDA graphs: a few graph launches per step instead of ~2k kernel launches (the
+    compiled-blocks step was still host-bound). On the CPU it compiles without CUDA graphs
+    (correctness checks). Every micro-batch has one of a few shapes (``StaticShapes``).
+
+    By default the batch and length dimensions are compiled as symbols (``maybe_mark_dynamic``):
+    one compile serves every length bucket (and batch size), and cudagraph trees record a CUDA
+    graph per concrete shape the first times it is met (cheap: a warm-up run and a recording).
+    ``static=True`` compiles ``dynamic=False``: fully specialised kernels, but a whole-model
+    compile per (length, answer) bucket pair, minutes of warm-up for the 7 length buckets up to
+    1024 (the benchmark's ``recipe_graphs_static`` compares the two). Returns whether it
+    compiled."""
+    import torch
+
+    if device.type == "cuda" and not _has_triton():
+        log.warning("torch.compile needs triton on CUDA; training without CUDA graphs")
+        return False
+    # every shape the compiler specialises on is one entry; the default limit (8) would
+    # silently send the later shapes back to eager
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
+    module.dynamic_dims = not static
+    module.compile(mode="reduce-overhead", dynamic=False if static else None)
+    return True
+
+
+def is_compiled(module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def uncompile(model) -> int:
+    """Undo ``compile_blocks`` or ``compile_graphs`` (back to eager) on ``model`` and every
+    module inside it; returns how many modules were compiled."""
     undone = 0
-    for block in repeated_blocks(model):
-        if getattr(block, "_compiled_call_impl", None) is not None:
-            block._compiled_call_impl = None
+    for module in model.modules():
+        if is_compiled(module):
+            module._compiled_call_impl = None
             undone += 1
     return undone
 

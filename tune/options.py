@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+COMPILE_MODES = ("auto", "on", "off", "graphs")
 DEFAULT_PROMPT = "Classify the text.\nText: {text}\nLabel:"
 
 
@@ -46,7 +47,9 @@ class TuneOptions:
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     qlora: bool = False  # 4-bit NF4 base (needs bitsandbytes >= 0.48; GPU or CPU)
     gradient_checkpointing: bool = False
-    compile: str = "auto"  # torch.compile the transformer blocks: auto (CUDA only) | on | off
+    # torch.compile the transformer blocks: auto (CUDA only) | on | off; graphs = the whole training
+    # forward with static (bucketed) shapes, replayed as CUDA graphs on a GPU (tune/modeling.py)
+    compile: str = "auto"
     strategy: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (sharded)
     eval_steps: int = 0  # 0 = once per epoch
     save_steps: int = 50  # checkpoint every N optimizer steps (for --resume)
@@ -119,14 +122,15 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
 
 
 def switch(value: Any) -> str:
-    """auto | on | off from config text or YAML booleans (YAML reads a bare ``off`` as False)."""
+    """auto | on | off | graphs from config text or YAML booleans (YAML reads a bare ``off`` as
+    False)."""
     if isinstance(value, bool):
         return "on" if value else "off"
     text = str(value).strip().lower()
     aliases = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
     text = aliases.get(text, text)
-    if text not in ("auto", "on", "off"):
+    if text not in COMPILE_MODES:
         from thresher.errors import ConfigError
 
-        raise ConfigError(f"tune.compile is {value!r}; use auto, on or off")
+        raise ConfigError(f"tune.compile is {value!r}; use auto, on, off or graphs")
     return text

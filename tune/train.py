@@ -38,20 +38,24 @@ from tune.distributed import (
 )
 from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
+    StaticShapes,
     _fast_sft_ok,
     add_lora,
-    collate,
     compile_blocks,
+    compile_graphs,
     encode_classify,
     encode_sft,
     forward_loss,
     is_compile_error,
+    is_compiled,
     load_base,
     load_tokenizer,
+    loss_module,
+    make_batch,
     repeated_blocks,
     resolve_base,
     score_texts,
-    uncompile_blocks,
+    uncompile,
 )
 from tune.options import TuneOptions
 
@@ -219,6 +223,14 @@ def train(
         log.info("resumed %s at step %d/%d", opts.run, state.step, total)
     eval_every = opts.eval_steps or steps_per_epoch
     fast_sft = opts.task == "sft" and d.world == 1 and _fast_sft_ok(model)
+    # graphs mode: static shapes and the whole training forward compiled (CUDA graphs on a GPU);
+    # eval and predict keep using the uncompiled ``model``
+    static = loss_fn = None
+    if opts.compile == "graphs" and d.world == 1:
+        static = StaticShapes.for_options(opts.batch_size, opts.max_length)
+        loss_fn = loss_module(model, opts.task, fast_sft)
+        if compile_graphs(loss_fn, device):
+            log.info("graphs mode: lengths padded to %s (CUDA graphs on a GPU)", static.buckets)
 
     # -- train
     model.train()  # from_pretrained returns eval mode (dropout off)
@@ -230,20 +242,31 @@ def train(
                 break
             t0 = time.perf_counter()
             micro = [
-                collate(
+                make_batch(
                     [train_set.input_ids[i] for i in idx],
                     [train_set.labels[i] for i in idx],
+                    [train_set.weights[i] for i in idx],
                     tok.pad_token_id,
                     opts.task,
                     multiple=8 if device.type == "cuda" else 1,
+                    static=static,
                 )
-                + (torch.tensor([train_set.weights[i] for i in idx], dtype=torch.float32),)
                 for idx in batches[start : start + opts.grad_accum]
             ]
             loss_sum, tokens = _eager_on_compile_error(
-                model,
+                loss_fn if loss_fn is not None else model,
                 lambda micro=micro: train_step(
-                    ddp, micro, optim, sched, scaler, trainable, opts.task, device, amp, fast_sft
+                    ddp,
+                    micro,
+                    optim,
+                    sched,
+                    scaler,
+                    trainable,
+                    opts.task,
+                    device,
+                    amp,
+                    fast_sft,
+                    loss_fn=loss_fn,
                 ),
                 before_retry=lambda: optim.zero_grad(set_to_none=True),
             )
@@ -322,12 +345,13 @@ def _dataset(project: Project, opts: TuneOptions) -> TuneData:
     return build_pairs_dataset(project, opts.data)
 
 
-def _eager_on_compile_error(model, fn: Callable[[], Any], before_retry=None) -> Any:
-    """``fn()``; if torch.compile fails inside it, undo the compilation and run it eagerly."""
+def _eager_on_compile_error(module, fn: Callable[[], Any], before_retry=None) -> Any:
+    """``fn()``; if torch.compile fails inside it, undo every compilation in ``module`` (compiled
+    blocks, or the graphs-mode loss module) and run it eagerly."""
     try:
         return fn()
     except Exception as err:
-        if not (is_compile_error(err) and uncompile_blocks(model)):
+        if not (is_compile_error(err) and uncompile(module)):
             raise
         log.warning("torch.compile failed (%s); continuing uncompiled", str(err)[:200])
         if before_retry is not None:
@@ -365,28 +389,47 @@ def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def train_step(model, micro, optim, sched, scaler, trainable, task, device, amp, fast_sft=False):
-    """One optimizer step over ``micro`` = [(input_ids, mask, labels, weights), ...] CPU tensors
-    (gradient accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens)
-    with the loss still on the device: reading it waits for the GPU, so callers read it only now
-    and then and the host can queue the next step meanwhile. The benchmark calls this too, so
-    what it measures is the recipe's own step."""
+def train_step(
+    model, micro, optim, sched, scaler, trainable, task, device, amp, fast_sft=False, loss_fn=None
+):
+    """One optimizer step over ``micro`` = [``Batch``, ...] of CPU tensors (gradient
+    accumulation; DDP syncs on the last micro-batch only). Returns (loss, real tokens) with the
+    loss still on the device: reading it waits for the GPU, so callers read it only now and then
+    and the host can queue the next step meanwhile. Nothing in the step waits for the device (no
+    ``.item()``, no boolean indexing: the answer positions come as a CPU-built index).
+    ``loss_fn``: the graphs-mode ``loss_module`` (compiled; CUDA graphs on a GPU) instead of
+    ``forward_loss(model, ...)``. The benchmark calls this too, so what it measures is the
+    recipe's own step."""
     import torch
 
+    graphs = loss_fn is not None and is_compiled(loss_fn) and device.type == "cuda"
+    if graphs:
+        # CUDA graph outputs are overwritten by the next replay: keep the gradients in buffers
+        # of their own (accumulated into in place) rather than let autograd adopt an output
+        for p in trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
     loss_sum = torch.zeros((), device=device)
     tokens = 0
-    for k, (x, m, y, w) in enumerate(micro):
-        tokens += int(m.sum())  # on CPU: no device sync
-        x, m, y, w = (t.to(device, non_blocking=True) for t in (x, m, y, w))
+    pin = device.type == "cuda"
+    for k, batch in enumerate(micro):
+        tokens += batch.tokens
+        batch = batch.to(device, pin=pin)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with _no_sync(model, k < len(micro) - 1), _autocast(device, amp):
-            loss = forward_loss(model, x, m, y, w, task, fast_sft) / len(micro)
+            loss = (
+                loss_fn.loss(batch)
+                if loss_fn is not None
+                else forward_loss(model, batch, task, fast_sft)
+            ) / len(micro)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     scaler.unscale_(optim)
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     scaler.step(optim)
     scaler.update()
-    optim.zero_grad(set_to_none=True)
+    optim.zero_grad(set_to_none=not graphs)
     sched.step()
     return loss_sum, tokens
 
@@ -472,7 +515,11 @@ def _build_model(ref, opts: TuneOptions, labels, tok, device, amp, d: Dist):
     if d.fsdp:
         shard_model(model, repeated_blocks(model), device, amp)
         return model
-    compiled = compile_blocks(model, device, opts.compile)
+    mode = opts.compile
+    if mode == "graphs" and d.world > 1:
+        log.warning("compile graphs runs in one process only; compiling the blocks instead")
+        mode = "on"
+    compiled = compile_blocks(model, device, mode)
     if compiled:
         log.info("compiling %d transformer blocks (the first steps wait for it)", compiled)
     del torch

@@ -241,7 +241,7 @@ def test_fast_sft_loss_matches_full_logits(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.modeling import _fast_sft_ok, add_lora, collate, encode_sft, forward_loss
+    from tune.modeling import _fast_sft_ok, add_lora, encode_sft, forward_loss, make_batch
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
@@ -253,11 +253,10 @@ def test_fast_sft_loss_matches_full_logits(tiny_llama):
         "Text: {text}\nLabel:",
         32,
     )
-    x, m, y = collate(enc.input_ids, enc.labels, tok.pad_token_id, "sft")
-    w = torch.tensor(enc.weights)
+    batch = make_batch(enc.input_ids, enc.labels, enc.weights, tok.pad_token_id, "sft")
     assert _fast_sft_ok(model)
-    fast = forward_loss(model, x, m, y, w, "sft", fast_sft=True)
-    full = forward_loss(model, x, m, y, w, "sft", fast_sft=False)
+    fast = forward_loss(model, batch, "sft", fast_sft=True)
+    full = forward_loss(model, batch, "sft", fast_sft=False)
     assert torch.allclose(fast, full, atol=1e-5)
     fast.backward()
     g_fast = [p.grad.clone() for p in model.parameters() if p.requires_grad]
@@ -275,12 +274,13 @@ def test_compile_switch_and_block_discovery(tiny_llama):
     from tune.modeling import compile_blocks, repeated_blocks
     from tune.options import switch
 
-    assert [switch(v) for v in (False, True, "AUTO", "no", "on")] == [
+    assert [switch(v) for v in (False, True, "AUTO", "no", "on", "Graphs")] == [
         "off",
         "on",
         "auto",
         "off",
         "on",
+        "graphs",
     ]
     with pytest.raises(ConfigError, match="tune.compile"):
         switch("sometimes")
@@ -289,6 +289,7 @@ def test_compile_switch_and_block_discovery(tiny_llama):
     assert len(blocks) == 2 and blocks[0] is model.model.layers[0]
     assert compile_blocks(model, torch.device("cpu"), "auto") == 0
     assert compile_blocks(model, torch.device("cpu"), "off") == 0
+    assert compile_blocks(model, torch.device("cpu"), "graphs") == 0  # compiles the step instead
     assert getattr(blocks[0], "_compiled_call_impl", None) is None
 
 
@@ -327,19 +328,18 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.modeling import add_lora, collate, compile_blocks, encode_sft, forward_loss
+    from tune.modeling import add_lora, compile_blocks, encode_sft, forward_loss, make_batch
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
     enc = encode_sft(
         tok, ["a great film", "dull"], ["pos", "neg"], [1.0, 1.0], "Text: {text}\nLabel:", 32
     )
-    x, m, y = collate(enc.input_ids, enc.labels, tok.pad_token_id, "sft")
-    w = torch.ones(2)
+    batch = make_batch(enc.input_ids, enc.labels, enc.weights, tok.pad_token_id, "sft")
 
     def loss_and_grads():
         model.zero_grad()
-        loss = forward_loss(model, x, m, y, w, "sft", fast_sft=True)
+        loss = forward_loss(model, batch, "sft", fast_sft=True)
         loss.backward()
         return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
