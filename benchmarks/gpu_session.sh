@@ -29,6 +29,19 @@ echo "tune_gpu exit $?"
 grep -v -i -E 'warn|^\s*$' "$OUT/tune_gpu.log" | grep -E '^\{"(seq_len|variant)|per step' | cut -c1-1500
 grep -i -E 'skipping cudagraphs|recompil|graph break|Traceback|Error' "$OUT/tune_gpu.log" | sort | uniq -c | head -20
 head -30 "$OUT/profile.txt" 2>/dev/null | cut -c1-170
+# 1b. (QLORA=1) QLoRA vs bf16 LoRA, compiled blocks, same process: tokens/s and peak memory.
+#     bitsandbytes is not on the lent machines and they have no internet: carry its wheel
+#     (bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl, 41 MiB) and pass BNB_WHEEL=path.
+#     Run it as its own call when (1) took most of the 10 minutes.
+if [ "${QLORA:-0}" = 1 ]; then
+  [ -n "${BNB_WHEEL:-}" ] && $PY -m pip install -q --no-deps "$BNB_WHEEL"
+  timeout "${QLORA_TIMEOUT:-300}" $PY benchmarks/tune_gpu.py --configs ${QLORA_CONFIGS:-1024x8 1024x32} \
+    --variants recipe_qlora_compiled recipe_compiled --steps "${STEPS:-20}" --warmup "${WARMUP:-3}" \
+    --out "$OUT/tune_gpu_qlora.json" >"$OUT/tune_gpu_qlora.log" 2>&1
+  echo "tune_gpu qlora exit $?"
+  grep -E '^\{"variant' "$OUT/tune_gpu_qlora.log" | cut -c1-900
+  grep -E 'Traceback|Error' "$OUT/tune_gpu_qlora.log" | sort | uniq -c | head -10
+fi
 if [ $# -ge 2 ]; then
   rm -rf /tmp/encoder && cp -r "$1" /tmp/encoder
   $PY - <<'PY'

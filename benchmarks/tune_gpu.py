@@ -9,10 +9,11 @@ each, and the ratio. Recipe variants (``--variants``): ``recipe`` (eager), ``rec
 tune/modeling.py), ``recipe_graphs`` (``compile=graphs``: lengths padded to buckets, batches to
 full rows, the whole training forward compiled with mode="reduce-overhead" and replayed as CUDA
 graphs, one compile with symbolic batch and lengths) and ``recipe_graphs_static`` (the same compiled
-``dynamic=False``: one compile per shape). Graphs variants compile and record every shape the
-timed steps meet before the clock starts (``warmup_seconds``, ``shapes``); ``fill`` is real
-tokens / padded positions (bucketing pads more), ``cudagraph_skips`` how often inductor declined
-a CUDA graph (should be 0).
+``dynamic=False``: one compile per shape); ``recipe_qlora`` / ``recipe_qlora_compiled``: the
+eager / compiled-blocks recipe on a 4-bit NF4 base (QLoRA, bitsandbytes). Graphs variants
+compile and record every shape the timed steps meet before the clock starts
+(``warmup_seconds``, ``shapes``); ``fill`` is real tokens / padded positions (bucketing pads
+more), ``cudagraph_skips`` how often inductor declined a CUDA graph (should be 0).
 
 What differs is the recipe, not the settings: ``Trainer`` (defaults: random batches, full logits
 over the 151k vocabulary at every position, fp32 upcast inside the loss) vs ``tune.train``'s step
@@ -49,6 +50,8 @@ RECIPE_COMPILE = {
     "recipe_compiled": "on",
     "recipe_graphs": "graphs",
     "recipe_graphs_static": "graphs-static",
+    "recipe_qlora": "off",  # 4-bit NF4 base (bitsandbytes), eager
+    "recipe_qlora_compiled": "on",  # the same with the blocks compiled (the GPU default)
 }
 ANSWER = 8
 
@@ -96,15 +99,22 @@ def make_data(n: int, seq_len: int, vocab: int, seed: int):
     return ids, labels
 
 
-def build_model(cfg, device, dtype, seed: int):
+def build_model(cfg, device, dtype, seed: int, qlora: bool = False):
+    """The random-weight model + LoRA. ``qlora``: the same weights saved and loaded back the
+    recipe's way (``tune.modeling._qlora_kwargs``: NF4, double quantization, onto the device)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tune.modeling import add_lora
+    from tune.modeling import _qlora_kwargs, add_lora
 
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    if qlora:
+        with tempfile.TemporaryDirectory() as tmp:
+            AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(tmp)
+            model = AutoModelForCausalLM.from_pretrained(tmp, **_qlora_kwargs(dtype, device))
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model = add_lora(model, "sft", 16, 32, 0.0, ("q_proj", "k_proj", "v_proj", "o_proj"))
     for p in model.parameters():
         if p.requires_grad:
@@ -130,7 +140,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None):
+def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None, qlora=False):
     """Our step (tune.train.train_step) with length-grouped batches; ``compile_mode`` as the
     recipe's ``tune.compile`` (``graphs``: bucketed static shapes, the whole training forward
     compiled with mode="reduce-overhead", CUDA graphs; ``graphs-static``: the same compiled
@@ -148,7 +158,7 @@ def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None
     )
     from tune.train import _linear_schedule, length_grouped_batches, train_step
 
-    model = build_model(cfg, device, amp or torch.float32, args.seed)
+    model = build_model(cfg, device, amp or torch.float32, args.seed, qlora=qlora)
     compiled = compile_blocks(model, device, compile_mode)
     model.train()
     fast = _fast_sft_ok(model)
@@ -222,6 +232,7 @@ def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None
         "cudagraph_skips": skips if static is not None and device.type == "cuda" else None,
         "fast_sft_logits": fast,
         "compiled_blocks": compiled,
+        "qlora": qlora,
         "params": n_params,
     }
 
@@ -425,7 +436,16 @@ def main() -> None:
                 lambda name=name, data=data, profile=profile: (
                     run_trainer(cfg, data, args, device, amp)
                     if name == "trainer"
-                    else run_recipe(cfg, data, args, device, amp, RECIPE_COMPILE[name], profile)
+                    else run_recipe(
+                        cfg,
+                        data,
+                        args,
+                        device,
+                        amp,
+                        RECIPE_COMPILE[name],
+                        profile,
+                        qlora="qlora" in name,
+                    )
                 ),
                 fpt,
                 fpt6,
