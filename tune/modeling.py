@@ -653,12 +653,7 @@ def score_texts(
     if not texts:
         return out
     pad = tokenizer.pad_token_id
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else _null()
-    )
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, amp_dtype):
         if task == "classify":
             ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
             order = _order_by_length([len(x) for x in ids])
@@ -700,9 +695,12 @@ def answer_logprob(logits, labels):
     return picked.sum(-1), keep.sum(-1)
 
 
-class _null:
-    def __enter__(self):
-        return self
+def autocast(device, amp_dtype):
+    """Mixed precision in ``amp_dtype`` on ``device`` (None: full precision, no autocast)."""
+    import contextlib
 
-    def __exit__(self, *exc):
-        return False
+    import torch
+
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)

@@ -83,7 +83,7 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
     has_pair = response.map(lambda v: None if v is None else "pair")
     split = ensure_split(project, frame, has_pair, opts)
     frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
-    response = response_values(frame, column)
+    response = response.set_axis(frame.index)  # a left merge on unique ids keeps the row order
     counts: dict[str, int] = {"records": len(frame), "no_response": int(response.isna().sum())}
     base = pd.DataFrame(
         {
@@ -141,21 +141,16 @@ def answer_nll(
     import numpy as np
     import torch
 
-    from tune.modeling import answer_logprob, collate, encode_sft
+    from tune.modeling import _order_by_length, answer_logprob, autocast, collate, encode_sft
 
     n = len(texts)
     nll, tokens = np.zeros(n, dtype="float64"), np.zeros(n, dtype="int64")
     if n == 0:
         return nll, tokens
     enc = encode_sft(tokenizer, texts, responses, [1.0] * n, template, max_length)
-    order = sorted(range(n), key=lambda i: len(enc.input_ids[i]))
+    order = _order_by_length([len(x) for x in enc.input_ids])
     model.eval()
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else torch.autocast(device_type="cpu", enabled=False)
-    )
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, amp_dtype):
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             x, m, y = collate(
@@ -263,9 +258,10 @@ def _base_model_nll(run_dir: Path, test):
 
     from thresher.assets import ModelRef
     from tune.modeling import load_base, load_tokenizer
+    from tune.predict import _run_config
 
-    config = json.loads((run_dir / "config.json").read_text())
-    ref = ModelRef(config["base"]["name"], config["base"]["path"], config["base"].get("gguf_file"))
+    config = _run_config(run_dir)
+    ref = ModelRef(**config["base"])
     options = config["options"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(ref)

@@ -41,6 +41,7 @@ from tune.modeling import (
     StaticShapes,
     _fast_sft_ok,
     add_lora,
+    autocast,
     compile_blocks,
     compile_graphs,
     encode_classify,
@@ -417,7 +418,7 @@ def train_step(
         batch = batch.to(device, pin=pin)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with _no_sync(model, k < len(micro) - 1), _autocast(device, amp):
+        with _no_sync(model, k < len(micro) - 1), autocast(device, amp):
             loss = (
                 loss_fn.loss(batch)
                 if loss_fn is not None
@@ -559,16 +560,6 @@ class _no_sync:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc) if self.ctx is not None else False
-
-
-def _autocast(device, amp):
-    import contextlib
-
-    import torch
-
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
 
 
 # ---- evaluation during training ---------------------------------------------------------------
