@@ -13,7 +13,7 @@ Writes into ``DIR/review/`` (each file atomically):
 * ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
   consensus where reviewers reached one, ``original_label`` keeps the input label and
   ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
-  dropped. ``tune`` reads this file (or calls ``reviewed_labels``) when it exists.
+  dropped. ``review.decisions`` holds that rule; ``curate export`` and ``tune`` apply it too.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from review.agreement import (
     krippendorff_alpha_nominal,
     majority_consensus,
 )
+from review.decisions import ReviewDecisions, apply_to_batch, load_decisions
 from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
 from review.server import Connection
 from thresher.errors import StageMissingError, ThresherError
@@ -318,41 +319,14 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
 
 
 def merge_reviewed(stage_table, rows: list[dict[str, Any]]):
-    """The stage's records with consensus labels merged in (see module doc)."""
-    import pyarrow as pa
-
-    reviewed = {r["id"]: r["label"] for r in rows if r["label"] is not None}
-    dropped = {r["id"] for r in rows if r["n_annotators"] == 0 and r["discarded_by"]}
-    out = []
-    for rec in stage_table.to_pylist():
-        rid = str(rec["id"])
-        if rid in dropped:
-            continue
-        rec["original_label"] = rec.get("label")
-        if rid in reviewed:
-            rec["label"] = reviewed[rid]
-            rec["label_source"] = "reviewed"
-        else:
-            rec["label_source"] = "original"
-        out.append(rec)
-    schema = stage_table.schema
-    schema = schema.append(pa.field("original_label", pa.string()))
-    schema = schema.append(pa.field("label_source", pa.string()))
-    return pa.Table.from_pylist(out, schema=schema)
+    """The stage's records with consensus labels merged in (see module doc and
+    ``review.decisions``)."""
+    return apply_to_batch(stage_table, ReviewDecisions.from_rows(rows)).batch
 
 
 def reviewed_labels(project: Project) -> dict[str, str]:
     """Record id → consensus label from the last pull (empty when nothing was pulled).
 
-    For ``tune``: labels people agreed on win over the input labels."""
-    import pyarrow.parquet as pq
-
-    path = project.root / "review" / ANNOTATIONS
-    if not path.exists():
-        return {}
-    table = pq.read_table(path, columns=["id", "label"])
-    return {
-        rid: lab
-        for rid, lab in zip(table["id"].to_pylist(), table["label"].to_pylist(), strict=True)
-        if lab is not None
-    }
+    For ``tune``: labels people agreed on win over the input labels. ``load_decisions`` also
+    gives the records every reviewer discarded."""
+    return load_decisions(project).labels

@@ -2,7 +2,9 @@
 
 Curated (``mode="curated"``):
 - dedup representatives only (when ``DIR/dedup`` ran): one record per exact/near cluster;
-- reviewed labels over raw labels (``DIR/review/annotations.parquet``: ``id, label`` consensus);
+- reviewed labels over raw labels and records every reviewer discarded left out
+  (``review.decisions``: ``DIR/review/annotations.parquet``; out of val/test in both modes, so
+  raw and curated runs share their evaluation records; raw train keeps them);
 - suspected label errors (``label_issue`` from ``DIR/score``) excluded, down-weighted, relabelled
   to the score stage's ``predicted_label`` or kept, unless a reviewer confirmed the label. With
   ``issue_min_prob`` > 0 only the flags whose ``predicted_prob`` (the out-of-sample probability of
@@ -24,9 +26,9 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from review.decisions import load_decisions
 from thresher.errors import ThresherError
 from thresher.project import Project
 from tune.options import DataOptions
@@ -34,7 +36,6 @@ from tune.options import DataOptions
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.parquet"
-ANNOTATIONS = Path("review") / "annotations.parquet"
 SPLITS = ("train", "val", "test")
 POLICIES = ("exclude", "downweight", "relabel", "keep")
 
@@ -88,17 +89,6 @@ def _cluster_info(project: Project, frame):
                 extra, on="id", how="left"
             )
     return frame
-
-
-def reviewed_labels(project: Project) -> dict[str, str]:
-    """``id → consensus label`` from ``DIR/review/annotations.parquet`` (empty when absent)."""
-    import pandas as pd
-
-    path = project.root / ANNOTATIONS
-    if not path.exists():
-        return {}
-    ann = pd.read_parquet(path, columns=["id", "label"]).dropna(subset=["label"])
-    return dict(zip(ann["id"].astype(str), ann["label"].astype(str), strict=True))
 
 
 def _groups(frame) -> Any:
@@ -270,7 +260,8 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     frame = _cluster_info(project, frame).copy()
     frame["id"] = frame["id"].astype(str)
     raw_label = frame["label"].where(frame["label"].notna(), None)
-    reviewed = reviewed_labels(project)
+    decisions = load_decisions(project)
+    reviewed = decisions.labels
     best = frame["id"].map(reviewed).where(frame["id"].isin(reviewed.keys()), raw_label)
     split = ensure_split(project, frame, best, opts)
     frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
@@ -279,6 +270,8 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
         "records": len(frame),
         "reviewed": int(frame["id"].isin(reviewed.keys()).sum()),
     }
+    discarded = frame["id"].isin(decisions.discarded)
+    counts["discarded"] = int(discarded.sum())
     base = pd.DataFrame(
         {
             "id": frame["id"],
@@ -294,7 +287,7 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     # unless curate_val applies the curated policy to it (curated mode only).
     eval_frames = {}
     for name in ("val", "test"):
-        rows = frame["split"].eq(name) & best.notna()
+        rows = frame["split"].eq(name) & best.notna() & ~discarded
         label = best
         if name == "val" and opts.mode == "curated" and opts.curate_val:
             counts["val_label_issues"] = int((rows & issue).sum())
@@ -314,6 +307,7 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
         rows &= raw_label.notna()
         train = base[rows].assign(label=raw_label[rows].astype(str))
     elif opts.mode == "curated":
+        rows &= ~discarded
         counts["dropped_duplicates"] = int((rows & ~is_rep).sum())
         rows &= is_rep
         counts["unlabelled"] = int((rows & best.isna()).sum())

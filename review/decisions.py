@@ -1,0 +1,165 @@
+"""What reviewers decided, read once from ``DIR/review/annotations.parquet``, applied everywhere.
+
+``thresher review pull`` writes one row per reviewed record: ``id, label`` (majority consensus,
+null on a tie), ``n_annotators`` (submitted labels) and ``discarded_by`` (who discarded it). Two
+decisions come out of it, and pull's ``curated.parquet``, ``curate export`` and ``tune`` all
+apply them the same way:
+
+* ``labels``: id → consensus label, where reviewers reached one. It wins over the input label.
+  A tie (null) decides nothing: the input label stays.
+* ``discarded``: ids every reviewer discarded (``n_annotators == 0`` and ``discarded_by`` not
+  empty). Such records leave the curated set. A file without those two columns (e.g. a
+  hand-written ``id, label`` table) discards nothing.
+
+``apply_to_batch`` applies both to an Arrow batch or table: discarded rows are dropped,
+``label`` becomes the consensus where there is one, ``original_label`` keeps the input label
+and ``label_source`` says ``reviewed`` or ``original``. Only pandas/pyarrow, imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from thresher.project import Project
+
+ANNOTATIONS = Path("review") / "annotations.parquet"
+REVIEWED, ORIGINAL = "reviewed", "original"
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+@dataclass(frozen=True)
+class ReviewDecisions:
+    """``labels``: id → consensus label; ``discarded``: ids every reviewer discarded.
+    ``present``: a review file exists (then exports add ``original_label``/``label_source``)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    discarded: frozenset[str] = frozenset()
+    present: bool = False
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> ReviewDecisions:
+        """Decisions from annotation rows (dicts with ``id, label`` and optionally
+        ``n_annotators, discarded_by``); a row without those two discards nothing."""
+        labels: dict[str, str] = {}
+        discarded: set[str] = set()
+        for row in rows:
+            rid = str(row["id"])
+            label = row.get("label")
+            if not _is_null(label):
+                labels[rid] = str(label)
+            by = row.get("discarded_by")
+            n = row.get("n_annotators")
+            if by is not None and len(by) > 0 and not _is_null(n) and int(n) == 0:
+                discarded.add(rid)
+        return cls(labels=labels, discarded=frozenset(discarded), present=True)
+
+    @cached_property
+    def _lookup(self):
+        """Arrow value sets for the vectorised apply: (label ids, their labels, discarded ids)."""
+        import pyarrow as pa
+
+        ids = list(self.labels)
+        return (
+            pa.array(ids, pa.string()),
+            pa.array([self.labels[i] for i in ids], pa.string()),
+            pa.array(sorted(self.discarded), pa.string()),
+        )
+
+
+def load_decisions(project: Project) -> ReviewDecisions:
+    """The decisions of the last ``review pull`` (empty, ``present=False``, when none)."""
+    import pyarrow.parquet as pq
+
+    path = project.root / ANNOTATIONS
+    if not path.exists():
+        return ReviewDecisions()
+    names = set(pq.read_schema(path).names)
+    columns = [c for c in ("id", "label", "n_annotators", "discarded_by") if c in names]
+    return ReviewDecisions.from_rows(pq.read_table(path, columns=columns).to_pylist())
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One batch after ``apply_to_batch``: the rows kept and what happened to them.
+    ``reviewed``: kept rows whose label came from reviewers; ``relabelled``: of those, the ones
+    whose consensus differs from the input label; ``dropped_discarded``: rows removed."""
+
+    batch: Any
+    reviewed: int
+    relabelled: int
+    dropped_discarded: int
+    is_reviewed: Any  # pyarrow BooleanArray over the kept rows
+
+
+def output_schema(schema):
+    """``schema`` with ``label`` as a string column (added when missing) and ``original_label``,
+    ``label_source`` appended: the schema of every ``apply_to_batch`` result."""
+    import pyarrow as pa
+
+    fields = [f for f in schema if f.name not in ("original_label", "label_source")]
+    names = [f.name for f in fields]
+    if "label" in names:
+        fields[names.index("label")] = pa.field("label", pa.string())
+    else:
+        fields.append(pa.field("label", pa.string()))
+    fields += [pa.field("original_label", pa.string()), pa.field("label_source", pa.string())]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def apply_to_batch(batch, decisions: ReviewDecisions) -> Applied:
+    """Drop the discarded rows of an Arrow batch/table and merge the consensus labels in
+    (columns as in ``output_schema``; row order kept). Pure: the input is not changed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    label_ids, label_values, discarded_ids = decisions._lookup
+    ids = pc.cast(_plain(batch.column("id")), pa.string())
+    gone = pc.fill_null(pc.is_in(ids, value_set=discarded_ids), False)
+    n_gone = pc.sum(gone).as_py() or 0
+    if n_gone:
+        batch = batch.filter(pc.invert(gone))
+        ids = ids.filter(pc.invert(gone))
+    original = _original_labels(batch)
+    consensus = pc.take(label_values, pc.index_in(ids, value_set=label_ids))
+    is_reviewed = pc.is_valid(consensus)
+    changed = pc.and_(is_reviewed, pc.fill_null(pc.not_equal(consensus, original), True))
+    columns = {
+        "label": pc.coalesce(consensus, original),
+        "original_label": original,
+        "label_source": pc.if_else(is_reviewed, REVIEWED, ORIGINAL),
+    }
+    schema = output_schema(batch.schema)
+    arrays = [columns[f.name] if f.name in columns else batch.column(f.name) for f in schema]
+    out = type(batch).from_arrays(arrays, schema=schema)
+    return Applied(
+        batch=out,
+        reviewed=pc.sum(is_reviewed).as_py() or 0,
+        relabelled=pc.sum(changed).as_py() or 0,
+        dropped_discarded=n_gone,
+        is_reviewed=is_reviewed,
+    )
+
+
+def _original_labels(batch):
+    """The batch's ``label`` column as strings (all null when the stage has no labels)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "label" not in batch.schema.names:
+        return pa.nulls(batch.num_rows, pa.string())
+    return pc.cast(_plain(batch.column("label")), pa.string())
+
+
+def _plain(column):
+    """One contiguous array (a table's columns are chunked; a batch's are not)."""
+    import pyarrow as pa
+
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
