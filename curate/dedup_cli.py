@@ -143,14 +143,19 @@ def dedup_command(
     help="Output format (hf: a datasets folder for load_from_disk).",
 )
 @click.option(
-    "--drop-label-issues", is_flag=True, help="Also drop rows the score stage flags label_issue."
+    "--drop-label-issues",
+    is_flag=True,
+    help="Also drop rows the score stage flags label_issue (never a reviewed one).",
 )
 @force_option
 @json_option
 def export_command(
     project_dir: str, out: str, fmt: str, drop_label_issues: bool, force: bool, as_json: bool
 ) -> None:
-    """Write the curated set: representatives only, from the latest stage (score > dedup > ingest).
+    """Write the curated set: representatives only, from the latest stage (score > dedup > ingest),
+    with the review applied (after `thresher review pull`): consensus labels in `label`, the
+    input label in `original_label`, `label_source` reviewed|original, and records every
+    reviewer discarded left out. --drop-label-issues never drops a reviewed record.
 
     \b
     Examples:
@@ -170,7 +175,9 @@ def export_command(
         f"exported {result.exported} of {result.rows_in} rows from the {result.stage} stage"
         f" → {result.path} ({result.format})",
         f"dropped: {result.dropped_duplicates} duplicates,"
+        f" {result.dropped_discarded} discarded by reviewers,"
         f" {result.dropped_label_issues} label issues",
+        f"reviewed labels: {result.reviewed} ({result.relabelled} changed)",
     ]
     emit(result.to_dict(), as_json, lines)
 

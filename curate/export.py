@@ -1,9 +1,19 @@
-"""Export the curated set: the most downstream stage's records, representatives only.
+"""Export the curated set: the most downstream stage's records, representatives only, with the
+review's decisions applied.
 
 Which records: ``score`` if it exists, else ``dedup``, else ``ingest`` (so an export right after
-ingest is the validated data as is). Rows with ``is_representative == false`` are dropped (when
-the column exists); rows with ``label_issue == true`` are dropped only with
-``drop_label_issues``. Every column is kept. Formats: ``parquet`` (one file), ``jsonl`` (one JSON
+ingest is the validated data as is). Per batch, in this order (each drop counted once):
+
+1. rows with ``is_representative == false`` are dropped (when the column exists);
+2. when ``DIR/review/annotations.parquet`` exists (``thresher review pull``), the review's
+   decisions are applied as in pull's ``curated.parquet`` (``review.decisions``): records every
+   reviewer discarded are dropped, ``label`` becomes the consensus where reviewers reached one,
+   and two columns are added, ``original_label`` (the input label) and ``label_source``
+   (``reviewed`` | ``original``). Without a review the columns are not added;
+3. rows with ``label_issue == true`` are dropped only with ``drop_label_issues``, and never a
+   reviewed row (a reviewer settled its label).
+
+Every other column is kept. Formats: ``parquet`` (one file), ``jsonl`` (one JSON
 object a line), ``hf`` (a Hugging Face ``datasets`` folder, ``load_from_disk``-able). The output is
 written to a temporary name and renamed into place.
 """
@@ -19,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from review.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
 from thresher.project import Project
 
@@ -26,6 +37,15 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "jsonl", "hf")
 STAGES = ("score", "dedup", "ingest")
+COUNTS = (
+    "rows_in",
+    "exported",
+    "dropped_duplicates",
+    "dropped_discarded",
+    "dropped_label_issues",
+    "reviewed",
+    "relabelled",
+)
 
 
 @dataclass(frozen=True)
@@ -41,11 +61,18 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
+    """What an export wrote. ``rows_in`` = ``exported`` + the three ``dropped_*`` counts.
+    ``reviewed``: exported rows whose label is the reviewers' consensus; ``relabelled``: of
+    those, the ones whose consensus differs from the input label (0 without a review)."""
+
     stage: str
     rows_in: int
     exported: int
     dropped_duplicates: int
     dropped_label_issues: int
+    dropped_discarded: int
+    reviewed: int
+    relabelled: int
     format: str
     path: str
 
@@ -53,8 +80,8 @@ class ExportResult:
         return asdict(self)
 
 
-def _filtered_batches(path: Path, opts: ExportOptions, counts: dict[str, int]):
-    import pyarrow.compute as pc
+def _filtered_batches(path: Path, opts: ExportOptions, review: ReviewDecisions, counts):
+    """The exported batches of the stage file at ``path``, counting every drop in ``counts``."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
@@ -62,16 +89,43 @@ def _filtered_batches(path: Path, opts: ExportOptions, counts: dict[str, int]):
     for batch in parquet.iter_batches(opts.batch_size):
         counts["rows_in"] += batch.num_rows
         if "is_representative" in names:
-            keep = pc.fill_null(batch.column("is_representative"), True)
-            counts["dropped_duplicates"] += batch.num_rows - (pc.sum(keep).as_py() or 0)
-            batch = batch.filter(keep)
+            batch = _drop(batch, _representative(batch), counts, "dropped_duplicates")
+        settled = None
+        if review.present:
+            applied = apply_to_batch(batch, review)
+            batch, settled = applied.batch, applied.is_reviewed
+            counts["dropped_discarded"] += applied.dropped_discarded
+            counts["reviewed"] += applied.reviewed
+            counts["relabelled"] += applied.relabelled
         if opts.drop_label_issues and "label_issue" in names:
-            issue = pc.fill_null(batch.column("label_issue"), False)
-            n_issue = pc.sum(issue).as_py() or 0
-            counts["dropped_label_issues"] += n_issue
-            batch = batch.filter(pc.invert(issue))
+            batch = _drop(batch, _unsettled_issue(batch, settled), counts, "dropped_label_issues")
         counts["exported"] += batch.num_rows
         yield batch
+
+
+def _representative(batch):
+    """True to keep: representatives and rows outside any cluster (null)."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(batch.column("is_representative"), True)
+
+
+def _unsettled_issue(batch, settled):
+    """False to keep: rows flagged ``label_issue`` that no reviewer settled."""
+    import pyarrow.compute as pc
+
+    issue = pc.fill_null(batch.column("label_issue"), False)
+    if settled is not None:
+        issue = pc.and_(issue, pc.invert(settled))
+    return pc.invert(issue)
+
+
+def _drop(batch, keep, counts: dict[str, int], key: str):
+    """``batch`` filtered to ``keep``; the rows removed are added to ``counts[key]``."""
+    import pyarrow.compute as pc
+
+    counts[key] += batch.num_rows - (pc.sum(keep).as_py() or 0)
+    return batch.filter(keep)
 
 
 def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResult:
@@ -85,13 +139,18 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
     stage, path = project.latest_records(STAGES)
     if opts.drop_label_issues and stage != "score":
         log.warning("--drop-label-issues: no score stage in %s, nothing is flagged", project.root)
-    counts = {"rows_in": 0, "exported": 0, "dropped_duplicates": 0, "dropped_label_issues": 0}
+    review = load_decisions(project)
+    counts = dict.fromkeys(COUNTS, 0)
     schema = pq.ParquetFile(path).schema_arrow
+    if review.present:
+        schema = output_schema(schema)
     out.parent.mkdir(parents=True, exist_ok=True)
     if opts.format == "hf":
         if out.exists() and any(out.iterdir() if out.is_dir() else [out]) and not opts.force:
             raise InputError(f"{out} already exists; pass --force to replace it")
-        table = pa.Table.from_batches(list(_filtered_batches(path, opts, counts)), schema=schema)
+        table = pa.Table.from_batches(
+            list(_filtered_batches(path, opts, review, counts)), schema=schema
+        )
         _save_hf(table, out)
     else:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -100,11 +159,11 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
         try:
             if opts.format == "parquet":
                 with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-                    for batch in _filtered_batches(path, opts, counts):
+                    for batch in _filtered_batches(path, opts, review, counts):
                         writer.write_batch(batch)
             else:
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    for batch in _filtered_batches(path, opts, counts):
+                    for batch in _filtered_batches(path, opts, review, counts):
                         for row in batch.to_pylist():
                             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
             os.replace(tmp, out)

@@ -94,3 +94,123 @@ def test_export_hf_dataset(project, tmp_path):
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert ds.num_rows == 3 and "dup_cluster" in ds.column_names
     export(project, tmp_path / "hf", ExportOptions(format="hf", force=True))
+
+
+# --- the review applied: consensus labels, discards, settled label issues ---------------------
+
+REVIEW_ROWS = [
+    {"text": BASE, "label": "a"},  # representative of the duplicate pair, not reviewed
+    {"text": BASE.upper(), "label": "a"},  # its duplicate: dropped before the review applies
+    {"text": "relabel me: the invoice total was wrong by a few cents again", "label": "b"},
+    {"text": "confirm me: parsley, sage, rosemary and thyme in the garden", "label": "b"},
+    {"text": "tie: two reviewers disagree about this ambiguous headline", "label": "a"},
+    {"text": "discarded: asdf qwer zxcv lorem ipsum keyboard noise", "label": "b"},
+    {"text": "flagged and reviewed: the train left the station on time", "label": "a"},
+    {"text": "flagged, not reviewed: a cat sat quietly on the warm mat", "label": "a"},
+]
+ISSUES = [False, False, False, False, True, False, True, True]
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path) -> tuple[Project, list[str]]:
+    """dedup + a hand-made score stage (label_issue) + a hand-made review pull: one relabel,
+    one confirm (and discarded by a third reviewer), one tie, one discarded by all, one flagged
+    record relabelled by reviewers. Returns the project and the ids in REVIEW_ROWS order."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in REVIEW_ROWS), encoding="utf-8")
+    proj = Project.at(tmp_path / "proj")
+    ingest([src], proj, IngestOptions())
+    dedup(proj, DedupOptions())
+    table = pq.read_table(proj.records_path("dedup"))
+    by_text = dict(zip(table["text"].to_pylist(), table["id"].to_pylist(), strict=True))
+    ids = [by_text[r["text"]] for r in REVIEW_ROWS]
+    issue = [ISSUES[ids.index(i)] for i in table["id"].to_pylist()]
+    proj.stage_dir("score").mkdir()
+    pq.write_table(table.append_column("label_issue", pa.array(issue)), proj.records_path("score"))
+    (proj.root / "review").mkdir()
+    annotations = pa.table(
+        {
+            "id": [ids[2], ids[3], ids[4], ids[5], ids[6]],
+            "label": ["a", "b", None, None, "b"],
+            "n_annotators": [2, 2, 2, 0, 2],
+            "discarded_by": [[], ["cat"], [], ["ann", "bob"], []],
+        }
+    )
+    pq.write_table(annotations, proj.root / "review" / "annotations.parquet")
+    return proj, ids
+
+
+def _by_id(rows: list[dict]) -> dict[str, tuple]:
+    return {r["id"]: (r["label"], r["original_label"], r["label_source"]) for r in rows}
+
+
+def test_export_applies_the_review(reviewed, tmp_path):
+    project, ids = reviewed
+    result = export(project, tmp_path / "out.parquet", ExportOptions())
+    counts = {k: v for k, v in result.to_dict().items() if k not in ("stage", "format", "path")}
+    assert counts == {
+        "rows_in": 8,
+        "exported": 6,
+        "dropped_duplicates": 1,
+        "dropped_discarded": 1,
+        "dropped_label_issues": 0,
+        "reviewed": 3,
+        "relabelled": 2,
+    }
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names[-2:] == ["original_label", "label_source"]
+    assert _by_id(table.to_pylist()) == {
+        ids[0]: ("a", "a", "original"),
+        ids[2]: ("a", "b", "reviewed"),  # relabelled
+        ids[3]: ("b", "b", "reviewed"),  # confirmed (one discard among submits does not drop)
+        ids[4]: ("a", "a", "original"),  # tie: the input label stays
+        ids[6]: ("b", "a", "reviewed"),  # flagged, settled by reviewers
+        ids[7]: ("a", "a", "original"),
+    }
+    jsonl = export(project, tmp_path / "out.jsonl", ExportOptions(format="jsonl"))
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert jsonl.to_dict() | {"format": "parquet", "path": ""} == result.to_dict() | {"path": ""}
+    assert _by_id(lines) == _by_id(table.to_pylist())
+    assert [r["id"] for r in lines] == table.column("id").to_pylist()  # stage order kept
+
+
+def test_drop_label_issues_keeps_reviewed_records(reviewed, tmp_path):
+    project, ids = reviewed
+    result = export(project, tmp_path / "out.parquet", ExportOptions(drop_label_issues=True))
+    assert result.dropped_label_issues == 2 and result.exported == 4  # the tie and the unreviewed
+    kept = set(pq.read_table(tmp_path / "out.parquet").column("id").to_pylist())
+    assert kept == {ids[0], ids[2], ids[3], ids[6]}
+    assert result.rows_in == result.exported + result.dropped_duplicates + (
+        result.dropped_discarded + result.dropped_label_issues
+    )
+
+
+def test_export_without_review_adds_no_columns(project, tmp_path):
+    result = export(project, tmp_path / "out.parquet", ExportOptions())
+    names = pq.read_table(tmp_path / "out.parquet").column_names
+    assert "original_label" not in names and "label_source" not in names
+    assert (result.reviewed, result.relabelled, result.dropped_discarded) == (0, 0, 0)
+
+
+def test_export_cli_json_has_review_counts(reviewed, tmp_path):
+    project, _ = reviewed
+    out = tmp_path / "curated.jsonl"
+    args = ["curate", "export", "-p", str(project.root), str(out), "--format", "jsonl"]
+    res = CliRunner().invoke(main, [*args, "--drop-label-issues", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["reviewed"] == 3 and summary["relabelled"] == 2
+    assert summary["dropped_discarded"] == 1 and summary["exported"] == 4
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "1 discarded by reviewers" in res.output
+    assert "reviewed labels: 3 (2 changed)" in res.output
+
+
+@pytest.mark.slow
+def test_export_hf_dataset_with_review(reviewed, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    project, ids = reviewed
+    export(project, tmp_path / "hf", ExportOptions(format="hf"))
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ds.num_rows == 6 and ds.column_names[-2:] == ["original_label", "label_source"]
+    assert dict(zip(ds["id"], ds["label"], strict=True))[ids[2]] == "a"
