@@ -123,6 +123,32 @@ def test_reviewed_labels_and_label_issues(project):
     assert set(raw.train["id"]) & flagged  # raw ignores scoring and review
 
 
+def test_records_every_reviewer_discarded_leave_every_split(project):
+    proj = Project.at(project)
+    before = build_dataset(proj, DataOptions())  # makes and saves the split
+    gone = [before.train["id"][0], before.val["id"][0], before.test["id"][0]]
+    kept = before.train["id"][1]  # discarded by one reviewer, labelled by another: stays
+    (project / "review").mkdir()
+    pd.DataFrame(
+        {
+            "id": [*gone, kept],
+            "label": [None, None, None, "pos"],
+            "n_annotators": [0, 0, 0, 1],
+            "discarded_by": [["ann"], ["ann", "bob"], ["bob"], ["bob"]],
+        }
+    ).to_parquet(project / "review" / "annotations.parquet")
+    after = build_dataset(proj, DataOptions())
+    assert after.counts["discarded"] == 3
+    for name in ("train", "val", "test"):
+        part, old = getattr(after, name), getattr(before, name)
+        assert not set(part["id"]) & set(gone)
+        assert len(part) == len(old) - 1
+    assert after.train.set_index("id")["label"][kept] == "pos"
+    raw = build_dataset(proj, DataOptions(mode="raw"))
+    assert gone[0] in set(raw.train["id"])  # raw trains on every record, as ingested
+    assert list(raw.test["id"]) == list(after.test["id"])  # same evaluation records
+
+
 def test_no_labels_is_a_one_line_error(tmp_path):
     root = make_project(tmp_path / "p", [{"text": f"text {i}", "label": ""} for i in range(30)])
     with pytest.raises(EmptyDataError, match="no labelled training records"):
