@@ -170,20 +170,14 @@ def _map_2d(features: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(features)
 
 
-TUNE_SPLIT = ("tune", "split.parquet")
-
-
 def _held_out_ids(project: Project) -> tuple[frozenset[str], Path | None]:
-    """Ids whose labels no label-noise model may learn from: the tune split's test records (and
-    the val/test clusters' later duplicates, ``held``), so a curated run's test score is not
-    shaped by its own test labels. Empty before the first ``thresher tune train``."""
-    import pandas as pd
+    """``tune.data.held_out_ids`` (test and held records: no label-noise model learns from their
+    labels, so a curated run's test score is not shaped by its own test labels) and the split
+    file they come from (None before the first ``thresher tune train``)."""
+    from tune.data import held_out_ids, split_path
 
-    path = project.root.joinpath(*TUNE_SPLIT)
-    if not path.exists():
-        return frozenset(), None
-    split = pd.read_parquet(path, columns=["id", "split"])
-    return frozenset(split["id"][split["split"].isin(["test", "held"])].astype(str)), path
+    path = split_path(project)
+    return held_out_ids(project), path if path.exists() else None
 
 
 def _annotations(project: Project):

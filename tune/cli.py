@@ -203,6 +203,92 @@ def train_command(
     )
 
 
+@tune.command("crossfit")
+@project_option
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option(
+    "--name", default="crossfit", show_default=True, help="Output DIR/tune/<name>/ (--probs-from)."
+)
+@click.option("--base", default=None, help="Base model: HF id or folder [offline default].")
+@click.option("--epochs", type=float, default=None, help="Epochs per fold [config tune.epochs].")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps per fold.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--max-length", type=int, default=None)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
+@click.option("--qlora", is_flag=True, default=None, help="QLoRA: 4-bit NF4 base (bitsandbytes).")
+@force_option
+@json_option
+def crossfit_command(
+    project_dir: str,
+    folds: int,
+    name: str,
+    base: str | None,
+    epochs: float | None,
+    max_steps: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    max_length: int | None,
+    precision: str | None,
+    qlora: bool | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Out-of-fold class probabilities from the tuned model, for label-error scoring.
+
+    \b
+    Trains one LoRA run per fold (the training recipe of `tune train`) on the other folds and
+    scores the fold it left out; test-split and unlabelled records get the mean of the fold
+    models. Writes DIR/tune/<name>/predictions.parquet (id, p_<label>...). Then flag label
+    errors with the tuned model instead of the score stage's own learners:
+      thresher tune crossfit -p proj --folds 5
+      thresher curate score -p proj --probs-from crossfit --force
+    """
+    from thresher.config import load_config
+    from thresher.project import Project
+    from tune.crossfit import CrossfitOptions, crossfit
+    from tune.options import options_from_config
+
+    project = Project.at(project_dir)
+    config = load_config(project.root).with_overrides(
+        {
+            "tune.task": "classify",
+            "tune.epochs": epochs,
+            "tune.max_steps": max_steps,
+            "tune.batch_size": batch_size,
+            "tune.lr": lr,
+            "tune.max_length": max_length,
+            "tune.precision": precision,
+            "tune.qlora": qlora,
+            "models.classifier": base,
+        }
+    )
+    recipe = options_from_config(config)
+    with progress_bar(desc="tune crossfit", unit="steps") as bar:
+
+        def progress(info: dict) -> None:
+            bar.total = info["total"] * folds
+            bar.set_postfix(fold=f"{info['fold'] + 1}/{folds}", loss=f"{info['loss']:.4f}")
+            bar.update(1)
+
+        result = crossfit(
+            project, recipe, CrossfitOptions(folds=folds, name=name), force=force, progress=progress
+        )
+    emit(
+        result.to_dict(),
+        as_json,
+        [
+            f"crossfit {result.name}: up to date, nothing to do"
+            if result.noop
+            else f"crossfit {result.name}: {result.folds} folds in {result.seconds} s",
+            f"{result.out_of_fold} records scored out of fold, {result.averaged} by the mean "
+            f"of the fold models; fold macro-F1 {result.fold_macro_f1}",
+            f"→ {result.path}/predictions.parquet; flag label errors with it: "
+            f"thresher curate score -p {project_dir} --probs-from {result.name} --force",
+        ],
+    )
+
+
 @tune.command("eval")
 @project_option
 @click.option("--run", default=None, help="Run name or folder [latest finished].")

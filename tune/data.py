@@ -26,6 +26,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from review.decisions import load_decisions
@@ -146,7 +147,7 @@ def ensure_split(project: Project, frame, best_label, opts: DataOptions):
 
     from thresher.project import atomic_write_text
 
-    path = project.root / "tune" / SPLIT_FILE
+    path = split_path(project)
     if path.exists():
         split = pd.read_parquet(path)
         return _extend_split(split, frame, best_label)
@@ -170,6 +171,23 @@ def ensure_split(project: Project, frame, best_label, opts: DataOptions):
     )
     log.info("made split %s: %s", path, split["split"].value_counts().to_dict())
     return split
+
+
+def split_path(project: Project) -> Path:
+    """``DIR/tune/split.parquet``: the project's train/val/test (and held) assignment."""
+    return project.root / "tune" / SPLIT_FILE
+
+
+def held_out_ids(project: Project) -> frozenset[str]:
+    """Ids whose labels no label-noise model may learn from: the split's test records and the
+    val/test clusters' later duplicates (``held``). Empty before the first split is made."""
+    import pandas as pd
+
+    path = split_path(project)
+    if not path.exists():
+        return frozenset()
+    split = pd.read_parquet(path, columns=["id", "split"])
+    return frozenset(split["id"][split["split"].isin(["test", "held"])].astype(str))
 
 
 def _extend_split(split, frame, best_label):

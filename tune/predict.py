@@ -20,7 +20,7 @@ from tune.options import TuneOptions
 
 log = logging.getLogger(__name__)
 
-_LOADED: dict[tuple[str, str], LoadedRun] = {}
+_LOADED: dict[tuple[str, str, bool], LoadedRun] = {}
 
 
 @dataclass
@@ -86,6 +86,13 @@ def load_run(
     loaded = LoadedRun(model, tok, list(config["labels"]), opts, dev, amp)
     _LOADED[key] = loaded
     return loaded
+
+
+def unload_run(run_dir: str | Path) -> None:
+    """Drop ``run_dir``'s models from the per-process cache (frees their memory)."""
+    run_dir = str(Path(run_dir).resolve())
+    for key in [k for k in _LOADED if k[0] == run_dir]:
+        del _LOADED[key]
 
 
 def predict_proba(

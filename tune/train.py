@@ -161,18 +161,22 @@ def train(
     force: bool = False,
     progress: Callable[[dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    data: TuneData | None = None,
+    runs_dir: Path | None = None,
 ) -> Path:
     """Train one run and return its folder ``DIR/tune/<run>/``.
 
     ``resume`` continues the named (or most recent unfinished) run from its last checkpoint.
     A finished run with the same data and options is not redone unless ``force``.
     ``progress`` gets ``{step, total, loss, tokens_per_s}`` after each optimizer step.
-    ``stop_after`` (tests) raises ``Interrupted`` after that many optimizer steps."""
+    ``stop_after`` (tests) raises ``Interrupted`` after that many optimizer steps.
+    ``data`` replaces the project's train/val/test split and ``runs_dir`` the ``DIR/tune`` folder
+    (cross-fitting, ``tune/crossfit.py``: one run per fold on its own split)."""
     import torch
 
     project = project if isinstance(project, Project) else Project.at(project)
     opts = options or TuneOptions()
-    tune_dir = project.root / "tune"
+    tune_dir = Path(runs_dir) if runs_dir is not None else project.root / "tune"
     d = init_distributed(opts.strategy)
     if d.world > 1 and opts.run is None:  # every rank must agree on the run name
         import torch.distributed as dist
@@ -184,7 +188,8 @@ def train(
     _seed_everything(opts.seed)
 
     # -- setup: data (rank 0 first: it may create the project's split), model, optimizer
-    data = _rank0_first(d, lambda: _dataset(project, opts))
+    if data is None:
+        data = _rank0_first(d, lambda: _dataset(project, opts))
     ref = resolve_base(opts.base, opts.task)
     run_fp = _fingerprint(opts, data, ref)
     final = tune_dir / str(opts.run)

@@ -1,0 +1,267 @@
+"""Out-of-sample class probabilities from the tuned model itself, by K-fold cross-fitting.
+
+``curate score --probs-from`` can flag label errors with a tuned model's probabilities instead of
+the score stage's own learners, but only out-of-sample probabilities mean anything there: a model
+that trained on a record has seen its (possibly wrong) label. ``crossfit`` makes them:
+
+1. The records are the ones the score stage scores: the representatives of the latest
+   ``dedup``/``ingest`` records. Labels are the best known (reviewers' consensus over the input
+   label, ``review.decisions``); records every reviewer discarded are left out.
+2. The labelled records outside the tune split's test/held records (whose labels no label-noise
+   model may learn from, as in ``curate score``) are split into ``folds`` stratified folds.
+3. Per fold, one LoRA run with the given recipe (``train``), trained on the other folds minus a
+   stratified ``val_fraction`` used for early stopping and picking the best evaluation, and
+   scoring the fold itself: those probabilities are out of fold (``split: oof``).
+4. Every record no fold trained on (test/held records, unlabelled records) gets the mean of the
+   ``folds`` models' probabilities (``split: held`` / ``unlabelled``).
+
+Output ``DIR/tune/<name>/`` (atomic, with a manifest; a rerun with the same records, labels and
+recipe is a no-op): ``predictions.parquet`` with ``id, split, fold, label, predicted, prob`` and one
+``p_<label>`` column per label, as ``thresher tune predict --out`` writes them, so
+``thresher curate score --probs-from <name>`` reads it as is; ``crossfit.json`` with each fold's
+run and metrics. Fold runs live in ``DIR/tune/.folds/<name>/fold-<k>/``: a finished fold is
+reused by a rerun, so a killed cross-fit resumes at the fold it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from thresher.errors import ThresherError
+from thresher.project import Project, fingerprint, stage_output, upstream_input
+from tune.data import TuneData, held_out_ids, representatives
+from tune.options import TuneOptions
+
+log = logging.getLogger(__name__)
+
+FOLDS_DIR = ".folds"
+
+
+@dataclass(frozen=True)
+class CrossfitOptions:
+    """``folds``: K (>= 2); ``val_fraction``: of each fold's training records, held for early
+    stopping; ``name``: the output folder under ``DIR/tune`` (what ``--probs-from`` names)."""
+
+    folds: int = 5
+    val_fraction: float = 0.1
+    name: str = "crossfit"
+
+
+@dataclass
+class CrossfitResult:
+    name: str
+    path: str
+    folds: int
+    records: int  # rows in predictions.parquet (every representative)
+    out_of_fold: int  # labelled records scored by the one fold model that did not train on them
+    averaged: int  # records no fold trained on (test/held, unlabelled): mean of the fold models
+    fold_macro_f1: list[float]  # each fold model on its own fold (noisy labels: a lower bound)
+    seconds: float
+    noop: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def crossfit_records(project: Project):
+    """The records to score, with columns ``id, text, label`` (best label or None) and
+    ``role``: ``pool`` (labelled, may be trained on), ``held`` or ``unlabelled``."""
+    import pandas as pd
+
+    from review.decisions import load_decisions
+
+    _, path = project.latest_records(["dedup", "ingest"])
+    frame = pd.read_parquet(path)
+    frame = frame[representatives(frame).to_numpy()].copy()
+    frame["id"] = frame["id"].astype(str)
+    decisions = load_decisions(project)
+    frame = frame[~frame["id"].isin(decisions.discarded)]
+    given = frame["label"] if "label" in frame.columns else pd.Series(None, index=frame.index)
+    label = frame["id"].map(decisions.labels).where(frame["id"].isin(decisions.labels), given)
+    label = label.where(label.notna(), None)
+    role = pd.Series("pool", index=frame.index)
+    role[label.isna()] = "unlabelled"
+    role[frame["id"].isin(held_out_ids(project)) & label.notna()] = "held"
+    out = pd.DataFrame(
+        {"id": frame["id"], "text": frame["text"].astype(str), "label": label, "role": role}
+    )
+    return out.reset_index(drop=True)
+
+
+def assign_folds(labels, folds: int, seed: int):
+    """Fold number per record (0..folds-1), stratified by label, seeded."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels, dtype=object)
+    out = np.full(len(labels), -1)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        out[held] = k
+    return out
+
+
+def _check(pool, opts: CrossfitOptions) -> None:
+    counts = pool["label"].value_counts()
+    if opts.folds < 2:
+        raise ThresherError(f"--folds must be 2 or more, got {opts.folds}")
+    if len(counts) < 2:
+        raise ThresherError(
+            f"cross-fitting needs two or more labels among the trainable records, got "
+            f"{sorted(counts.index)}; ingest labelled data (test-split labels are never used)"
+        )
+    if counts.min() < 2 * opts.folds:
+        raise ThresherError(
+            f"label {counts.idxmin()!r} has {counts.min()} trainable records; cross-fitting with "
+            f"--folds {opts.folds} needs {2 * opts.folds}: lower --folds or label more records"
+        )
+
+
+def _fold_data(pool, held_rows, k: int, labels: list[str], val_fraction: float, seed: int):
+    """Fold ``k``'s TuneData: train/val from the other folds, test = fold ``k``."""
+    from sklearn.model_selection import train_test_split
+
+    rest = pool[pool["fold"] != k]
+    train, val = train_test_split(
+        rest,
+        test_size=max(len(labels), round(val_fraction * len(rest))),
+        random_state=seed + k,
+        stratify=rest["label"],
+    )
+
+    def frame(part):
+        part = part.assign(weight=1.0, slice=[[] for _ in range(len(part))])
+        return part[["id", "text", "label", "weight", "slice"]].reset_index(drop=True)
+
+    counts = {"train": len(train), "val": len(val), "test": int((pool["fold"] == k).sum())}
+    return TuneData(
+        train=frame(train),
+        val=frame(val),
+        test=frame(pool[pool["fold"] == k]),
+        labels=labels,
+        counts={**counts, "crossfit_fold": k, "crossfit_also_scored": len(held_rows)},
+    )
+
+
+def crossfit(
+    project: Project,
+    recipe: TuneOptions | None = None,
+    opts: CrossfitOptions | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> CrossfitResult:
+    """Cross-fit ``recipe`` over the project's records (see the module docstring).
+    ``progress`` gets ``{fold, step, total, loss, tokens_per_s}`` after each optimizer step."""
+    import numpy as np
+    import pandas as pd
+
+    from tune.predict import predict_proba, unload_run
+    from tune.train import train
+
+    recipe = recipe or TuneOptions()
+    opts = opts or CrossfitOptions()
+    if recipe.task != "classify" or recipe.data.response_column:
+        raise ThresherError("tune crossfit scores labels: it needs --task classify")
+    t0 = time.perf_counter()
+    tune_dir = project.root / "tune"
+    records = crossfit_records(project)
+    pool = records[records["role"] == "pool"].reset_index(drop=True)
+    _check(pool, opts)
+    labels = sorted(pool["label"].astype(str).unique())
+    pool = pool.assign(fold=assign_folds(pool["label"], opts.folds, recipe.seed))
+    others = records[records["role"] != "pool"].reset_index(drop=True)
+    stage_in, _ = project.latest_records(["dedup", "ingest"])
+    config = {"recipe": {**recipe.to_dict(), "run": None}, "crossfit": asdict(opts)}
+    rows = list(zip(records["id"], records["label"], records["role"], strict=True))
+    inputs = [upstream_input(project, stage_in)]
+    stage_fp = fingerprint({"inputs": inputs, "config": config, "records": rows})
+    if not force and Project(tune_dir).is_fresh(opts.name, stage_fp):
+        summary = json.loads((tune_dir / opts.name / "crossfit.json").read_text())["summary"]
+        return CrossfitResult(**{**summary, "noop": True})
+
+    folds_dir = tune_dir / FOLDS_DIR / opts.name
+    probs = np.zeros((len(pool), len(labels)))
+    other_probs = np.zeros((len(others), len(labels)))
+    fold_runs = []
+    for k in range(opts.folds):
+        data = _fold_data(pool, others, k, labels, opts.val_fraction, recipe.seed)
+        fold_opts = replace(recipe, run=f"fold-{k}")
+        resume = (folds_dir / ".work" / f"fold-{k}" / "options.json").exists() and not force
+        run_dir = train(
+            project,
+            fold_opts,
+            resume=resume,
+            force=force,
+            progress=None if progress is None else lambda info, k=k: progress({"fold": k, **info}),
+            data=data,
+            runs_dir=folds_dir,
+        )
+        preds = pd.read_parquet(run_dir / "predictions.parquet")
+        preds = preds[preds["split"] == "test"].set_index("id")
+        in_fold = (pool["fold"] == k).to_numpy()
+        probs[in_fold] = np.stack(preds.loc[pool["id"][in_fold], "probs"].to_numpy())
+        if len(others):
+            other_probs += predict_proba(run_dir, others["text"].tolist()) / opts.folds
+        unload_run(run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        test = metrics["test"]
+        fold_runs.append({"fold": k, "run": str(run_dir), **data.counts, "metrics": test})
+        log.info("crossfit fold %d/%d: test macro-F1 %s", k + 1, opts.folds, test.get("macro_f1"))
+
+    out = pd.concat(
+        [
+            _prediction_frame(pool, probs, labels, pool["fold"].to_numpy(), "oof"),
+            _prediction_frame(others, other_probs, labels, -1, None),
+        ],
+        ignore_index=True,
+    )
+    result = CrossfitResult(
+        name=opts.name,
+        path=str(tune_dir / opts.name),
+        folds=opts.folds,
+        records=len(out),
+        out_of_fold=len(pool),
+        averaged=len(others),
+        fold_macro_f1=[round(float(f["metrics"]["macro_f1"]), 4) for f in fold_runs],
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    with stage_output(
+        Project(tune_dir),
+        opts.name,
+        stage_fp,
+        inputs=inputs,
+        config=config,
+        packages=("torch", "transformers", "peft"),
+    ) as run:
+        out.to_parquet(run.path("predictions.parquet"), index=False)
+        summary = {k: v for k, v in result.to_dict().items() if k != "noop"}
+        run.path("crossfit.json").write_text(
+            json.dumps({"summary": summary, "labels": labels, "folds": fold_runs}, indent=2) + "\n"
+        )
+        run.counts = {"out_of_fold": len(pool), "averaged": len(others), "records": len(out)}
+    return result
+
+
+def _prediction_frame(part, probs, labels, fold, split):
+    """``id, split, fold, label, predicted, prob, p_<label>...`` for ``part``'s rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": part["id"].to_numpy(),
+            "split": part["role"].to_numpy() if split is None else split,
+            "fold": fold,
+            "label": part["label"].to_numpy(),
+            "predicted": [labels[i] for i in probs.argmax(axis=1)] if len(part) else [],
+            "prob": probs.max(axis=1) if len(part) else [],
+        }
+    )
+    for i, label in enumerate(labels):
+        frame[f"p_{label}"] = probs[:, i]
+    return frame
