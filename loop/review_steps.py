@@ -3,7 +3,8 @@
 - ``pull_step``: ``review.pull.pull`` (consensus, agreement, ``DIR/review/annotations.parquet``),
   then the round's ``annotations.parquet``: id, label (consensus; ties left out), label_issue
   (the annotators disagreed, or cleanlab's consensus differs from the majority: such records go
-  to re-review as ``conflict``).
+  to re-review as ``conflict``), ``conflicts.parquet`` (ties) and ``discarded.parquet`` (ids every
+  reviewer discarded, ``review.decisions``: left out of the round's records for good).
 - ``push_step``: the round's ``selection.parquet`` → the project's Argilla dataset as round k+1:
   metadata ``round`` (k+1), ``reason`` (uncertain / diverse / random / model-error / conflict)
   and ``priority`` (1 = first), the model's label as suggestion with its probability as score,
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ROUND_METADATA = ("round", "reason")
 LABEL_MODES = ("reviewed", "all")
+DISCARDED = "discarded.parquet"  # pull step: ids every reviewer discarded
 
 
 def pull_step(
@@ -46,6 +48,7 @@ def pull_step(
     def pull(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
+        from review.decisions import load_decisions
         from review.pull import ANNOTATIONS, PullOptions
         from review.pull import pull as review_pull
 
@@ -57,6 +60,10 @@ def pull_step(
         out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
         ties = ann.loc[ann["label"].isna() & (ann["n_annotators"] > 0), ["id", "text"]]
         ties.to_parquet(ctx.work_dir / "conflicts.parquet", index=False)
+        discarded = sorted(load_decisions(ctx.project).discarded)
+        pd.DataFrame({"id": pd.Series(discarded, dtype=str)}).to_parquet(
+            ctx.work_dir / DISCARDED, index=False
+        )
         before = 0
         prev = ctx.previous_outputs("pull")
         if prev:
@@ -70,6 +77,7 @@ def pull_step(
             "new": int(len(out)) - before,
             "submitted": int(result.submitted),
             "ties": int(result.ties),
+            "discarded": len(discarded),
             "disagreements": int(result.disagreements),
             "alpha": clean(result.alpha),
             "fleiss_kappa": clean(result.fleiss_kappa),
@@ -139,6 +147,9 @@ def records_for_round(labels: str = "reviewed") -> Callable[[StepContext], Any]:
         ties = ctx.step_dir("pull") / "conflicts.parquet"
         if ties.exists():  # no consensus yet: re-reviewed as `conflict`, not trained or pooled
             frame = frame[~frame["id"].isin(set(pd.read_parquet(ties)["id"]))]
+        gone = ctx.step_dir("pull") / DISCARDED
+        if gone.exists():  # every reviewer discarded it: never trained on, pooled or re-sent
+            frame = frame[~frame["id"].isin(set(pd.read_parquet(gone)["id"]))]
         return frame.reset_index(drop=True)
 
     return records

@@ -71,6 +71,13 @@ def test_records_for_round_reviewed_vs_all(tmp_path):
         records_for_round("some")
 
 
+def test_records_every_reviewer_discarded_leave_the_round(tmp_path):
+    ctx = _ctx(tmp_path)
+    pd.DataFrame({"id": ["d"]}).to_parquet(ctx.round_dir / "pull" / "discarded.parquet")
+    for labels in ("reviewed", "all"):
+        assert records_for_round(labels)(ctx)["id"].tolist() == ["a", "c"]
+
+
 def test_with_conflicts_appends_ties_after_the_selection(tmp_path):
     ctx = _ctx(tmp_path)
 
