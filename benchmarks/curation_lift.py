@@ -3,7 +3,9 @@ label noise, scored on a clean test split.
 
 Per seed (the subsample, the flips and the training seed all follow it):
 1. Ingest a stratified subsample of the demo corpus; the project's split is made on clean labels.
-2. Flip ``--flip`` of the train+val labels (the test split stays clean) and re-ingest (same ids).
+2. Flip ``--flip`` of the train+val labels (the test split stays clean) and re-ingest (same ids):
+   ``--noise symmetric`` (default) draws them from both classes, ``--noise oneway`` only from
+   ``rotten`` records, relabelled ``fresh`` (class-conditional noise).
 3. Label issues: ``--detector score`` (default) runs the real score stage (``curate.score.score``
    with default ``ScoreOptions``: emb+svm ensemble, 2x5 shuffled folds) on the noisy project;
    ``--detector inline`` is the earlier weak stand-in (cleanlab on 5-fold logistic regression over
@@ -23,7 +25,8 @@ Per seed (the subsample, the flips and the training seed all follow it):
    pooled over seeds: test rows resampled within each seed, the mean lift recomputed), the
    detector's precision/recall on the rows the policy acted on, train seconds.
 
-    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--seeds 0 1 2]
+    python benchmarks/curation_lift.py [--size 2000] [--flip 0.2] [--noise symmetric|oneway]
+        [--seeds 0 1 2]
         [--epochs 3 | --steps 88] [--variants raw oracle-exclude exclude relabel@0.8 ...]
 """
 
@@ -43,10 +46,15 @@ from _report import emit  # noqa: E402
 from tune_cpu import demo_project  # noqa: E402
 
 OTHER = {"fresh": "rotten", "rotten": "fresh"}
+ONEWAY_SOURCE = "rotten"  # --noise oneway: rotten records mislabelled fresh
 
 
-def flip_train_labels(project: Path, rate: float, seed: int) -> set[str]:
-    """Re-ingest the project's input with ``rate`` of train/val labels flipped; returns the ids."""
+def flip_train_labels(project: Path, rate: float, seed: int, noise: str = "symmetric") -> set[str]:
+    """Re-ingest the project's input with ``rate`` of train/val labels flipped; returns the ids.
+    ``symmetric``: the flipped records are drawn from both classes alike; ``oneway``
+    (class-conditional noise, e.g. an annotator who leans positive): all of them are ``rotten``
+    records labelled ``fresh`` (``rate`` of all train/val records, about twice that share of the
+    rotten ones)."""
     import numpy as np
     import pandas as pd
 
@@ -62,7 +70,10 @@ def flip_train_labels(project: Path, rate: float, seed: int) -> set[str]:
     trainval = set(split["id"][split["split"].isin(["train", "val"])])
     rng = np.random.default_rng(seed)
     candidates = records[records["id"].isin(trainval)]
-    flipped = candidates.sample(frac=rate, random_state=int(rng.integers(1 << 31)))
+    n_flip = round(rate * len(candidates))
+    if noise == "oneway":
+        candidates = candidates[candidates["label"] == ONEWAY_SOURCE]
+    flipped = candidates.sample(n=n_flip, random_state=int(rng.integers(1 << 31)))
     records.loc[flipped.index, "label"] = records.loc[flipped.index, "label"].map(OTHER)
     src = project.parent / "noisy.csv"
     records[["text", "label"]].to_csv(src, index=False)
@@ -145,8 +156,8 @@ def score_stage(project: Path, seed: int) -> str:
 
 
 def parse_variant(name: str) -> dict:
-    """``raw`` | ``[oracle-|reviewK-]POLICY[@MIN_PROB][+val]`` → mode, policy, min prob, oracle,
-    review budget, val."""
+    """``raw`` | ``[oracle-|reviewK-]POLICY[@MIN_PROB][+val][~PRIOR]`` → mode, policy, min prob,
+    oracle, review budget, val, class prior (``~uniform``: the score stage's ``class_prior``)."""
     if name == "raw":
         return {
             "mode": "raw",
@@ -155,7 +166,9 @@ def parse_variant(name: str) -> dict:
             "oracle": False,
             "review": 0,
             "val": False,
+            "prior": "observed",
         }
+    name, _, prior = name.partition("~")
     rest, val = (name[:-4], True) if name.endswith("+val") else (name, False)
     oracle = rest.startswith("oracle-")
     rest = rest.removeprefix("oracle-")
@@ -171,7 +184,31 @@ def parse_variant(name: str) -> dict:
         "oracle": oracle,
         "review": review,
         "val": val,
+        "prior": prior or "observed",
     }
+
+
+def with_class_prior(detected, hidden: set[str], prior: str):
+    """The score records as ``curate score --class-prior PRIOR`` writes them: the same
+    out-of-sample probabilities (``pred_probs``), re-weighted to ``prior`` and scored again by
+    the stage's last step (``curate.noise.noise_result``), the hidden test labels unseen."""
+    import numpy as np
+
+    from curate import noise
+
+    frame = detected.copy()
+    seen = frame["label"].where(~frame["id"].isin(hidden), None)
+    y, classes = noise.encode_labels(seen.tolist(), sorted(OTHER))
+    res = noise.noise_result(
+        y, np.stack(frame["pred_probs"].to_numpy()), classes, ranking="normalized_margin",
+        filter_by="low_quality", folds=5, learners=("score",), class_prior=prior,
+    )  # fmt: skip
+    frame["label_issue"] = res.label_issue
+    frame["label_quality"] = res.label_quality
+    frame["predicted_label"] = res.predicted_label
+    frame["predicted_prob"] = res.predicted_prob
+    frame["pred_probs"] = list(res.pred_probs)
+    return frame
 
 
 def simulate_review(project: Path, detected, flipped: set[str], trainval: set[str], budget: int):
@@ -252,7 +289,8 @@ def cache_file(args, seed: int, name: str) -> Path | None:
     if args.cache is None:
         return None
     key = (
-        f"n{args.size}_f{args.flip}_{args.detector}h_e{args.epochs}_s{args.steps}_p{args.patience}"
+        f"n{args.size}_f{args.flip}{'' if args.noise == 'symmetric' else '_' + args.noise}"
+        f"_{args.detector}h_e{args.epochs}_s{args.steps}_p{args.patience}"
         f"_v{args.eval_steps}_lr{args.lr}_w{args.issue_weight}"
     )
     return args.cache / key / f"seed{seed}_{name}.json"
@@ -282,7 +320,7 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
             )
         return out
     project = demo_project(workdir, args.size, seed)
-    flipped = flip_train_labels(project, args.flip, seed)
+    flipped = flip_train_labels(project, args.flip, seed, args.noise)
     t0 = time.perf_counter()
     if args.detector == "score":
         scorer = score_stage(project, seed)
@@ -293,6 +331,7 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
     detected = pd.read_parquet(score_path)
     split = pd.read_parquet(project / "tune" / "split.parquet")
     trainval = set(split["id"][split["split"].isin(["train", "val"])])
+    test_ids = set(split["id"][split["split"] == "test"])
     flagged = set(detected["id"][detected["label_issue"]]) & trainval
     out = {
         "seed": seed,
@@ -318,6 +357,8 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
             preds[name] = (blob["ids"], np.array(blob["gold"]), np.array(blob["pred"]), blob["k"])
             continue
         frame = oracle if spec["oracle"] else detected
+        if spec["prior"] != "observed":
+            frame = with_class_prior(frame, test_ids, spec["prior"])
         frame.to_parquet(score_path, index=False)
         reviewed = set()
         if spec["review"]:
@@ -398,6 +439,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=2000, help="rows of the demo corpus (0 = all)")
     parser.add_argument("--flip", type=float, default=0.2)
+    parser.add_argument(
+        "--noise",
+        choices=["symmetric", "oneway"],
+        default="symmetric",
+        help="symmetric flips, or oneway: only rotten records flipped to fresh (class-conditional)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument(
@@ -475,6 +522,7 @@ def main() -> None:
         "benchmark": "curation_lift",
         "corpus": f"demo (Rotten Tomatoes), {args.size or 'all'} rows",
         "flip_rate_train_val": args.flip,
+        "noise": args.noise,
         "seeds": args.seeds,
         "detector": args.detector,
         "recipe": {

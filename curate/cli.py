@@ -153,6 +153,13 @@ def ingest_command(
     "for corpora past memory); ray = those passes on Ray Data (thresher[ray]); auto = stream "
     "above score.stream_above records [config score.engine: auto].",
 )
+@click.option(
+    "--class-prior",
+    default=None,
+    help="True class shares to assume: observed (the labels' own), uniform, or "
+    "label=share,... Use when label noise runs mostly one way (one class over-used) "
+    "[config score.class_prior: observed].",
+)
 @force_option
 @json_option
 def score_command(
@@ -163,6 +170,7 @@ def score_command(
     learners: str | None,
     probs_from: str | None,
     engine: str | None,
+    class_prior: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -174,6 +182,7 @@ def score_command(
       thresher curate score -p proj
       thresher curate score -p proj --folds 10 --no-embeddings
       thresher curate score -p big-proj --engine stream
+      thresher curate score -p proj --class-prior uniform --force
     """
     from curate.score import ScoreOptions, score
     from thresher.config import load_config
@@ -206,6 +215,7 @@ def score_command(
         engine=str(section.get("engine") or "auto"),
         stream_above=int(section.get("stream_above") or 200_000),
         batch_size=int(section.get("batch_size") or 8192),
+        class_prior=str(class_prior or section.get("class_prior") or "observed"),
     )
     with progress_bar(desc="score") as bar:
         result = score(project, opts, force=force, progress=bar.update)

@@ -39,6 +39,7 @@ ALL_LEARNERS = TEXT_LEARNERS + EMBEDDING_LEARNERS
 DEFAULT_LEARNERS = ("emb", "svm")
 FAST_LEARNERS = ("svm", "nb")
 RANKINGS = ("normalized_margin", "self_confidence", "confidence_weighted_entropy")
+CLASS_PRIORS = ("observed", "uniform")  # or "label=share,label=share,..."
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class NoiseOptions:
     ranking: str = "normalized_margin"
     filter_by: str = "low_quality"
     seed: int = 0
+    class_prior: str = "observed"  # see adjust_to_prior
 
 
 @dataclass
@@ -254,6 +256,52 @@ def ensemble_probs(
 
 
 # --------------------------------------------------------------------------------------------
+# Class prior (label shift)
+
+
+def parse_class_prior(value: str | None, classes: Sequence[str]) -> np.ndarray | None:
+    """The true class shares to assume, from ``observed`` (None: the labels' own shares, no
+    change), ``uniform``, or ``label=share,...`` naming every class (shares > 0, normalized)."""
+    value = (value or "observed").strip()
+    if value == "observed":
+        return None
+    if value == "uniform":
+        return np.full(len(classes), 1.0 / len(classes))
+    shares: dict[str, float] = {}
+    for part in value.split(","):
+        name, sep, share = part.partition("=")
+        try:
+            shares[name.strip()] = float(share) if sep else float("nan")
+        except ValueError:
+            shares[name.strip()] = float("nan")
+    bad = [n for n, v in shares.items() if n not in classes or not v > 0]
+    missing = [c for c in classes if c not in shares]
+    if bad or missing:
+        raise InputError(
+            f"class prior {value!r}: use observed, uniform or label=share for every class "
+            f"({', '.join(f'{c}=...' for c in classes)}), shares > 0"
+        )
+    prior = np.array([shares[c] for c in classes])
+    return prior / prior.sum()
+
+
+def adjust_to_prior(probs: np.ndarray, y: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Out-of-sample probabilities re-weighted from the labels' observed class shares to
+    ``prior`` (label shift, one step of Saerens et al. 2002): p'(k|x) ∝ p(k|x) · prior_k /
+    observed_k. When label noise runs mostly one way (annotators who over-use one class), the
+    learners absorb the skew: every record leans to the over-used class, argmax never disagrees
+    with it, and its mislabelled records cannot be flagged. A prior closer to the true shares
+    undoes that. ``None`` returns ``probs`` unchanged. Rows sum to 1."""
+    if prior is None:
+        return probs
+    labeled = y[y >= 0]
+    observed = np.bincount(labeled, minlength=probs.shape[1]) / max(1, labeled.size)
+    weights = np.where(observed > 0, prior / np.maximum(observed, 1e-12), 1.0)
+    out = probs * weights
+    return out / out.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------
 # cleanlab scores
 
 
@@ -391,6 +439,7 @@ def score_label_noise(
         filter_by=opts.filter_by,
         folds=folds,
         learners=learners if pred_probs is None else ("external",),
+        class_prior=opts.class_prior,
         first_pass_issues=first_issues,
         learner_probs=per,
     )
@@ -405,10 +454,12 @@ def noise_result(
     filter_by: str,
     folds: int,
     learners: tuple[str, ...],
+    class_prior: str = "observed",
     **extra,
 ) -> NoiseResult:
     """Label quality, the issue set and the predicted label from out-of-sample ``probs``
-    (the last step of every engine)."""
+    (the last step of every engine), after ``adjust_to_prior`` to ``class_prior``."""
+    probs = adjust_to_prior(probs, y, parse_class_prior(class_prior, classes))
     pred = probs.argmax(axis=1)
     return NoiseResult(
         classes=list(classes),

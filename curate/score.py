@@ -51,6 +51,9 @@ class ScoreOptions:
     bias_min_count: int = 5
     probs_from: str | None = None
     seed: int = 0
+    # observed | uniform | label=share,...: the true class shares to assume (curate.noise
+    # adjust_to_prior); not observed when label noise runs mostly one way
+    class_prior: str = "observed"
     # local = in memory (all learners, outliers, map); stream = two passes over Parquet batches
     # with hashed naive Bayes (never all texts in memory); ray = the same passes on Ray Data;
     # auto = local up to ``stream_above`` records to score, stream above.
@@ -243,6 +246,7 @@ def score(
     reps = df[rep].reset_index(drop=True)
     texts = reps["text"].astype(str).tolist()
     labels = [None if pd.isna(v) else str(v) for v in reps["label"]]
+    noise.parse_class_prior(opts.class_prior, noise.encode_labels(labels)[1])  # fail fast
 
     with stage_output(
         project, STAGE, stage_fp, inputs=inputs, config=config,
@@ -264,6 +268,7 @@ def score(
             learners=learners,
             second_pass=opts.second_pass,
             seed=opts.seed,
+            class_prior=opts.class_prior,
         )
         external = None
         if opts.probs_from:
@@ -378,6 +383,7 @@ def _score_streaming(
         out = ss.score_passes(
             path_in, index, engine=engine, folds=opts.folds, seed=opts.seed, lexicon=lexicon,
             batch_size=opts.batch_size, progress=progress, held_out=held_out,
+            class_prior=opts.class_prior,
         )  # fmt: skip
         run.timings.update(out.timings)
         res = out.res

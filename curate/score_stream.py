@@ -304,6 +304,7 @@ def score_passes(
     batch_size: int,
     ranking: str = "normalized_margin",
     filter_by: str = "low_quality",
+    class_prior: str = "observed",
     n_features: int = ns.VIEW_FEATURES,
     alphas: tuple[float, ...] = ns.ALPHAS,
     progress: Callable[[int], None] | None = None,
@@ -371,7 +372,7 @@ def score_passes(
     probs = cal.probs
     res = noise_result(
         y, probs, classes, ranking=ranking, filter_by=filter_by, folds=k_folds,
-        learners=(ns.LEARNER,),
+        learners=(ns.LEARNER,), class_prior=class_prior,
     )  # fmt: skip
     timings["calibrate_cleanlab"] = round(time.perf_counter() - t0, 3)
     g_rows, g_names = _concat(groups)

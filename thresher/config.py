@@ -96,6 +96,11 @@ score:
   stream_above: 200000
   # Records per batch on the stream/ray engines.
   batch_size: 8192
+  # The true class shares to assume when flagging label errors: observed (the labels' own
+  # shares), uniform, or "label=share,label=share". When annotators over-used one class (noise
+  # that runs one way), the learners absorb the skew and its mislabelled records cannot be
+  # flagged; a prior near the true shares (e.g. from a small gold sample) undoes that.
+  class_prior: observed
 
 # Active learning (`thresher round`): which records go to annotators next.
 loop:

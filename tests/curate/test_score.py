@@ -159,6 +159,13 @@ def test_cli_score_fast_mode(tmp_path):
         main, ["curate", "score", "-p", str(project.root), "--no-embeddings", "--learners", "bogus"]
     )
     assert out.exit_code == 1 and "unknown learners" in out.output
+    out = CliRunner().invoke(main, [*args, "--learners", "nb,svm", "--class-prior", "pos=1"])
+    assert out.exit_code == 1 and "class prior 'pos=1'" in out.output
+    assert len(out.output.strip().splitlines()) == 1
+    out = CliRunner().invoke(main, [*args, "--learners", "nb,svm", "--class-prior", "uniform"])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((project.root / "score" / "manifest.json").read_text())
+    assert manifest["config"]["class_prior"] == "uniform"
 
 
 @pytest.mark.slow
