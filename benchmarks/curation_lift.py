@@ -197,8 +197,11 @@ def with_class_prior(detected, hidden: set[str], prior: str):
     from curate import noise
 
     frame = detected.copy()
-    seen = frame["label"].where(~frame["id"].isin(hidden), None)
-    y, classes = noise.encode_labels(seen.tolist(), sorted(OTHER))
+    seen = [
+        None if rid in hidden or not isinstance(label, str) else label
+        for rid, label in zip(frame["id"], frame["label"], strict=True)
+    ]
+    y, classes = noise.encode_labels(seen, sorted(OTHER))
     res = noise.noise_result(
         y, np.stack(frame["pred_probs"].to_numpy()), classes, ranking="normalized_margin",
         filter_by="low_quality", folds=5, learners=("score",), class_prior=prior,
