@@ -301,6 +301,23 @@ def adjust_to_prior(probs: np.ndarray, y: np.ndarray, prior: np.ndarray | None) 
     return out / out.sum(axis=1, keepdims=True)
 
 
+def never_predicted(
+    y: np.ndarray, pred: np.ndarray, classes: Sequence[str], min_share: float = 0.05
+) -> list[tuple[str, float]]:
+    """(class, label share) of the classes that hold at least ``min_share`` of the labels but are
+    never the predicted label: the learners have absorbed a skew (often one-way label noise)."""
+    labeled = y[y >= 0]
+    if labeled.size == 0:
+        return []
+    shares = np.bincount(labeled, minlength=len(classes)) / labeled.size
+    predicted = set(np.unique(pred[y >= 0]).tolist())
+    return [
+        (str(classes[k]), float(shares[k]))
+        for k in range(len(classes))
+        if shares[k] >= min_share and k not in predicted
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # cleanlab scores
 
@@ -461,6 +478,14 @@ def noise_result(
     (the last step of every engine), after ``adjust_to_prior`` to ``class_prior``."""
     probs = adjust_to_prior(probs, y, parse_class_prior(class_prior, classes))
     pred = probs.argmax(axis=1)
+    for name, share in never_predicted(y, pred, classes):
+        log.warning(
+            "no record is predicted %r although %.0f%% of the labels are: its label errors cannot "
+            "be told from the rest; if annotators over-used another class, rescore with "
+            "--class-prior uniform (or label=share,...)",
+            name,
+            100 * share,
+        )
     return NoiseResult(
         classes=list(classes),
         pred_probs=probs,

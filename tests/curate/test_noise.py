@@ -253,3 +253,30 @@ def test_uniform_prior_finds_one_way_noise_the_observed_prior_misses(seed):
     precision, recall = found["uniform"]
     assert precision >= 0.9 and recall >= 0.5
     assert recall >= found["observed"][1] + 0.2
+
+
+def test_never_predicted_names_absorbed_classes():
+    y = np.array([0, 0, 0, 1, 1, -1])
+    assert noise.never_predicted(y, np.array([0, 0, 0, 0, 0, 1]), ["a", "b"]) == [("b", 0.4)]
+    assert noise.never_predicted(y, np.array([0, 1, 0, 1, 0, 0]), ["a", "b"]) == []
+    assert noise.never_predicted(y, np.zeros(6, int), ["a", "b"], min_share=0.5) == []
+
+
+def test_a_class_never_predicted_is_warned_about(caplog):
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 75 + [1] * 25)
+    probs = np.column_stack([p := rng.uniform(0.55, 0.95, len(y)), 1 - p])
+    with caplog.at_level("WARNING", logger="curate.noise"):
+        res = noise.noise_result(
+            y, probs, ["fresh", "rotten"], ranking="normalized_margin", filter_by="low_quality",
+            folds=5, learners=("svm",),
+        )  # fmt: skip
+    assert "no record is predicted 'rotten' although 25% of the labels are" in caplog.text
+    assert not res.label_issue[y == 0].any()  # the over-used class cannot be flagged
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="curate.noise"):
+        noise.noise_result(
+            y, probs, ["fresh", "rotten"], ranking="normalized_margin", filter_by="low_quality",
+            folds=5, learners=("svm",), class_prior="uniform",
+        )  # fmt: skip
+    assert "no record is predicted" not in caplog.text
