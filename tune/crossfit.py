@@ -6,14 +6,14 @@ that trained on a record has seen its (possibly wrong) label. ``crossfit`` makes
 
 1. The records are the ones the score stage scores: the representatives of the latest
    ``dedup``/``ingest`` records. Labels are the best known (reviewers' consensus over the input
-   label, ``review.decisions``); records every reviewer discarded are left out.
+   label, ``review.decisions``); records every reviewer discarded are not trained on.
 2. The labelled records outside the tune split's test/held records (whose labels no label-noise
    model may learn from, as in ``curate score``) are split into ``folds`` stratified folds.
 3. Per fold, one LoRA run with the given recipe (``train``), trained on the other folds minus a
    stratified ``val_fraction`` used for early stopping and picking the best evaluation, and
    scoring the fold itself: those probabilities are out of fold (``split: oof``).
-4. Every record no fold trained on (test/held records, unlabelled records) gets the mean of the
-   ``folds`` models' probabilities (``split: held`` / ``unlabelled``).
+4. Every record no fold trained on (test/held, unlabelled and discarded records) gets the mean
+   of the ``folds`` models' probabilities (``split: held`` / ``unlabelled`` / ``discarded``).
 
 Output ``DIR/tune/<name>/`` (atomic, with a manifest; a rerun with the same records, labels and
 recipe is a no-op): ``predictions.parquet`` with ``id, split, fold, label, predicted, prob`` and one
@@ -69,8 +69,10 @@ class CrossfitResult:
 
 
 def crossfit_records(project: Project):
-    """The records to score, with columns ``id, text, label`` (best label or None) and
-    ``role``: ``pool`` (labelled, may be trained on), ``held`` or ``unlabelled``."""
+    """The records the score stage scores, with columns ``id, text, label`` (best label or None)
+    and ``role``: ``pool`` (labelled, may be trained on), ``held`` (test/held split: never
+    trained on), ``unlabelled`` or ``discarded`` (every reviewer discarded it: never trained on,
+    still predicted, since the score stage scores it)."""
     import pandas as pd
 
     from review.decisions import load_decisions
@@ -80,12 +82,13 @@ def crossfit_records(project: Project):
     frame = frame[representatives(frame).to_numpy()].copy()
     frame["id"] = frame["id"].astype(str)
     decisions = load_decisions(project)
-    frame = frame[~frame["id"].isin(decisions.discarded)]
     given = frame["label"] if "label" in frame.columns else pd.Series(None, index=frame.index)
     label = frame["id"].map(decisions.labels).where(frame["id"].isin(decisions.labels), given)
-    label = label.where(label.notna(), None)
+    discarded = frame["id"].isin(decisions.discarded)
+    label = label.where(label.notna() & ~discarded, None)
     role = pd.Series("pool", index=frame.index)
     role[label.isna()] = "unlabelled"
+    role[discarded] = "discarded"
     role[frame["id"].isin(held_out_ids(project)) & label.notna()] = "held"
     out = pd.DataFrame(
         {"id": frame["id"], "text": frame["text"].astype(str), "label": label, "role": role}

@@ -49,12 +49,13 @@ def test_records_roles_follow_split_review_and_labels(tmp_path):
     ).to_parquet(root / "review" / "annotations.parquet")
 
     records = crossfit_records(project).set_index("id")
-    assert discard_id not in records.index
+    assert records.loc[discard_id, "role"] == "discarded"  # scored by score, so predicted
+    assert pd.isna(records.loc[discard_id, "label"])  # but never trained on
     assert records.loc[relabel_id, "label"] == new
     assert set(records.index[records["role"] == "held"]) == test_ids
     assert (records["role"] == "unlabelled").sum() == 1
     assert records.loc[records["role"] == "unlabelled", "label"].isna().all()
-    assert len(records) == len(ingest) - 1
+    assert len(records) == len(ingest)
 
 
 def test_too_few_records_per_label_is_one_line(tmp_path):
