@@ -39,7 +39,6 @@ ALL_LEARNERS = TEXT_LEARNERS + EMBEDDING_LEARNERS
 DEFAULT_LEARNERS = ("emb", "svm")
 FAST_LEARNERS = ("svm", "nb")
 RANKINGS = ("normalized_margin", "self_confidence", "confidence_weighted_entropy")
-CLASS_PRIORS = ("observed", "uniform")  # or "label=share,label=share,..."
 
 
 @dataclass(frozen=True)
