@@ -110,6 +110,8 @@ def assign_folds(labels, folds: int, seed: int):
 
 
 def _check(pool, opts: CrossfitOptions) -> None:
+    if not opts.name or opts.name.startswith(".") or "/" in opts.name or "\\" in opts.name:
+        raise ThresherError(f"--name {opts.name!r}: use a plain folder name such as crossfit")
     counts = pool["label"].value_counts()
     if opts.folds < 2:
         raise ThresherError(f"--folds must be 2 or more, got {opts.folds}")

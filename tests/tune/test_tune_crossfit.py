@@ -64,6 +64,8 @@ def test_too_few_records_per_label_is_one_line(tmp_path):
     root = make_project(tmp_path / "p", rows)
     with pytest.raises(ThresherError, match=r"label 'neg' has 5 trainable records.*--folds 3"):
         crossfit(Project.at(root), TuneOptions(), CrossfitOptions(folds=3))
+    with pytest.raises(ThresherError, match="plain folder name"):
+        crossfit(Project.at(root), TuneOptions(), CrossfitOptions(folds=2, name="../out"))
     one = make_project(tmp_path / "q", [r for r in rows if r["label"] == "pos"])
     with pytest.raises(ThresherError, match="two or more labels"):
         crossfit(Project.at(one), TuneOptions(), CrossfitOptions(folds=3))
