@@ -114,7 +114,9 @@ def resolve_learners(learners: tuple[str, ...], embeddings: bool) -> tuple[str, 
     return tuple(out)
 
 
-def _representatives(df) -> np.ndarray:
+def scored_records(df) -> np.ndarray:
+    """Which records the score stage scores (bool): dedup representatives, all of them without
+    dedup output. ``tune crossfit`` predicts exactly these, for ``--probs-from``."""
     if "is_representative" not in df.columns:
         return np.ones(len(df), dtype=bool)
     rep = df["is_representative"].fillna(True).astype(bool).to_numpy()
@@ -242,7 +244,7 @@ def score(
     df = pd.read_parquet(path_in)
     if len(df) == 0:
         raise InputError(f"{path_in} has no records; nothing to score")
-    rep = _representatives(df)
+    rep = scored_records(df)
     reps = df[rep].reset_index(drop=True)
     texts = reps["text"].astype(str).tolist()
     labels = [None if pd.isna(v) else str(v) for v in reps["label"]]

@@ -34,7 +34,7 @@ from typing import Any
 
 from thresher.errors import ThresherError
 from thresher.project import Project, fingerprint, stage_output, upstream_input
-from tune.data import TuneData, held_out_ids, representatives
+from tune.data import TuneData, held_out_ids
 from tune.options import TuneOptions
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,12 @@ def crossfit_records(project: Project):
     still predicted, since the score stage scores it)."""
     import pandas as pd
 
+    from curate.score import scored_records
     from review.decisions import load_decisions
 
     _, path = project.latest_records(["dedup", "ingest"])
     frame = pd.read_parquet(path)
-    frame = frame[representatives(frame).to_numpy()].copy()
+    frame = frame[scored_records(frame)].copy()
     frame["id"] = frame["id"].astype(str)
     decisions = load_decisions(project)
     given = frame["label"] if "label" in frame.columns else pd.Series(None, index=frame.index)
@@ -167,7 +168,7 @@ def crossfit(
     import pandas as pd
 
     from tune.predict import predict_proba, unload_run
-    from tune.train import train
+    from tune.train import WORK, train
 
     recipe = recipe or TuneOptions()
     opts = opts or CrossfitOptions()
@@ -197,7 +198,7 @@ def crossfit(
     for k in range(opts.folds):
         data = _fold_data(pool, others, k, labels, opts.val_fraction, recipe.seed)
         fold_opts = replace(recipe, run=f"fold-{k}")
-        resume = (folds_dir / ".work" / f"fold-{k}" / "options.json").exists() and not force
+        resume = (folds_dir / WORK / f"fold-{k}" / "options.json").exists() and not force
         run_dir = train(
             project,
             fold_opts,
@@ -257,16 +258,14 @@ def _prediction_frame(part, probs, labels, fold, split):
     """``id, split, fold, label, predicted, prob, p_<label>...`` for ``part``'s rows."""
     import pandas as pd
 
+    from tune.predict import with_prob_columns
+
     frame = pd.DataFrame(
         {
             "id": part["id"].to_numpy(),
             "split": part["role"].to_numpy() if split is None else split,
             "fold": fold,
             "label": part["label"].to_numpy(),
-            "predicted": [labels[i] for i in probs.argmax(axis=1)] if len(part) else [],
-            "prob": probs.max(axis=1) if len(part) else [],
         }
     )
-    for i, label in enumerate(labels):
-        frame[f"p_{label}"] = probs[:, i]
-    return frame
+    return with_prob_columns(frame, probs, labels)

@@ -143,11 +143,17 @@ def predict_frame(
             progress(len(texts))
     probs = np.concatenate(parts) if parts else np.zeros((0, len(run.labels)), "float32")
     out = frame[["id", "text"]].copy() if "id" in frame.columns else frame[["text"]].copy()
-    out["predicted"] = [run.labels[i] for i in probs.argmax(axis=1)]
-    out["prob"] = probs.max(axis=1) if len(probs) else []
-    for i, label in enumerate(run.labels):
-        out[f"p_{label}"] = probs[:, i]
-    return out
+    return with_prob_columns(out, probs, run.labels)
+
+
+def with_prob_columns(frame, probs, labels):
+    """``frame`` + ``predicted``, ``prob`` and one ``p_<label>`` column per label from ``probs``
+    (rows aligned with ``frame``; columns in ``labels`` order): what ``--probs-from`` reads."""
+    frame["predicted"] = [labels[i] for i in probs.argmax(axis=1)] if len(probs) else []
+    frame["prob"] = probs.max(axis=1) if len(probs) else []
+    for i, label in enumerate(labels):
+        frame[f"p_{label}"] = probs[:, i]
+    return frame
 
 
 def read_texts(path: Path, text_col: str = "text"):
