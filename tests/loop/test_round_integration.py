@@ -231,7 +231,7 @@ def test_round_cli_lora_learner(argilla, tmp_path, make_planted, monkeypatch):
         main, ["round", "-p", str(project.root), "--learner", "lora", "--json"]
     )
     assert out.exit_code == 0, out.output
-    summary = json.loads(out.output[out.output.index("{") :])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])  # stderr: library warnings
     assert summary["outputs"]["train"]["n_train"] > 0
     assert (project.root / "rounds" / "1" / "train" / "run" / "adapter").is_dir()
     assert summary["outputs"]["push"]["sent"] >= 10
