@@ -32,6 +32,7 @@ from typing import Any
 from review.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
 from thresher.project import Project
+from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,15 @@ class ExportResult:
 
 def _filtered_batches(path: Path, opts: ExportOptions, review: ReviewDecisions, counts):
     """The exported batches of the stage file at ``path``, counting every drop in ``counts``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     for batch in parquet.iter_batches(opts.batch_size):
         counts["rows_in"] += batch.num_rows
-        if "is_representative" in names:
-            batch = _drop(batch, _representative(batch), counts, "dropped_duplicates")
+        keep = pa.array(representative_mask(batch))
+        batch = _drop(batch, keep, counts, "dropped_duplicates")
         settled = None
         if review.present:
             applied = apply_to_batch(batch, review)
@@ -101,13 +103,6 @@ def _filtered_batches(path: Path, opts: ExportOptions, review: ReviewDecisions, 
             batch = _drop(batch, _unsettled_issue(batch, settled), counts, "dropped_label_issues")
         counts["exported"] += batch.num_rows
         yield batch
-
-
-def _representative(batch):
-    """True to keep: representatives and rows outside any cluster (null)."""
-    import pyarrow.compute as pc
-
-    return pc.fill_null(batch.column("is_representative"), True)
 
 
 def _unsettled_issue(batch, settled):

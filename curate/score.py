@@ -117,10 +117,9 @@ def resolve_learners(learners: tuple[str, ...], embeddings: bool) -> tuple[str, 
 def scored_records(df) -> np.ndarray:
     """Which records the score stage scores (bool): dedup representatives, all of them without
     dedup output. ``tune crossfit`` predicts exactly these, for ``--probs-from``."""
-    if "is_representative" not in df.columns:
-        return np.ones(len(df), dtype=bool)
-    rep = df["is_representative"].fillna(True).astype(bool).to_numpy()
-    return rep
+    from thresher.records import representative_mask
+
+    return representative_mask(df)
 
 
 def _external_probs(project: Project, source: str, ids, classes) -> np.ndarray:

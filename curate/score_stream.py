@@ -36,6 +36,7 @@ import numpy as np
 from curate import noise_stream as ns
 from curate.ray_support import import_ray
 from thresher.errors import InputError
+from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,9 @@ class Pass1Part:
     rows: int
 
 
-def _rep_mask(batch) -> np.ndarray:
-    if "is_representative" not in batch.column_names:
-        return np.ones(batch.num_rows, dtype=bool)
-    col = batch.column("is_representative").to_numpy(zero_copy_only=False)
-    return np.array([True if v is None else bool(v) for v in col], dtype=bool)
-
-
 def _batch_fields(batch, ctx: BatchContext):
     """The representatives' ids, texts and labels of an Arrow batch."""
-    keep = _rep_mask(batch) if ctx.dedup else np.ones(batch.num_rows, dtype=bool)
+    keep = representative_mask(batch) if ctx.dedup else np.ones(batch.num_rows, dtype=bool)
     ids = batch.column("id").to_pylist()
     texts = batch.column("text").to_pylist()
     labels = batch.column("label").to_pylist() if "label" in batch.column_names else None
@@ -266,12 +260,7 @@ def read_index(path: Path) -> Index:
     labels = table.column("label").to_pylist() if "label" in names else [None] * len(ids)
     labels = [None if v is None else str(v) for v in labels]
     dedup = "is_representative" in names
-    if dedup:
-        rep = np.array(
-            [True if v is None else bool(v) for v in table.column("is_representative").to_pylist()]
-        )
-    else:
-        rep = np.ones(len(ids), dtype=bool)
+    rep = representative_mask(table)
     clusters = None
     if "dup_cluster" in names:
         clusters = table.column("dup_cluster").to_pandas().to_numpy()

@@ -27,6 +27,7 @@ import numpy as np
 from loop.errors import SimulationError
 from loop.learners import Learner, make_learner
 from loop.strategies import Diverse, get_strategy
+from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +383,7 @@ def load_labelled_records(project) -> tuple[str, Any]:
 
     stage, path = project.latest_records(["score", "dedup", "ingest"])
     frame = pd.read_parquet(path)
-    if "is_representative" in frame.columns:
-        frame = frame[frame["is_representative"].fillna(True).astype(bool)]
+    frame = frame[representative_mask(frame)]
     frame = frame[frame["label"].notna()]
     return stage, frame.reset_index(drop=True)
 

@@ -33,6 +33,7 @@ from loop.errors import LearnerError, RoundStateError
 from loop.learners import Learner
 from loop.rounds import Step, StepContext
 from loop.strategies import Diverse, get_strategy, reason_of, rereview
+from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,7 @@ def load_project_records(ctx: StepContext):
 
     stage, path = ctx.project.latest_records(["score", "dedup", "ingest"])
     frame = pd.read_parquet(path)
-    if "is_representative" in frame.columns:
-        frame = frame[frame["is_representative"].fillna(True).astype(bool)]
+    frame = frame[representative_mask(frame)]
     return frame.reset_index(drop=True)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from review.server import Connection
 from thresher.errors import ThresherError
 from thresher.project import Project, atomic_write_json, fingerprint
+from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
@@ -365,16 +366,13 @@ def _send_batch(http, dataset_id: str, items: list[dict], options: PushOptions) 
 
 
 def _load_rows(project: Project, limit: int | None, priority: str) -> tuple[str, list[dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     stage, path = project.latest_records(["score", "dedup", "ingest"])
     table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset (1 s)
-    if "is_representative" in table.column_names:
-        # duplicates are reviewed once: their representative carries the cluster
-        import pyarrow.compute as pc
-
-        keep = pc.fill_null(table["is_representative"], True)
-        table = table.filter(keep)
+    # duplicates are reviewed once: their representative carries the cluster
+    table = table.filter(pa.array(representative_mask(table)))
     rows = table.to_pylist()
     order = priority_order(rows, priority)
     if limit is not None:

@@ -67,3 +67,27 @@ def text_id(text: str) -> str:
 def text_hash(text: str) -> str:
     """Hash of the exact text (content identity, e.g. for change detection)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+REPRESENTATIVE = "is_representative"
+
+
+def representative_mask(table):
+    """Which rows stand for their duplicate cluster, as a numpy bool array: the rows dedup marked
+    ``is_representative``, rows with a null there (outside any cluster), and every row of a table
+    without dedup output. One rule for every stage that keeps "representatives only" (score,
+    export, review push, tune, the active-learning loop).
+
+    ``table`` is a pandas DataFrame or a pyarrow Table / RecordBatch."""
+    import numpy as np
+
+    is_pandas = hasattr(table, "iloc")
+    names = table.columns if is_pandas else table.column_names
+    if REPRESENTATIVE not in names:
+        return np.ones(len(table), dtype=bool)
+    if is_pandas:
+        return table[REPRESENTATIVE].fillna(True).astype(bool).to_numpy()
+    import pyarrow.compute as pc
+
+    filled = pc.fill_null(table.column(REPRESENTATIVE), True)
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)

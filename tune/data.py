@@ -32,6 +32,7 @@ from typing import Any
 from review.decisions import load_decisions
 from thresher.errors import ThresherError
 from thresher.project import Project
+from thresher.records import representative_mask
 from tune.options import DataOptions
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,9 @@ def _issues(frame, best, reviewed: dict[str, str], opts: DataOptions):
 
 def representatives(frame):
     """True for dedup representatives and for records outside any duplicate cluster."""
-    if "is_representative" not in frame.columns:
-        return frame["id"].map(lambda _: True)
-    return _flag(frame, "is_representative") | frame["dup_cluster"].isna()
+    import pandas as pd
+
+    return pd.Series(representative_mask(frame), index=frame.index)
 
 
 def one_per_cluster(part, is_rep, group):
