@@ -304,10 +304,11 @@ def score_passes(
     import time
 
     from curate.bias import merge_word_counts
-    from curate.noise import effective_folds, encode_labels, noise_result
+    from curate.noise import effective_folds, encode_labels, noise_result, parse_class_prior
 
     rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
     y, classes = encode_labels(rep_labels)
+    parse_class_prior(class_prior, classes)  # a bad prior fails before the passes, not after
     rep_ids = index.ids[index.rep]
     held = np.array([str(i) in held_out for i in rep_ids], dtype=bool) if held_out else None
     y_fit = y if held is None else np.where(held, -1, y)

@@ -241,3 +241,19 @@ def test_ray_engine_gives_the_same_scores_as_stream(tmp_path):
     out = pd.read_parquet(project.records_path("score")).set_index("id").loc[stream.index]
     assert np.allclose(out["label_quality"], stream["label_quality"], atol=1e-9)
     assert (out["label_issue"] == stream["label_issue"]).all()
+
+
+def test_bad_class_prior_fails_before_the_passes_with_the_local_message(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from curate import score_stream as ss
+
+    rows, _ = _rows(n=120)
+    project = _write_project(tmp_path, rows)
+    messages = []
+    for opts in (LOCAL, STREAM):
+        monkeypatch.setattr(ss.LocalRunner, "pass1", lambda self: pytest.fail("pass 1 ran"))
+        with pytest.raises(InputError, match="class prior") as err:
+            score(project, replace(opts, class_prior="nosuchlabel=1"))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
