@@ -11,6 +11,13 @@ apply them the same way:
   empty). Such records leave the curated set. A file without those two columns (e.g. a
   hand-written ``id, label`` table) discards nothing.
 
+A record is reviewed as the representative of its duplicate cluster. When a later dedup run
+(new data, another threshold) makes another member the representative, the decision moves with
+the cluster: ``carried_to_representatives`` gives the new representative its reviewed members'
+majority label (a tie decides nothing), or discards it when its reviewed members were all
+discarded; a representative with a decision of its own keeps it. ``load_decisions`` does this
+with the clusters of ``DIR/dedup`` whenever that stage exists.
+
 ``apply_to_batch`` applies both to an Arrow batch or table: discarded rows are dropped,
 ``label`` becomes the consensus where there is one, ``original_label`` keeps the input label
 and ``label_source`` says ``reviewed`` or ``original``. Only pandas/pyarrow, imported lazily.
@@ -18,17 +25,22 @@ and ``label_source`` says ``reviewed`` or ``original``. Only pandas/pyarrow, imp
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from thresher.project import Project
+from thresher.records import representative_mask
 
+log = logging.getLogger(__name__)
 ANNOTATIONS = Path("review") / "annotations.parquet"
 REVIEWED, ORIGINAL = "reviewed", "original"
+CLUSTER_COLUMNS = ("id", "dup_cluster", "is_representative")
 
 
 def _is_null(value: Any) -> bool:
@@ -38,11 +50,13 @@ def _is_null(value: Any) -> bool:
 @dataclass(frozen=True)
 class ReviewDecisions:
     """``labels``: id → consensus label; ``discarded``: ids every reviewer discarded.
-    ``present``: a review file exists (then exports add ``original_label``/``label_source``)."""
+    ``present``: a review file exists (then exports add ``original_label``/``label_source``).
+    ``carried``: representatives whose decision came from a reviewed duplicate."""
 
     labels: dict[str, str] = field(default_factory=dict)
     discarded: frozenset[str] = frozenset()
     present: bool = False
+    carried: frozenset[str] = frozenset()
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> ReviewDecisions:
@@ -61,6 +75,61 @@ class ReviewDecisions:
                 discarded.add(rid)
         return cls(labels=labels, discarded=frozenset(discarded), present=True)
 
+    def carried_to_representatives(self, table) -> ReviewDecisions:
+        """These decisions plus the ones the representatives of ``table`` (pandas or Arrow with
+        ``id, dup_cluster, is_representative``) inherit from their reviewed duplicates (see the
+        module docstring). Unchanged when ``table`` has no clusters or no member was reviewed."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        decided = set(self.labels) | self.discarded
+        if hasattr(table, "iloc"):
+            cols = [c for c in CLUSTER_COLUMNS if c in table.columns]
+            table = pa.Table.from_pandas(table[cols], preserve_index=False)
+        if not decided or "dup_cluster" not in table.column_names:
+            return self
+        ids = pc.cast(table.column("id"), pa.string())
+        is_rep = pa.array(representative_mask(table))
+        clustered = pc.is_valid(table.column("dup_cluster"))
+        members = pc.and_(
+            pc.and_(clustered, pc.invert(is_rep)),
+            pc.is_in(ids, pa.array(sorted(decided), pa.string())),
+        )
+        member_ids = ids.filter(members).to_pylist()
+        if not member_ids:
+            return self
+        member_clusters = table.column("dup_cluster").filter(members).to_pylist()
+        reps = pc.and_(is_rep, pc.is_in(table.column("dup_cluster"), pa.array(member_clusters)))
+        rep_of = dict(
+            zip(
+                table.column("dup_cluster").filter(reps).to_pylist(),
+                ids.filter(reps).to_pylist(),
+                strict=True,
+            )
+        )
+        votes: dict[Any, Counter[str]] = {}
+        all_discarded: dict[Any, bool] = {}
+        for rid, cluster in zip(member_ids, member_clusters, strict=True):
+            if rid in self.labels:
+                votes.setdefault(cluster, Counter())[self.labels[rid]] += 1
+            all_discarded[cluster] = all_discarded.get(cluster, True) and rid in self.discarded
+        labels, discarded, carried = dict(self.labels), set(self.discarded), set(self.carried)
+        for cluster, rep_id in rep_of.items():
+            if rep_id in decided:
+                continue
+            top = votes.get(cluster, Counter()).most_common(2)
+            if top and (len(top) == 1 or top[0][1] > top[1][1]):
+                labels[rep_id] = top[0][0]
+                carried.add(rep_id)
+            elif not top and all_discarded.get(cluster):
+                discarded.add(rep_id)
+                carried.add(rep_id)
+        if not carried - self.carried:
+            return self
+        return replace(
+            self, labels=labels, discarded=frozenset(discarded), carried=frozenset(carried)
+        )
+
     @cached_property
     def _lookup(self):
         """Arrow value sets for the vectorised apply: (label ids, their labels, discarded ids)."""
@@ -75,7 +144,8 @@ class ReviewDecisions:
 
 
 def load_decisions(project: Project) -> ReviewDecisions:
-    """The decisions of the last ``review pull`` (empty, ``present=False``, when none)."""
+    """The decisions of the last ``review pull`` (empty, ``present=False``, when none), carried
+    to the current dedup representatives when ``DIR/dedup`` exists."""
     import pyarrow.parquet as pq
 
     path = project.root / ANNOTATIONS
@@ -83,7 +153,19 @@ def load_decisions(project: Project) -> ReviewDecisions:
         return ReviewDecisions()
     names = set(pq.read_schema(path).names)
     columns = [c for c in ("id", "label", "n_annotators", "discarded_by") if c in names]
-    return ReviewDecisions.from_rows(pq.read_table(path, columns=columns).to_pylist())
+    decisions = ReviewDecisions.from_rows(pq.read_table(path, columns=columns).to_pylist())
+    dedup = project.records_path("dedup")
+    if dedup.exists():
+        names = set(pq.read_schema(dedup).names)
+        clusters = pq.ParquetFile(dedup).read(columns=[c for c in CLUSTER_COLUMNS if c in names])
+        decisions = decisions.carried_to_representatives(clusters)
+        if decisions.carried:
+            log.info(
+                "%d representative(s) took the review of a duplicate that is no longer the "
+                "representative of its cluster",
+                len(decisions.carried),
+            )
+    return decisions
 
 
 @dataclass(frozen=True)

@@ -319,9 +319,10 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
 
 
 def merge_reviewed(stage_table, rows: list[dict[str, Any]]):
-    """The stage's records with consensus labels merged in (see module doc and
-    ``review.decisions``)."""
-    return apply_to_batch(stage_table, ReviewDecisions.from_rows(rows)).batch
+    """The stage's records with consensus labels merged in, carried to the representatives of
+    the stage's duplicate clusters (see module doc and ``review.decisions``)."""
+    decisions = ReviewDecisions.from_rows(rows).carried_to_representatives(stage_table)
+    return apply_to_batch(stage_table, decisions).batch
 
 
 def reviewed_labels(project: Project) -> dict[str, str]:

@@ -214,3 +214,25 @@ def test_export_hf_dataset_with_review(reviewed, tmp_path):
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert ds.num_rows == 6 and ds.column_names[-2:] == ["original_label", "label_source"]
     assert dict(zip(ds["id"], ds["label"], strict=True))[ids[2]] == "a"
+
+
+def test_a_review_of_a_duplicate_reaches_its_new_representative(project, tmp_path):
+    """The member reviewed when it stood for the cluster; a later dedup run chose another
+    representative: the export carries the reviewer's label to the one it keeps."""
+    dedup(project, DedupOptions(semantic=False))
+    stage = pq.read_table(project.records_path("dedup")).to_pylist()
+    cluster = [r for r in stage if r["dup_cluster"] is not None]
+    assert len(cluster) == 2
+    member = next(r for r in cluster if not r["is_representative"])
+    rep = next(r for r in cluster if r["is_representative"])
+    (project.root / "review").mkdir()
+    pq.write_table(
+        pa.table({"id": [member["id"]], "label": ["b"]}),
+        project.root / "review" / "annotations.parquet",
+    )
+    result = export(project, tmp_path / "out.parquet", ExportOptions())
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    assert member["id"] not in rows
+    assert (rows[rep["id"]]["label"], rows[rep["id"]]["label_source"]) == ("b", "reviewed")
+    assert rows[rep["id"]]["original_label"] == "a"
+    assert result.reviewed == 1 and result.relabelled == 1
