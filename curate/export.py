@@ -31,7 +31,7 @@ from typing import Any
 
 from review.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
-from thresher.project import Project
+from thresher.project import Project, atomic_output
 from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,7 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
         )
         _save_hf(table, out)
     else:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_output(out) as tmp:
             if opts.format == "parquet":
                 with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
                     for batch in _filtered_batches(path, opts, review, counts):
@@ -161,10 +158,6 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
                     for batch in _filtered_batches(path, opts, review, counts):
                         for row in batch.to_pylist():
                             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     log.info(
         "exported %d of %d rows from %s to %s", counts["exported"], counts["rows_in"], stage, out
     )

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,17 @@ from review.agreement import (
     krippendorff_alpha_nominal,
     majority_consensus,
 )
-from review.decisions import ReviewDecisions, apply_to_batch, load_decisions
+from review.decisions import (
+    CLUSTER_COLUMNS,
+    ReviewDecisions,
+    apply_to_batch,
+    load_decisions,
+    output_schema,
+)
 from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
 from review.server import Connection
 from thresher.errors import StageMissingError, ThresherError
-from thresher.project import Project, atomic_write_json
+from thresher.project import Project, atomic_output, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +142,11 @@ def _value(values: dict | None, question: str) -> Any:
     return (values[question] or {}).get("value")
 
 
+def record_id(record: dict[str, Any]) -> str:
+    """The thresher id of an Argilla record (its external id; Argilla's own id without one)."""
+    return str(record.get("external_id") or record["id"])
+
+
 def summarize(
     records: list[dict[str, Any]], names: dict[str, str], pred: dict[str, dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -147,7 +156,7 @@ def summarize(
     rows: list[dict[str, Any]] = []
     annotators: set[str] = set()
     for rec in records:
-        rid = str(rec.get("external_id") or rec["id"])
+        rid = record_id(rec)
         labels: dict[str, str] = {}
         notes: dict[str, str] = {}
         discarded: list[str] = []
@@ -248,21 +257,45 @@ def _add_cleanlab(rows, order, table, pred) -> None:
 def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def stage_rows_of(path: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """Record id → row of the stage file at ``path``, for ``ids`` only (read batch by batch:
+    memory follows the reviewed records, not the project)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(sorted(ids), pa.string())
+    out: dict[str, dict[str, Any]] = {}
+    for batch in pq.ParquetFile(path).iter_batches():
+        hit = pc.is_in(pc.cast(batch.column("id"), pa.string()), value_set=wanted)
+        if pc.any(hit).as_py():
+            out.update((str(r["id"]), r) for r in batch.filter(hit).to_pylist())
+    return out
+
+
+def write_curated(stage_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
+    """The stage's records with the review merged in (``review.decisions``: consensus labels,
+    discarded records dropped, decisions carried to the representatives of the stage's duplicate
+    clusters), streamed batch by batch into ``out``."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(stage_path)
+    names = parquet.schema_arrow.names
+    clusters = parquet.read(columns=[c for c in CLUSTER_COLUMNS if c in names])
+    decisions = ReviewDecisions.from_rows(rows).carried_to_representatives(clusters)
+    schema = output_schema(parquet.schema_arrow)
+    with atomic_output(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in parquet.iter_batches():
+            writer.write_batch(apply_to_batch(batch, decisions).batch)
 
 
 def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult:
     """Read every record's responses; write annotations, agreement and the curated merge."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from review.push import _client
 
@@ -278,11 +311,10 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     records = fetch_records(conn, dataset_id)
     stage_rows: dict[str, dict[str, Any]] = {}
     try:
-        _, path = project.latest_records(["score", "dedup", "ingest"])
-        stage_table = pq.read_table(path)
-        stage_rows = {str(r["id"]): r for r in stage_table.to_pylist()}
+        _, stage_path = project.latest_records(["score", "dedup", "ingest"])
+        stage_rows = stage_rows_of(stage_path, {record_id(r) for r in records})
     except StageMissingError:
-        stage_table = None
+        stage_path = None
     rows, summary = summarize(records, usernames(conn), stage_rows)
     review_dir = project.root / "review"
     out = review_dir / ANNOTATIONS
@@ -305,8 +337,8 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
         ]
     )
     _write_parquet(pa.Table.from_pylist(rows, schema=schema), out)
-    if stage_table is not None:
-        _write_parquet(merge_reviewed(stage_table, rows), review_dir / CURATED)
+    if stage_path is not None:
+        write_curated(stage_path, rows, review_dir / CURATED)
     result = PullResult(
         dataset=name,
         records=len(records),
@@ -316,13 +348,6 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     )
     atomic_write_json(review_dir / AGREEMENT, result.to_dict())
     return result
-
-
-def merge_reviewed(stage_table, rows: list[dict[str, Any]]):
-    """The stage's records with consensus labels merged in, carried to the representatives of
-    the stage's duplicate clusters (see module doc and ``review.decisions``)."""
-    decisions = ReviewDecisions.from_rows(rows).carried_to_representatives(stage_table)
-    return apply_to_batch(stage_table, decisions).batch
 
 
 def reviewed_labels(project: Project) -> dict[str, str]:

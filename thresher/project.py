@@ -35,23 +35,33 @@ def _umask() -> int:
     return mask
 
 
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temp file next to ``path`` to write (by any writer); it replaces ``path`` when the block
+    ends and is removed if the block raises, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
     ``mode`` defaults to 0o666 less the umask (like ``open``); pass 0o600 for secrets."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp:
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

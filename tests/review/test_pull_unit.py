@@ -1,10 +1,11 @@
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from review.argilla_launcher import _apply_script
-from review.pull import merge_reviewed, summarize
+from review.pull import stage_rows_of, summarize, write_curated
 
 
 def _resp(user, status, label=None, note=None):
@@ -58,14 +59,16 @@ def test_summarize_consensus_ties_notes_discards_and_agreement():
     assert stats["ann"]["agreement_with_consensus"] == 1.0 and stats["ann"]["n_with_consensus"] == 1
 
 
-def test_merge_keeps_original_label_and_drops_all_discarded():
+def test_merge_keeps_original_label_and_drops_all_discarded(tmp_path):
     table = pa.table({"id": ["a", "b", "c"], "text": ["A", "B", "C"], "label": ["neg", "pos", "x"]})
+    pq.write_table(table, tmp_path / "stage.parquet", row_group_size=2)
     rows = [
         {"id": "a", "label": "pos", "n_annotators": 2, "discarded_by": []},
         {"id": "b", "label": None, "n_annotators": 2, "discarded_by": []},
         {"id": "c", "label": None, "n_annotators": 0, "discarded_by": ["cat"]},
     ]
-    out = merge_reviewed(table, rows).to_pylist()
+    write_curated(tmp_path / "stage.parquet", rows, tmp_path / "curated.parquet")
+    out = pq.read_table(tmp_path / "curated.parquet").to_pylist()
     assert [r["id"] for r in out] == ["a", "b"]
     assert out[0] | {} == {
         "id": "a",
@@ -94,3 +97,10 @@ def test_launcher_script_updates_match_the_painless_scripts():
     assert gone["suggestions"] == {} and doc["suggestions"] == {"label": 1}
     with pytest.raises(ValueError):
         _apply_script(doc, {"source": "ctx._source.x = 1", "params": {}})
+
+
+def test_stage_rows_are_read_for_the_reviewed_ids_only(tmp_path):
+    table = pa.table({"id": [f"r{i}" for i in range(10)], "label": ["x"] * 10})
+    pq.write_table(table, tmp_path / "stage.parquet", row_group_size=3)
+    rows = stage_rows_of(tmp_path / "stage.parquet", {"r1", "r7", "missing"})
+    assert rows == {"r1": {"id": "r1", "label": "x"}, "r7": {"id": "r7", "label": "x"}}
