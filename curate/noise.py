@@ -503,6 +503,29 @@ def noise_result(
 
 
 OUTLIER_THRESHOLD = 0.37037  # Datalab's default for feature-based outliers
+KNN_BLOCK_CELLS = 2**24  # similarity cells per block of knn_cosine_distances (64 MiB of float32)
+
+
+def knn_cosine_distances(features: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distances from every row to its ``k`` nearest other rows, ascending, shape (n, k).
+
+    Exact brute force as one float32 matmul per block of rows against all rows, keeping the top
+    ``k`` with ``argpartition``: O(n²·dim) time like scikit-learn's brute-force cosine
+    neighbours, memory O(n·k) plus one block (``KNN_BLOCK_CELLS``). A zero vector is at distance
+    1 from every row. A row is never its own neighbour; an identical row is, at distance 0."""
+    x = np.asarray(features, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(x)
+    out = np.empty((n, k), dtype=np.float32)
+    block = max(1, KNN_BLOCK_CELLS // max(n, 1))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sims = x[start:stop] @ x.T
+        rows = np.arange(stop - start)
+        sims[rows, rows + start] = -np.inf
+        top = np.partition(sims, n - k, axis=1)[:, n - k :]  # the k largest, unordered
+        out[start:stop] = 1.0 - np.sort(top, axis=1)[:, ::-1]
+    return np.clip(out, 0.0, 2.0)
 
 
 def outlier_scores(features: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -510,15 +533,10 @@ def outlier_scores(features: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.nd
 
     Score: ``exp(-d / median(d))`` with ``d`` the mean cosine distance to the ``k`` nearest
     neighbours. Flag: ``d > Q3 + (1/t - 1) * IQR`` with Datalab's default ``t``."""
-    from sklearn.neighbors import NearestNeighbors
-
     n = features.shape[0]
     if n < 3:
         return np.ones(n), np.zeros(n, dtype=bool)
-    k = min(k, n - 1)
-    nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(features)
-    dist, _ = nn.kneighbors(features)
-    d = dist[:, 1:].mean(axis=1)
+    d = knn_cosine_distances(features, min(k, n - 1)).mean(axis=1, dtype=np.float64)
     scale = max(float(np.median(d)), 1e-12)
     scores = np.exp(-d / scale)
     q1, q3 = np.percentile(d, [25, 75])

@@ -280,3 +280,19 @@ def test_a_class_never_predicted_is_warned_about(caplog):
             folds=5, learners=("svm",), class_prior="uniform",
         )  # fmt: skip
     assert "no record is predicted" not in caplog.text
+
+
+@pytest.mark.parametrize("block_cells", [noise.KNN_BLOCK_CELLS, 50 * 7])
+def test_knn_cosine_distances_equal_scikit_learn_brute_force(monkeypatch, block_cells):
+    from sklearn.neighbors import NearestNeighbors
+
+    monkeypatch.setattr(noise, "KNN_BLOCK_CELLS", block_cells)  # 7 rows per block: many blocks
+    x = np.random.default_rng(3).normal(size=(50, 16)).astype(np.float32)
+    x[4] = x[11]  # an identical pair: each is the other's neighbour at distance 0
+    x[20] = 0.0  # a zero vector: distance 1 from everything
+    dist, _ = NearestNeighbors(n_neighbors=6, metric="cosine").fit(x).kneighbors(x)
+    ours = noise.knn_cosine_distances(x, 5)
+    assert ours.shape == (50, 5)
+    np.testing.assert_allclose(ours, dist[:, 1:], atol=1e-5)
+    assert ours[4, 0] == pytest.approx(0.0, abs=1e-6) and ours[11, 0] == pytest.approx(0, abs=1e-6)
+    assert np.all(np.diff(ours, axis=1) >= 0)
