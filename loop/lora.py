@@ -7,9 +7,10 @@ round already chose the labels), so ``tune`` keeps its own split, early stopping
 ``classes``. ``save``/``load`` copy the run folder, so the round's ``train/`` step folder holds
 the adapter and the next round can read it.
 
-Warm start: ``tune`` trains from the base model; the previous round's adapter is recorded
-(``warm_start_from``) but not loaded (tune has no ``--init-adapter`` yet), so every round is a
-fresh fit on all labels so far — the honest choice for a few hundred labels.
+Warm start (``loop.warm_start``, default on): round k's training begins from round k-1's
+adapter and head (``tune``'s ``init_adapter``) and fits all labels so far; when the label set
+changed between rounds (a class appeared), or there is no previous adapter, it starts from the
+base model. ``lora.json`` records which adapter it started from (``warm_start_from``, or null).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class LoraLearner:
     """``tune``'s LoRA classifier behind the loop's ``Learner`` protocol.
 
     ``options``: a ``tune.options.TuneOptions`` (``tune.options.options_from_config``); the run
-    name and data mode are set here. ``warm_start``: the previous round's train folder, recorded
-    only (see module doc)."""
+    name and data mode are set here. ``warm_start``: the previous round's train folder (see the
+    module doc)."""
 
     def __init__(
         self, classes: Sequence[str], options: Any, *, warm_start: Path | None = None
@@ -54,6 +55,7 @@ class LoraLearner:
         self.classes = tuple(str(c) for c in classes)
         self.options = options
         self.warm_start = Path(warm_start) if warm_start else None
+        self.started_from: Path | None = None  # the adapter the last fit began from
         self.run_dir: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -73,9 +75,22 @@ class LoraLearner:
             root / "ingest" / "records.parquet", index=False
         )
         data = replace(self.options.data, mode="raw", label_issues="keep")
-        opts = replace(self.options, run=RUN, data=data)
+        self.started_from = self._warm_run(sorted({str(x) for x in labels}))
+        init = str(self.started_from) if self.started_from else None
+        opts = replace(self.options, run=RUN, data=data, init_adapter=init)
         self.run_dir = Path(train(Project(root), opts, force=True))
         return self
+
+    def _warm_run(self, labels: list[str]) -> Path | None:
+        """The previous round's run to start from, when it exists and has the same labels."""
+        run = self.warm_start / "run" if self.warm_start else None
+        if run is None or not (run / "label_map.json").is_file():
+            return None
+        theirs = json.loads((run / "label_map.json").read_text(encoding="utf-8"))["labels"]
+        if [str(x) for x in theirs] != labels:
+            log.info("LoRA learner: labels changed since %s; training from the base model", run)
+            return None
+        return run
 
     def _labels(self) -> list[str]:
         cfg = json.loads((self._run() / "config.json").read_text(encoding="utf-8"))
@@ -108,7 +123,7 @@ class LoraLearner:
             json.dumps(
                 {
                     "classes": list(self.classes),
-                    "warm_start_from": str(self.warm_start) if self.warm_start else None,
+                    "warm_start_from": str(self.started_from) if self.started_from else None,
                 }
             ),
             encoding="utf-8",

@@ -116,7 +116,8 @@ loop:
   rereview_size: 10
   # fast (sentence embeddings + logistic regression) | tfidf | lora (tune's classifier)
   learner: fast
-  # Start round k's training from round k-1's adapter (true) or from the base model (false).
+  # --learner lora: start round k from round k-1's adapter and head (true) or from the base
+  # model (false); a changed label set always starts from the base model.
   warm_start: true
   # `thresher round`: which labels train the model. reviewed: only labels people gave in Argilla
   # (the input labels become the unlabelled pool); all: input labels, reviewed ones winning.

@@ -90,6 +90,12 @@ def _run_dir(project_dir: str, run: str | None):
     default=None,
     help="Several processes: ddp replicas or fsdp shards [ddp].",
 )
+@click.option(
+    "--init-adapter",
+    default=None,
+    metavar="RUN|FOLDER",
+    help="Warm start: begin from a finished run's LoRA weights and head (same base and labels).",
+)
 @force_option
 @json_option
 def train_command(
@@ -114,6 +120,7 @@ def train_command(
     gradient_checkpointing: bool | None,
     compile_mode: str | None,
     strategy: str | None,
+    init_adapter: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -130,6 +137,7 @@ def train_command(
       thresher tune train -p proj --task sft --base HuggingFaceTB/SmolLM2-360M
       thresher tune train -p proj --task sft --response-col response
       thresher tune train -p proj --run run-1 --resume
+      thresher tune train -p proj --run run-2 --init-adapter run-1
     """
     import json
 
@@ -163,7 +171,8 @@ def train_command(
     if base is not None:
         kind = "models.sft" if config.get("tune.task") == "sft" else "models.classifier"
         config = config.with_overrides({kind: base})
-    opts = options_from_config(config, run=run)
+    init = str(_run_dir(project_dir, init_adapter)) if init_adapter else None
+    opts = options_from_config(config, run=run, init_adapter=init)
     with progress_bar(desc="tune train", unit="steps") as bar:
 
         def progress(info: dict) -> None:

@@ -11,10 +11,12 @@ Shared by training, prediction and export so the three agree on one recipe:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from thresher.assets import ModelRef, resolve_model
@@ -172,6 +174,54 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float, target_module
         config.target_modules = "all-linear"
         peft_model = get_peft_model(model, config)
     return peft_model
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def adapter_weights(source: str | os.PathLike) -> Path:
+    """The LoRA weights file of a finished run folder (``DIR/tune/RUN``) or of its ``adapter/``."""
+    path = Path(source)
+    adapter = path / "adapter" if (path / "adapter").is_dir() else path
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(
+            f"init adapter {source}: no {ADAPTER_WEIGHTS} there; pass a finished run folder "
+            "(DIR/tune/RUN) or its adapter/"
+        )
+    return weights
+
+
+def init_from_adapter(model, source: str | os.PathLike, label2id: dict[str, int] | None) -> Path:
+    """Warm start: load a finished run's LoRA weights (and its trained head and pooler) into the
+    freshly wrapped peft ``model``. For classify, ``label2id`` must equal the run's (same labels,
+    same order). Returns the weights file; a mismatch is a one-line ``ConfigError``."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = adapter_weights(source)
+    saved = weights.parent / "label_map.json"
+    if label2id is not None and saved.is_file():
+        theirs = json.loads(saved.read_text(encoding="utf-8")).get("label2id")
+        if theirs is not None and theirs != label2id:
+            raise ConfigError(
+                f"init adapter {source} was trained on labels {sorted(theirs)}, this run has "
+                f"{sorted(label2id)}; train from the base model instead"
+            )
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(weights)))
+    except RuntimeError as err:  # shape mismatch: another base model or lora_r
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ConfigError(
+            f"init adapter {source} does not fit this model (another base or lora_r?): {first}"
+        ) from None
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(
+            f"init adapter {source} does not fit this model: {len(result.unexpected_keys)} of "
+            f"its weights have no place in it (e.g. {result.unexpected_keys[0]})"
+        )
+    log.info("warm start from %s", weights)
+    return weights
 
 
 # ---- tokenization -----------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class TuneOptions:
     # torch.compile the transformer blocks: auto (CUDA only) | on | off; graphs = the whole training
     # forward with static (bucketed) shapes, replayed as CUDA graphs on a GPU (tune/modeling.py)
     compile: str = "auto"
+    # warm start: a finished run folder (or its adapter/) whose LoRA weights and head start this run
+    init_adapter: str | None = None
     strategy: str = "ddp"  # several processes (torchrun): ddp (replicas) | fsdp (sharded)
     eval_steps: int = 0  # 0 = once per epoch
     save_steps: int = 50  # checkpoint every N optimizer steps (for --resume)

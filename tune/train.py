@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.errors import ConfigError, ThresherError
-from thresher.project import Project, fingerprint, stage_output
+from thresher.project import Project, file_sha256, fingerprint, stage_output
 from tune.data import TuneData, build_dataset
 from tune.distributed import (
     Dist,
@@ -40,6 +40,7 @@ from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
     StaticShapes,
     _fast_sft_ok,
+    adapter_weights,
     add_lora,
     autocast,
     compile_blocks,
@@ -47,6 +48,7 @@ from tune.modeling import (
     encode_classify,
     encode_sft,
     forward_loss,
+    init_from_adapter,
     is_compile_error,
     is_compiled,
     load_base,
@@ -488,6 +490,9 @@ def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
         {
             "options": {**opts.to_dict(), "run": None},
             "base": ref.path,
+            "init_adapter": file_sha256(adapter_weights(opts.init_adapter))
+            if opts.init_adapter
+            else None,
             "train": rows(data.train),
             "val": rows(data.val),
             "test": rows(data.test),
@@ -512,6 +517,9 @@ def _build_model(ref, opts: TuneOptions, labels, tok, device, amp, d: Dist):
     model = add_lora(
         model, opts.task, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.target_modules
     )
+    if opts.init_adapter:
+        label2id = {name: i for i, name in enumerate(labels)} if opts.task == "classify" else None
+        init_from_adapter(model, opts.init_adapter, label2id)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -12,7 +12,8 @@ pytest.importorskip("tune.train")
 pytestmark = pytest.mark.slow
 
 
-def test_lora_learner_fit_predict_save_load(tmp_path, make_planted):
+def _fit_save_load(tmp_path, make_planted):
+    """Fit on the planted set, save as the train step does, load back; checks on the way."""
     from loop.lora import LoraLearner
     from loop.steps import load_learner, save_learner
     from tune.options import TuneOptions
@@ -31,3 +32,31 @@ def test_lora_learner_fit_predict_save_load(tmp_path, make_planted):
     again = load_learner(folder)
     assert isinstance(again, LoraLearner) and again.classes == tuple(classes)
     np.testing.assert_allclose(again.predict_proba(texts[:10]), probs, atol=1e-5)
+    return folder, opts, texts, labels, classes
+
+
+def test_lora_learner_fit_predict_save_load(tmp_path, make_planted):
+    folder, *_ = _fit_save_load(tmp_path, make_planted)
+    assert (folder / "run" / "adapter").is_dir()
+
+
+def test_lora_learner_warm_starts_from_the_previous_round(tmp_path, make_planted):
+    import json
+
+    from loop.lora import LoraLearner
+    from loop.steps import save_learner
+
+    folder, opts, texts, labels, classes = _fit_save_load(tmp_path, make_planted)
+    warm = LoraLearner(classes, opts, warm_start=folder).fit(texts, labels)
+    assert warm.started_from == folder / "run"
+    config = json.loads((warm.run_dir / "config.json").read_text())
+    assert config["options"]["init_adapter"] == str(folder / "run")
+    out = tmp_path / "next"
+    out.mkdir()
+    save_learner(warm, out)
+    assert json.loads((out / "lora.json").read_text())["warm_start_from"] == str(folder / "run")
+    fewer = [t for t, lab in zip(texts, labels, strict=True) if lab != "food"]
+    cold = LoraLearner(classes, opts, warm_start=folder).fit(
+        fewer, [lab for lab in labels if lab != "food"]
+    )  # a label set that differs from the previous round's: no warm start
+    assert cold.started_from is None

@@ -349,3 +349,46 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_llama):
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for a, b in zip(eager_grads, compiled_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def _peft_model(base: str, labels):
+    from tune.modeling import add_lora, load_base, load_tokenizer, resolve_base
+
+    ref = resolve_base(base, "classify")
+    model = load_base(ref, "classify", labels, load_tokenizer(ref))
+    return add_lora(model, "classify", 8, 16, 0.05)
+
+
+@pytest.mark.slow
+def test_warm_start_loads_the_previous_adapter_and_head(project, tiny_bert, tmp_path):
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from tune.modeling import init_from_adapter
+
+    first = train(project, TuneOptions(base=tiny_bert, run="first", max_steps=8, **FAST))
+    saved = load_file(str(first / "adapter" / "adapter_model.safetensors"))
+    assert any("classifier" in k for k in saved) and any("lora_A" in k for k in saved)
+    model = _peft_model(tiny_bert, ["neg", "pos"])
+    before = get_peft_model_state_dict(model)
+    assert any(not torch.equal(before[k], saved[k]) for k in saved)  # a fresh init differs
+    init_from_adapter(model, first, {"neg": 0, "pos": 1})
+    after = get_peft_model_state_dict(model)
+    assert set(after) == set(saved)
+    assert all(torch.equal(after[k], saved[k]) for k in saved)
+    with pytest.raises(ConfigError, match="trained on labels") as err:
+        init_from_adapter(_peft_model(tiny_bert, ["a", "b"]), first, {"a": 0, "b": 1})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="no adapter_model.safetensors"):
+        init_from_adapter(model, tmp_path, None)
+
+    # the CLI: a warm-started run from a run name; its fingerprint differs from a cold one
+    args = ["tune", "train", "-p", str(project), "--base", tiny_bert, "--max-steps", "4"]
+    args += ["--batch-size", "8", "--max-length", "32", "--json"]
+    out = CliRunner().invoke(main, [*args, "--run", "warm", "--init-adapter", "first"])
+    assert out.exit_code == 0, out.output
+    config = json.loads((project / "tune" / "warm" / "config.json").read_text())
+    assert config["options"]["init_adapter"] == str(first)
+    out = CliRunner().invoke(main, [*args, "--run", "warm2", "--init-adapter", "nope"])
+    assert out.exit_code == 1 and "no finished run 'nope'" in out.output
