@@ -351,12 +351,12 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_llama):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
-def _peft_model(base: str, labels):
+def _peft_model(base: str, labels, r: int = 8):
     from tune.modeling import add_lora, load_base, load_tokenizer, resolve_base
 
     ref = resolve_base(base, "classify")
     model = load_base(ref, "classify", labels, load_tokenizer(ref))
-    return add_lora(model, "classify", 8, 16, 0.05)
+    return add_lora(model, "classify", r, 16, 0.05)
 
 
 @pytest.mark.slow
@@ -379,6 +379,9 @@ def test_warm_start_loads_the_previous_adapter_and_head(project, tiny_bert, tmp_
     assert all(torch.equal(after[k], saved[k]) for k in saved)
     with pytest.raises(ConfigError, match="trained on labels") as err:
         init_from_adapter(_peft_model(tiny_bert, ["a", "b"]), first, {"a": 0, "b": 1})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="does not fit this model") as err:
+        init_from_adapter(_peft_model(tiny_bert, ["neg", "pos"], r=4), first, None)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="no adapter_model.safetensors"):
         init_from_adapter(model, tmp_path, None)
