@@ -510,7 +510,7 @@ def knn_cosine_distances(features: np.ndarray, k: int) -> np.ndarray:
     """Cosine distances from every row to its ``k`` nearest other rows, ascending, shape (n, k).
 
     Exact brute force as one float32 matmul per block of rows against all rows, keeping the top
-    ``k`` with ``argpartition``: O(n²·dim) time like scikit-learn's brute-force cosine
+    ``k`` with ``np.partition``: O(n²·dim) time like scikit-learn's brute-force cosine
     neighbours, memory O(n·k) plus one block (``KNN_BLOCK_CELLS``). A zero vector is at distance
     1 from every row. A row is never its own neighbour; an identical row is, at distance 0."""
     x = np.asarray(features, dtype=np.float32)
