@@ -1,16 +1,21 @@
-"""Active-learning rounds with the LoRA learner: warm start (round k begins from round k-1's
-adapter and head, ``loop.warm_start: true``) vs cold start (from the base model), same labels,
-same recipe, in one process.
+"""Small labelled sets with the LoRA learner: warm vs cold start across active-learning
+rounds, with and without the recipe's step floor (``tune.min_steps``), in one process.
 
 Per seed: the demo corpus shuffled; a fixed clean test set (``--test``); the labelled set grows
-by random sampling (``--sizes``, cumulative). Each round trains ``loop.lora.LoraLearner`` twice
-on the same labels, cold and warm (warm chains through the rounds), with the product's default
-``tune`` recipe (``--max-length`` shortened for CPU), and scores the test set.
+by random sampling (``--sizes``, cumulative). Each round trains ``loop.lora.LoraLearner`` once
+per variant on the same labels, with the product's default ``tune`` recipe (``--max-length``
+shortened for CPU), and scores the test set. Variants:
+- ``warm``: the product's default (round k starts from round k-1's adapter and head,
+  ``loop.warm_start: true``; at least ``min_steps`` = 150 optimizer steps);
+- ``cold``: from the base model every round, same floor;
+- ``warm@0`` / ``cold@0``: the same with ``min_steps: 0`` (3 epochs only, the recipe before).
 
-    python benchmarks/warm_start.py [--sizes 200 400 800] [--seeds 0 1 2] [--out FILE]
+    python benchmarks/warm_start.py [--sizes 200 400 800] [--seeds 0 1 2]
+        [--variants warm cold warm@0 cold@0] [--out FILE]
 
-Reports per round: test macro-F1 of both, the difference (warm − cold, points), train seconds,
-and the optimizer step of the best validation score (early stopping)."""
+Reports per round and variant: test macro-F1, train seconds, steps, the optimizer step of the
+best validation score (early stopping); the summary adds each variant's mean and its lift over
+``cold@0`` (points)."""
 
 from __future__ import annotations
 
@@ -37,7 +42,9 @@ def _fit(classes, opts, texts, labels, folder: Path, warm_from: Path | None):
     return learner, metrics
 
 
-def run_seed(seed: int, sizes: list[int], n_test: int, opts, work: Path) -> list[dict]:
+def run_seed(
+    seed: int, sizes: list[int], n_test: int, opts, variants: list[str], work: Path
+) -> list[dict]:
     import pandas as pd
 
     from thresher.assets import write_demo_corpus
@@ -47,14 +54,16 @@ def run_seed(seed: int, sizes: list[int], n_test: int, opts, work: Path) -> list
     test, pool = corpus.iloc[:n_test], corpus.iloc[n_test:]
     classes = sorted(corpus["label"].unique())
     gold = test["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    rows, warm_from = [], None
+    rows, warm_from = [], dict.fromkeys(variants)
     for k, size in enumerate(sizes, start=1):
         texts, labels = pool["text"].iloc[:size].tolist(), pool["label"].iloc[:size].tolist()
         row = {"seed": seed, "round": k, "labelled": size}
-        for name in ("cold", "warm"):
-            start = warm_from if name == "warm" else None
+        for name in variants:
+            kind, _, floor = name.partition("@")
+            recipe = replace(opts, min_steps=int(floor)) if floor else opts
+            start = warm_from[name] if kind == "warm" else None
             folder = work / f"s{seed}" / name / str(k)
-            learner, metrics = _fit(classes, opts, texts, labels, folder, start)
+            learner, metrics = _fit(classes, recipe, texts, labels, folder, start)
             pred = learner.predict_proba(test["text"].tolist()).argmax(axis=1)
             row[name] = {
                 "test_macro_f1": round(macro_f1(gold, pred, len(classes)), 4),
@@ -63,11 +72,7 @@ def run_seed(seed: int, sizes: list[int], n_test: int, opts, work: Path) -> list
                 "best_step": metrics["best_step"],
                 "started_from_adapter": learner.started_from is not None,
             }
-            if name == "warm":
-                warm_from = folder
-        row["warm_minus_cold_points"] = round(
-            100 * (row["warm"]["test_macro_f1"] - row["cold"]["test_macro_f1"]), 2
-        )
+            warm_from[name] = folder
         print(json.dumps(row), file=sys.stderr)
         rows.append(row)
     return rows
@@ -77,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 400, 800])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["warm", "cold", "warm@0", "cold@0"])
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
@@ -90,28 +96,34 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="thresher-warm-") as tmp:
         opts = replace(options_from_config(load_config(tmp)), max_length=args.max_length)
-        rows = [r for s in args.seeds for r in run_seed(s, args.sizes, args.test, opts, Path(tmp))]
+        rows = [
+            r
+            for s in args.seeds
+            for r in run_seed(s, args.sizes, args.test, opts, args.variants, Path(tmp))
+        ]
     summary = {}
     for k in range(1, len(args.sizes) + 1):
         per = [r for r in rows if r["round"] == k]
-        diffs = np.array([r["warm_minus_cold_points"] for r in per])
-
-        def mean(variant: str, key: str, digits: int) -> float:
-            return round(float(np.mean([r[variant][key] for r in per])), digits)  # noqa: B023
-
-        summary[f"round_{k}"] = {
-            "labelled": per[0]["labelled"],
-            "cold_macro_f1_mean": mean("cold", "test_macro_f1", 4),
-            "warm_macro_f1_mean": mean("warm", "test_macro_f1", 4),
-            "warm_minus_cold_points_mean": round(float(diffs.mean()), 2),
-            "warm_minus_cold_points_sd": round(float(diffs.std(ddof=1)), 2)
-            if len(per) > 1
-            else None,
-            "cold_train_seconds_mean": mean("cold", "train_seconds", 1),
-            "warm_train_seconds_mean": mean("warm", "train_seconds", 1),
-        }
-    recipe = {"epochs": opts.epochs, "lr": opts.lr, "batch_size": opts.batch_size,
-              "max_length": opts.max_length, "patience": opts.patience}  # fmt: skip
+        entry: dict = {"labelled": per[0]["labelled"]}
+        for name in args.variants:
+            f1 = np.array([r[name]["test_macro_f1"] for r in per])
+            entry[name] = {
+                "test_macro_f1_mean": round(float(f1.mean()), 4),
+                "train_seconds_mean": round(
+                    float(np.mean([r[name]["train_seconds"] for r in per])), 1
+                ),
+                "steps_mean": round(float(np.mean([r[name]["steps"] for r in per])), 1),
+            }
+            if "cold@0" in args.variants and name != "cold@0":
+                lift = 100 * (f1 - np.array([r["cold@0"]["test_macro_f1"] for r in per]))
+                entry[name]["lift_vs_cold@0_points_mean"] = round(float(lift.mean()), 2)
+                entry[name]["lift_vs_cold@0_points_sd"] = (
+                    round(float(lift.std(ddof=1)), 2) if len(per) > 1 else None
+                )
+        summary[f"round_{k}"] = entry
+    recipe = {"epochs": opts.epochs, "min_steps": opts.min_steps, "lr": opts.lr,
+              "batch_size": opts.batch_size, "max_length": opts.max_length,
+              "patience": opts.patience}  # fmt: skip
     emit(
         {"benchmark": "warm_start", "corpus": "demo (Rotten Tomatoes)", "test_records": args.test,
          "sampling": "random, cumulative", "recipe": recipe, "summary": summary, "rounds": rows},

@@ -185,6 +185,9 @@ tune:
   epochs: 3
   # Optimizer steps; > 0 overrides epochs.
   max_steps: 0
+  # With epochs: train at least this many optimizer steps (3 epochs of a few hundred records
+  # under-train a fresh adapter); early stopping still applies. 0 = epochs only.
+  min_steps: 150
   batch_size: 16
   grad_accum: 1
   lr: 0.001

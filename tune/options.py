@@ -34,6 +34,7 @@ class TuneOptions:
     run: str | None = None  # run name; None = run-<timestamp>
     epochs: float = 3.0
     max_steps: int = 0
+    min_steps: int = 150  # epochs-based runs train at least this many optimizer steps (0 = off)
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
@@ -97,6 +98,7 @@ def options_from_config(config: Any, **extra: Any) -> TuneOptions:
         for k in (
             "epochs",
             "max_steps",
+            "min_steps",
             "batch_size",
             "grad_accum",
             "lr",

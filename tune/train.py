@@ -217,9 +217,7 @@ def train(
     steps_per_epoch = math.ceil(
         len(_rank_batches(train_set.lengths(), opts, 0, d)) / opts.grad_accum
     )
-    total = (
-        opts.max_steps if opts.max_steps > 0 else max(1, math.ceil(opts.epochs * steps_per_epoch))
-    )
+    total = planned_steps(opts, steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(total, opts.warmup_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     ddp = wrap_ddp(model, d, device)
@@ -545,6 +543,14 @@ def _encode(tok, frame, label_map, opts: TuneOptions):
     if opts.task == "classify":
         return encode_classify(tok, texts, [label_map[x] for x in labels], weights, opts.max_length)
     return encode_sft(tok, texts, labels, weights, opts.prompt_template, opts.max_length)
+
+
+def planned_steps(opts: TuneOptions, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run: ``max_steps`` when set, else ``epochs`` worth of steps but at
+    least ``min_steps`` (small sets under-train in a few epochs); early stopping may end sooner."""
+    if opts.max_steps > 0:
+        return opts.max_steps
+    return max(1, math.ceil(opts.epochs * steps_per_epoch), opts.min_steps)
 
 
 def _linear_schedule(total: int, warmup_ratio: float):

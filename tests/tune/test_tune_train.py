@@ -395,3 +395,12 @@ def test_warm_start_loads_the_previous_adapter_and_head(project, tiny_bert, tmp_
     assert config["options"]["init_adapter"] == str(first)
     out = CliRunner().invoke(main, [*args, "--run", "warm2", "--init-adapter", "nope"])
     assert out.exit_code == 1 and "no finished run 'nope'" in out.output
+
+
+def test_planned_steps_floor_small_sets_and_leave_max_steps_alone():
+    from tune.train import planned_steps
+
+    assert planned_steps(TuneOptions(epochs=3.0), steps_per_epoch=10) == 150  # 30 → the floor
+    assert planned_steps(TuneOptions(epochs=3.0), steps_per_epoch=100) == 300
+    assert planned_steps(TuneOptions(epochs=3.0, min_steps=0), steps_per_epoch=10) == 30
+    assert planned_steps(TuneOptions(max_steps=7), steps_per_epoch=10) == 7
