@@ -70,6 +70,7 @@ class TuneOptions:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TuneOptions:
         raw = dict(raw)
+        raw.setdefault("min_steps", 0)  # saved before the step floor existed: epochs only
         data = DataOptions(**raw.pop("data", {}))
         raw["target_modules"] = tuple(raw.get("target_modules") or ())
         return cls(data=data, **raw)

@@ -404,3 +404,10 @@ def test_planned_steps_floor_small_sets_and_leave_max_steps_alone():
     assert planned_steps(TuneOptions(epochs=3.0), steps_per_epoch=100) == 300
     assert planned_steps(TuneOptions(epochs=3.0, min_steps=0), steps_per_epoch=10) == 30
     assert planned_steps(TuneOptions(max_steps=7), steps_per_epoch=10) == 7
+
+
+def test_options_saved_before_the_step_floor_keep_their_run_length():
+    saved = TuneOptions(epochs=2.0).to_dict()
+    assert TuneOptions.from_dict(saved).min_steps == 150
+    del saved["min_steps"]  # a run saved by an earlier version
+    assert TuneOptions.from_dict(saved).min_steps == 0
