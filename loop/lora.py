@@ -7,7 +7,7 @@ round already chose the labels), so ``tune`` keeps its own split, early stopping
 ``classes``. ``save``/``load`` copy the run folder, so the round's ``train/`` step folder holds
 the adapter and the next round can read it.
 
-Warm start (``loop.warm_start``, default on): round k's training begins from round k-1's
+Warm start (``loop.warm_start``, default off): round k's training begins from round k-1's
 adapter and head (``tune``'s ``init_adapter``) and fits all labels so far; when the label set
 changed between rounds (a class appeared), or there is no previous adapter, it starts from the
 base model. ``lora.json`` records which adapter it started from (``warm_start_from``, or null).

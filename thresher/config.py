@@ -117,8 +117,9 @@ loop:
   # fast (sentence embeddings + logistic regression) | tfidf | lora (tune's classifier)
   learner: fast
   # --learner lora: start round k from round k-1's adapter and head (true) or from the base
-  # model (false); a changed label set always starts from the base model.
-  warm_start: true
+  # model (false); a changed label set always starts from the base model. Off by default: with
+  # tune.min_steps the cold fit was as good or better (benchmarks/warm_start.py).
+  warm_start: false
   # `thresher round`: which labels train the model. reviewed: only labels people gave in Argilla
   # (the input labels become the unlabelled pool); all: input labels, reviewed ones winning.
   labels: reviewed
