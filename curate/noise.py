@@ -284,6 +284,12 @@ def parse_class_prior(value: str | None, classes: Sequence[str]) -> np.ndarray |
     return prior / prior.sum()
 
 
+def label_shares(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each class's share of the labelled records (``y >= 0``); zeros when none is labelled."""
+    labeled = y[y >= 0]
+    return np.bincount(labeled, minlength=n_classes) / max(1, labeled.size)
+
+
 def adjust_to_prior(probs: np.ndarray, y: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
     """Out-of-sample probabilities re-weighted from the labels' observed class shares to
     ``prior`` (label shift, one step of Saerens et al. 2002): p'(k|x) ∝ p(k|x) · prior_k /
@@ -293,8 +299,7 @@ def adjust_to_prior(probs: np.ndarray, y: np.ndarray, prior: np.ndarray | None) 
     undoes that. ``None`` returns ``probs`` unchanged. Rows sum to 1."""
     if prior is None:
         return probs
-    labeled = y[y >= 0]
-    observed = np.bincount(labeled, minlength=probs.shape[1]) / max(1, labeled.size)
+    observed = label_shares(y, probs.shape[1])
     weights = np.where(observed > 0, prior / np.maximum(observed, 1e-12), 1.0)
     out = probs * weights
     return out / out.sum(axis=1, keepdims=True)
@@ -305,10 +310,7 @@ def never_predicted(
 ) -> list[tuple[str, float]]:
     """(class, label share) of the classes that hold at least ``min_share`` of the labels but are
     never the predicted label: the learners have absorbed a skew (often one-way label noise)."""
-    labeled = y[y >= 0]
-    if labeled.size == 0:
-        return []
-    shares = np.bincount(labeled, minlength=len(classes)) / labeled.size
+    shares = label_shares(y, len(classes))
     predicted = set(np.unique(pred[y >= 0]).tolist())
     return [
         (str(classes[k]), float(shares[k]))

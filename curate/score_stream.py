@@ -66,7 +66,7 @@ class Pass1Part:
 
 def _batch_fields(batch, ctx: BatchContext):
     """The representatives' ids, texts and labels of an Arrow batch."""
-    keep = representative_mask(batch) if ctx.dedup else np.ones(batch.num_rows, dtype=bool)
+    keep = representative_mask(batch)  # the column is read only with dedup output
     ids = batch.column("id").to_pylist()
     texts = batch.column("text").to_pylist()
     labels = batch.column("label").to_pylist() if "label" in batch.column_names else None

@@ -48,7 +48,7 @@ def pull_step(
     def pull(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
-        from review.decisions import load_decisions
+        from review.decisions import ReviewDecisions, carried_to_dedup_clusters
         from review.pull import ANNOTATIONS, PullOptions
         from review.pull import pull as review_pull
 
@@ -60,7 +60,8 @@ def pull_step(
         out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
         ties = ann.loc[ann["label"].isna() & (ann["n_annotators"] > 0), ["id", "text"]]
         ties.to_parquet(ctx.work_dir / "conflicts.parquet", index=False)
-        discarded = sorted(load_decisions(ctx.project).discarded)  # as export and tune see it
+        decisions = ReviewDecisions.from_rows(ann.to_dict("records"))  # the rows already read
+        discarded = sorted(carried_to_dedup_clusters(decisions, ctx.project).discarded)
         pd.DataFrame({"id": pd.Series(discarded, dtype=str)}).to_parquet(
             ctx.work_dir / DISCARDED, index=False
         )

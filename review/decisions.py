@@ -153,18 +153,27 @@ def load_decisions(project: Project) -> ReviewDecisions:
         return ReviewDecisions()
     names = set(pq.read_schema(path).names)
     columns = [c for c in ("id", "label", "n_annotators", "discarded_by") if c in names]
-    decisions = ReviewDecisions.from_rows(pq.read_table(path, columns=columns).to_pylist())
+    rows = pq.read_table(path, columns=columns).to_pylist()
+    return carried_to_dedup_clusters(ReviewDecisions.from_rows(rows), project)
+
+
+def carried_to_dedup_clusters(decisions: ReviewDecisions, project: Project) -> ReviewDecisions:
+    """``decisions`` carried to the representatives of ``DIR/dedup``'s duplicate clusters
+    (``ReviewDecisions.carried_to_representatives``); unchanged without a dedup stage."""
+    import pyarrow.parquet as pq
+
     dedup = project.records_path("dedup")
-    if dedup.exists():
-        names = set(pq.read_schema(dedup).names)
-        clusters = pq.ParquetFile(dedup).read(columns=[c for c in CLUSTER_COLUMNS if c in names])
-        decisions = decisions.carried_to_representatives(clusters)
-        if decisions.carried:
-            log.info(
-                "%d representative(s) took the review of a duplicate that is no longer the "
-                "representative of its cluster",
-                len(decisions.carried),
-            )
+    if not dedup.exists():
+        return decisions
+    names = set(pq.read_schema(dedup).names)
+    clusters = pq.ParquetFile(dedup).read(columns=[c for c in CLUSTER_COLUMNS if c in names])
+    decisions = decisions.carried_to_representatives(clusters)
+    if decisions.carried:
+        log.info(
+            "%d representative(s) took the review of a duplicate that is no longer the "
+            "representative of its cluster",
+            len(decisions.carried),
+        )
     return decisions
 
 
