@@ -5,7 +5,9 @@ The commented template below *is* the source of the defaults (``DEFAULTS`` is pa
 
 Environment overrides use ``THRESHER_<SECTION>__<KEY>`` (double underscore between levels), e.g.
 ``THRESHER_DEDUP__THRESHOLD=0.9`` or ``THRESHER_COLUMNS__TEXT=body``; values are parsed as YAML
-scalars (``0.9`` is a float, ``true`` a bool, ``[a, b]`` a list).
+scalars (``0.9`` is a float, ``true`` a bool, ``[a, b]`` a list). Every layer is type-checked by
+``thresher.config_model`` (a wrong-typed value is one ``ConfigError`` line naming the key), and
+``Config`` holds the typed values.
 """
 
 from __future__ import annotations
@@ -229,10 +231,12 @@ DEFAULTS: dict[str, Any] = __import__("yaml").safe_load(TEMPLATE)
 
 @dataclass(frozen=True)
 class Config:
-    """Resolved project configuration (a nested mapping) and where each layer came from."""
+    """Resolved, type-checked project configuration (a nested mapping), the layers it came from,
+    and where each key set above the defaults came from (``origins``: dotted key → layer)."""
 
     data: dict[str, Any]
     sources: tuple[str, ...] = field(default_factory=tuple)
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
 
     def get(self, dotted: str) -> Any:
         """Value at ``section.key`` (``KeyError`` names the key if it does not exist)."""
@@ -246,18 +250,26 @@ class Config:
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.get(name))
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
-        """A copy with ``{"section.key": value}`` overrides applied; ``None`` values are skipped,
-        so unset CLI flags fall through to the lower layers."""
+    def with_overrides(
+        self, overrides: Mapping[str, Any], origin: str = "a command-line flag"
+    ) -> Config:
+        """A copy with ``{"section.key": value}`` overrides applied and type-checked (a value of
+        the wrong type is a ``ConfigError`` naming the key); ``None`` values are skipped, so unset
+        CLI flags fall through to the lower layers."""
+        from thresher.config_model import validate_config
+
         data = copy.deepcopy(self.data)
+        origins = dict(self.origins)
         applied = False
         for dotted, value in overrides.items():
             if value is None:
                 continue
-            _set_dotted(data, dotted, value, origin="command-line flag")
+            _set_dotted(data, dotted, value, origin=origin)
+            origins[dotted] = origin
             applied = True
-        sources = self.sources + (("flags",) if applied else ())
-        return Config(data, sources)
+        if not applied:
+            return Config(data, self.sources, origins)
+        return Config(validate_config(data, origins), self.sources + ("flags",), origins)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
@@ -272,7 +284,13 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str) -> N
     node[parts[-1]] = value
 
 
-def _merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str, prefix: str = "") -> None:
+def _merge(
+    base: dict[str, Any],
+    layer: Mapping[str, Any],
+    origin: str,
+    prefix: str = "",
+    origins: dict[str, str] | None = None,
+) -> None:
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if key not in base:
@@ -283,19 +301,26 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any], origin: str, prefix: 
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key {dotted!r} in {origin} must be a mapping")
-            _merge(base[key], value, origin, prefix=f"{dotted}.")
+            _merge(base[key], value, origin, prefix=f"{dotted}.", origins=origins)
         else:
             base[key] = value
+            if origins is not None:
+                origins[dotted] = origin
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``THRESHER_A__B=v`` → ``{"a.b": v}`` with ``v`` parsed as a YAML scalar.
 
     Variables that are not config keys (THRESHER_HOME and the like) are ignored here."""
+    return {dotted: value for dotted, (value, _) in _env_layer(environ).items()}
+
+
+def _env_layer(environ: Mapping[str, str] | None) -> dict[str, tuple[Any, str]]:
+    """``{dotted key: (parsed value, variable name)}`` of the ``THRESHER_*`` config variables."""
     import yaml
 
     environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
+    out: dict[str, tuple[Any, str]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -303,7 +328,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not _is_key(dotted):
             continue
         try:
-            out[dotted] = yaml.safe_load(raw) if raw != "" else None
+            out[dotted] = (yaml.safe_load(raw) if raw != "" else None, name)
         except yaml.YAMLError as err:
             raise ConfigError(f"environment variable {name} is not a valid value: {err}") from err
     return out
@@ -319,11 +344,15 @@ def _is_key(dotted: str) -> bool:
 
 
 def load_config(project_dir: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Defaults, then ``DIR/thresher.yaml`` (if present), then ``THRESHER_*`` environment."""
+    """Defaults, then ``DIR/thresher.yaml`` (if present), then ``THRESHER_*`` environment; the
+    result is type-checked (``ConfigError``: one line naming the key, its layer and the type)."""
     import yaml
+
+    from thresher.config_model import validate_config
 
     data = copy.deepcopy(DEFAULTS)
     sources = ["defaults"]
+    origins: dict[str, str] = {}
     if project_dir is not None:
         path = Path(project_dir) / CONFIG_FILE
         if path.exists():
@@ -335,14 +364,15 @@ def load_config(project_dir: str | Path | None, environ: Mapping[str, str] | Non
                 ) from err
             if not isinstance(layer, Mapping):
                 raise ConfigError(f"{path}: the top level must be a mapping of keys")
-            _merge(data, layer, str(path))
+            _merge(data, layer, str(path), origins=origins)
             sources.append(str(path))
-    env = env_overrides(environ)
-    for dotted, value in env.items():
+    env = _env_layer(environ)
+    for dotted, (value, name) in env.items():
         _set_dotted(data, dotted, value, origin="environment")
+        origins[dotted] = f"environment {name}"
     if env:
         sources.append("environment")
-    return Config(data, tuple(sources))
+    return Config(validate_config(data, origins), tuple(sources), origins)
 
 
 def write_template(project_dir: str | Path, *, overwrite: bool = False) -> Path:

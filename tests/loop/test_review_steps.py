@@ -11,9 +11,10 @@ import pytest
 from loop.demo_annotators import answer
 from loop.errors import LearnerError, RoundStateError, UnknownStrategyError
 from loop.review_steps import annotations_frame, records_for_round, with_conflicts
-from loop.round_wiring import build_runner
+from loop.round_wiring import build_runner, learner_factory
 from loop.rounds import StepContext
 from thresher.config import load_config
+from thresher.errors import ConfigError
 from thresher.project import Project
 
 
@@ -120,7 +121,8 @@ def test_build_runner_refuses_bad_options_before_running(tmp_path):
     bad = load_config(project.root).with_overrides({"loop.strategy": "nope"})
     with pytest.raises(UnknownStrategyError):
         build_runner(project, bad, connect=lambda: None)
-    bad = load_config(project.root).with_overrides({"loop.learner": "svm"})
+    with pytest.raises(ConfigError, match=r"loop.learner = 'svm'"):  # the typed config first
+        load_config(project.root).with_overrides({"loop.learner": "svm"})
     with pytest.raises(LearnerError):
-        build_runner(project, bad, connect=lambda: None)
+        learner_factory(load_config(project.root), project, "svm")
     assert not (project.root / "rounds").exists()
