@@ -24,9 +24,12 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from review.client import ArgillaClient
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +48,15 @@ class AnnotatorReport:
         return dict(self.__dict__)
 
 
-def _http(url: str, key: str):
-    import httpx
-
-    return httpx.Client(
-        base_url=url, headers={"X-Argilla-Api-Key": key}, timeout=httpx.Timeout(120.0)
-    )
-
-
-def _ok(resp, what: str) -> Any:
-    if resp.status_code >= 400:
-        raise RuntimeError(f"{what}: HTTP {resp.status_code} {resp.text[:300]}")
-    return resp.json()
-
-
-def my_queue(http, dataset: str, workspace: str | None = None) -> tuple[str, list[dict]]:
+def my_queue(
+    client: ArgillaClient, dataset: str, workspace: str | None = None
+) -> tuple[str, list[dict]]:
     """(dataset id, records this user has not answered, priority order) via the /me routes."""
-    items = _ok(http.get("/api/v1/me/datasets"), "list my datasets")["items"]
+    items = client.get("/api/v1/me/datasets", "list my datasets")["items"]
     found = [d for d in items if d["name"] == dataset]
     if workspace is not None and len(found) > 1:
-        spaces = {w["id"]: w["name"] for w in _ok(http.get("/api/v1/me/workspaces"), "ws")["items"]}
+        mine = client.get("/api/v1/me/workspaces", "list my workspaces")["items"]
+        spaces = {w["id"]: w["name"] for w in mine}
         found = [d for d in found if spaces.get(d["workspace_id"]) == workspace]
     if not found:
         raise RuntimeError(f"no dataset {dataset!r} visible to this annotator; push it first")
@@ -72,13 +64,12 @@ def my_queue(http, dataset: str, workspace: str | None = None) -> tuple[str, lis
     records: list[dict] = []
     offset = 0
     while True:
-        page = _ok(
-            http.post(
-                f"/api/v1/me/datasets/{ds}/records/search",
-                json={"query": {}},
-                params={"include": "responses", "offset": offset, "limit": PAGE},
-            ),
+        page = client.post(
+            f"/api/v1/me/datasets/{ds}/records/search",
             "search my records",
+            idempotent=True,
+            json={"query": {}},
+            params={"include": "responses", "offset": offset, "limit": PAGE},
         )
         records.extend(item["record"] for item in page["items"])
         offset += len(page["items"])
@@ -113,8 +104,10 @@ def annotate(
     """Submit labels as the user of ``api_key``; returns (submitted, disagreed with gold).
     ``round``: only records pushed for that round (metadata ``round``)."""
     rng = np.random.default_rng(seed)
-    with _http(url, api_key) as http:
-        _, todo = my_queue(http, dataset, workspace)
+    from review.client import ArgillaClient
+
+    with ArgillaClient(url, api_key) as client:
+        _, todo = my_queue(client, dataset, workspace)
         if round is not None:
             todo = [r for r in todo if (r.get("metadata") or {}).get("round") == round]
         todo = [r for r in todo if r.get("external_id") in gold]
@@ -133,9 +126,8 @@ def annotate(
                 }
             )
         for i in range(0, len(items), 100):
-            out = _ok(
-                http.post("/api/v1/me/responses/bulk", json={"items": items[i : i + 100]}),
-                "submit responses",
+            out = client.post(
+                "/api/v1/me/responses/bulk", "submit responses", json={"items": items[i : i + 100]}
             )
             errors = [x["error"] for x in out["items"] if x.get("error")]
             if errors:

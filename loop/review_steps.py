@@ -199,13 +199,13 @@ def with_conflicts(select: Step, limit: int) -> Step:
 
 def _ensure_round_metadata(conn, dataset_id: str) -> None:
     """Add the ``round`` (integer) and ``reason`` (terms) metadata properties when missing."""
-    from review.push import _check, _client
+    from review.client import open_client
 
-    with _client(conn) as http:
+    with open_client(conn) as client:
         have = {
             p["name"]
-            for p in _check(
-                http.get(f"/api/v1/me/datasets/{dataset_id}/metadata-properties"), "metadata"
+            for p in client.get(
+                f"/api/v1/me/datasets/{dataset_id}/metadata-properties", "list metadata"
             )["items"]
         }
         specs = {
@@ -215,17 +215,15 @@ def _ensure_round_metadata(conn, dataset_id: str) -> None:
         for name, settings in specs.items():
             if name in have:
                 continue
-            _check(
-                http.post(
-                    f"/api/v1/datasets/{dataset_id}/metadata-properties",
-                    json={
-                        "name": name,
-                        "title": name.capitalize(),
-                        "settings": settings,
-                        "visible_for_annotators": True,
-                    },
-                ),
+            client.post(
+                f"/api/v1/datasets/{dataset_id}/metadata-properties",
                 f"add metadata property {name!r}",
+                json={
+                    "name": name,
+                    "title": name.capitalize(),
+                    "settings": settings,
+                    "visible_for_annotators": True,
+                },
             )
 
 
@@ -243,17 +241,18 @@ def push_rows(
     embed: Callable[[list[str]], Any] | None = None,
 ) -> dict[str, Any]:
     """Upsert ``rows`` (selection rows merged with their stage columns) into the project's
-    dataset with round metadata. ``options``: ``review.push.PushOptions``. Returns
-    ``{dataset, dataset_id, url, sent, unchanged, failed, seconds}``."""
+    dataset with round metadata, through review push's batching and retries
+    (``review.push.send_batches``). ``options``: ``review.push.PushOptions``. Returns
+    ``{dataset, dataset_id, url, sent, unchanged, failed, seconds}``; raises ``PushError``
+    (rerun the round to resume) when records could not be sent."""
     from review.push import (
         PushError,
-        _client,
-        _send_batch,
         bulk_item,
         content_hash,
         open_dataset,
         record_payload,
         record_vectors,
+        send_batches,
     )
 
     t0 = time.perf_counter()
@@ -280,20 +279,19 @@ def push_rows(
     def item(rid: str) -> dict[str, Any]:
         return bulk_item(payloads[rid], labels, questions, vectors.get(rid))
 
-    size = max(1, min(options.batch_size, 500))
-    sent = 0
-    with _client(conn) as http:
-        for i in range(0, len(ids), size):
-            batch = ids[i : i + size]
-            _send_batch(http, dataset_id, [item(r) for r in batch], options)
-            state.record_batch({rid: hashes[rid] for rid in batch})
-            sent += len(batch)
+    out = send_batches(conn, dataset_id, ids, item, hashes, state, options)
     state.save()
+    if out.failed:
+        raise PushError(
+            f"{len(out.failed)} of {len(ids)} records of round {next_round} were not sent to "
+            f"{conn.url} (sent {out.sent}; {out.error}); rerun `thresher round -p "
+            f"{project.root}` to resume"
+        )
     return {
         "dataset": name,
         "dataset_id": dataset_id,
         "url": conn.url,
-        "sent": sent,
+        "sent": out.sent,
         "unchanged": 0,
         "failed": 0,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -359,14 +357,17 @@ def submitted_probe(connect: Callable[[], Any]) -> Callable[[Project], dict[str,
     ``{"submitted": 0}`` before the first push)."""
 
     def probe(project: Project) -> dict[str, Any]:
-        from review.push import PushState, _client
+        from review.client import open_client
+        from review.push import PushState
 
         state = PushState.load(project.root / "review")
         if not state.dataset_id:
             return {"submitted": 0}
         conn = connect()
-        with _client(conn) as http:
-            resp = http.get(f"/api/v1/datasets/{state.dataset_id}/users/progress")
+        with open_client(conn) as client:
+            resp = client.send(
+                "GET", f"/api/v1/datasets/{state.dataset_id}/users/progress", "annotation progress"
+            )
             if resp.status_code != 200:
                 return {"submitted": None}
             users = resp.json().get("users") or []

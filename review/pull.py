@@ -33,6 +33,7 @@ from review.agreement import (
     krippendorff_alpha_nominal,
     majority_consensus,
 )
+from review.client import ArgillaClient, open_client
 from review.decisions import (
     CLUSTER_COLUMNS,
     ReviewDecisions,
@@ -89,13 +90,10 @@ class PullResult:
         return out
 
 
-def _resolve_dataset(http, name: str, workspace: str) -> str:
-    from review.push import _check
-
-    items = _check(http.get("/api/v1/me/datasets"), "list datasets")["items"]
-    spaces = {
-        w["id"]: w["name"] for w in _check(http.get("/api/v1/me/workspaces"), "workspaces")["items"]
-    }
+def _resolve_dataset(client: ArgillaClient, name: str, workspace: str) -> str:
+    items = client.get("/api/v1/me/datasets", "list datasets")["items"]
+    workspaces = client.get("/api/v1/me/workspaces", "list workspaces")["items"]
+    spaces = {w["id"]: w["name"] for w in workspaces}
     for d in items:
         if d["name"] == name and spaces.get(d["workspace_id"]) == workspace:
             return d["id"]
@@ -105,23 +103,22 @@ def _resolve_dataset(http, name: str, workspace: str) -> str:
 
 
 def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
-    """Every record of the dataset with its responses and suggestions (owner/admin key)."""
-    from review.push import _check, _client
-
+    """Every record of the dataset with its responses and suggestions (owner/admin key), page
+    by page; ``review.client`` retries a page that fails transiently."""
     out: list[dict[str, Any]] = []
-    with _client(conn) as http:
+    with open_client(conn) as client:
         offset = 0
         while True:
-            resp = http.get(
+            page = client.get(
                 f"/api/v1/datasets/{dataset_id}/records",
+                f"list records {offset}-{offset + PAGE}",
                 params=[
                     ("include", "responses"),
                     ("include", "suggestions"),
                     ("offset", offset),
                     ("limit", PAGE),
                 ],
-            )
-            page = _check(resp, "list records")["items"]
+            )["items"]
             out.extend(page)
             if len(page) < PAGE:
                 return out
@@ -129,10 +126,9 @@ def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
 
 
 def usernames(conn: Connection) -> dict[str, str]:
-    from review.push import _check, _client
-
-    with _client(conn) as http:
-        users = _check(http.get("/api/v1/users"), "list users")["items"]
+    """User id → user name (owner/admin key)."""
+    with open_client(conn) as client:
+        users = client.get("/api/v1/users", "list users")["items"]
     return {u["id"]: u["username"] for u in users}
 
 
@@ -297,17 +293,14 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     """Read every record's responses; write annotations, agreement and the curated merge."""
     import pyarrow as pa
 
-    from review.push import _client
-
     t0 = time.perf_counter()
     state = PushState.load(project.root / "review")
     name = options.dataset or state.dataset or project.root.resolve().name
-    with _client(conn) as http:
-        dataset_id = (
-            state.dataset_id
-            if state.dataset_id and state.dataset == name and state.url == conn.url
-            else _resolve_dataset(http, name, options.workspace)
-        )
+    if state.dataset_id and state.dataset == name and state.url == conn.url:
+        dataset_id = state.dataset_id
+    else:
+        with open_client(conn) as client:
+            dataset_id = _resolve_dataset(client, name, options.workspace)
     records = fetch_records(conn, dataset_id)
     stage_rows: dict[str, dict[str, Any]] = {}
     try:

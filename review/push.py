@@ -10,7 +10,8 @@ Records are upserted by ``external_id`` = thresher's record id, so a re-push upd
 duplicates. Only records whose content hash changed are sent: the hashes of what the server
 acknowledged are kept in ``DIR/review/push_state.json``, and each acknowledged batch is appended
 (fsynced) to ``DIR/review/push_journal.jsonl`` first, so an interrupted push resumes where it
-stopped. Batches go out on a few threads and are retried with exponential backoff.
+stopped. Batches go out on a few threads; ``review.client`` retries each with exponential
+backoff and jitter (it is an upsert by id, so a retried batch never duplicates).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from review.client import DEFAULT_RETRY, ArgillaError, RetryPolicy, open_client
 from review.server import Connection
 from thresher.errors import ThresherError
 from thresher.project import Project, atomic_write_json, fingerprint
@@ -57,8 +59,7 @@ class PushOptions:
     min_submitted: int = 2
     batch_size: int = 250
     concurrency: int = 2
-    max_retries: int = 6
-    backoff_s: float = 0.5
+    retry: RetryPolicy = DEFAULT_RETRY
     limit: int | None = None
     priority: str = "default"
     vectors: bool = True
@@ -249,27 +250,6 @@ class PushState:
 # ---------------------------------------------------------------- server side
 
 
-def _client(conn: Connection):
-    from urllib.parse import urlparse
-
-    import httpx
-
-    headers = {"X-Argilla-Api-Key": conn.api_key}
-    if urlparse(conn.url).hostname in {"127.0.0.1", "localhost", "::1"}:
-        # The bulk answer echoes every record (vectors included); gzipping it costs the server
-        # a quarter of its CPU and saves nothing on the loopback.
-        headers["Accept-Encoding"] = "identity"
-    return httpx.Client(
-        base_url=conn.url, headers=headers, timeout=httpx.Timeout(120.0, connect=10.0)
-    )
-
-
-def _check(resp, what: str) -> Any:
-    if resp.status_code >= 400:
-        raise PushError(f"{what}: HTTP {resp.status_code} {resp.text[:300]}")
-    return resp.json() if resp.content else None
-
-
 def ensure_dataset(
     conn: Connection, name: str, options: PushOptions, labels: Sequence[str], dims: int | None
 ) -> tuple[str, dict[str, str]]:
@@ -325,10 +305,10 @@ def _known_dataset(
 ) -> tuple[str, dict[str, str]] | None:
     """The dataset of the last push, if it still exists with all the labels (two light GETs;
     the SDK is not even imported, so an unchanged rerun stays well under a second)."""
-    with _client(conn) as http:
-        if http.get(f"/api/v1/datasets/{dataset_id}").status_code != 200:
+    with open_client(conn) as client:
+        if client.send("GET", f"/api/v1/datasets/{dataset_id}", "find dataset").status_code != 200:
             return None
-        resp = http.get(f"/api/v1/datasets/{dataset_id}/questions")
+        resp = client.send("GET", f"/api/v1/datasets/{dataset_id}/questions", "dataset questions")
         if resp.status_code != 200:
             return None
         items = resp.json()["items"]
@@ -342,24 +322,71 @@ def _known_dataset(
     return dataset_id, questions
 
 
-def _send_batch(http, dataset_id: str, items: list[dict], options: PushOptions) -> None:
-    import httpx
+@dataclass
+class SendResult:
+    """What ``send_batches`` got through: ``sent`` records, ``failed`` ids (not acknowledged),
+    ``error``: the first batch's failure, one line (None when every batch went)."""
 
-    delay = options.backoff_s
-    for attempt in range(options.max_retries + 1):
+    sent: int
+    failed: list[str]
+    error: str | None = None
+
+
+def send_batches(
+    conn: Connection,
+    dataset_id: str,
+    ids: Sequence[str],
+    item: Callable[[str], dict[str, Any]],
+    hashes: dict[str, str],
+    state: PushState,
+    options: PushOptions,
+    progress: Callable[[int], None] | None = None,
+) -> SendResult:
+    """Upsert ``ids`` (``item(id)`` → one bulk record) into ``dataset_id`` in batches of
+    ``options.batch_size`` (at most 500, Argilla's limit) on ``options.concurrency`` threads;
+    ``review.client`` retries each batch by ``options.retry``. Each acknowledged batch is
+    journalled in ``state`` (content hashes from ``hashes``) before it counts. Once a batch has
+    failed for good the batches not yet started are not sent either (they would meet the same
+    server); they count as failed, so a rerun resumes with them."""
+    size = max(1, min(options.batch_size, MAX_BULK))
+    batches = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+    result = SendResult(0, [])
+    path = f"/api/v1/datasets/{dataset_id}/records/bulk"
+    stop = threading.Event()
+
+    def send(batch: list[str]) -> None:
+        if stop.is_set():
+            raise CancelledError  # an earlier batch failed for good
+        items = [item(rid) for rid in batch]
         try:
-            resp = http.put(f"/api/v1/datasets/{dataset_id}/records/bulk", json={"items": items})
-            if resp.status_code < 500 and resp.status_code != 429:
-                _check(resp, "bulk upsert")
-                return
-            error: str = f"HTTP {resp.status_code} {resp.text[:200]}"
-        except httpx.TransportError as err:
-            error = f"{type(err).__name__}: {err}"
-        if attempt == options.max_retries:
-            raise PushError(f"bulk upsert failed after {attempt + 1} tries: {error}")
-        log.warning("bulk upsert failed (%s); retry in %.1f s", error, delay)
-        time.sleep(delay)
-        delay = min(delay * 2, 30.0)
+            client.put(path, f"bulk upsert of {len(batch)} records", json={"items": items})
+        except ArgillaError:
+            stop.set()
+            raise
+
+    with (
+        open_client(conn, retry=options.retry) as client,
+        ThreadPoolExecutor(max(1, options.concurrency)) as pool,
+    ):
+        futures = {pool.submit(send, batch): batch for batch in batches}
+        for future in as_completed(futures):
+            batch = futures[future]
+            try:
+                future.result()
+            except CancelledError:
+                result.failed.extend(batch)
+                continue
+            except ArgillaError as err:
+                log.error("%d records not sent: %s", len(batch), err)
+                result.failed.extend(batch)
+                result.error = result.error or str(err)
+                continue
+            state.record_batch({rid: hashes[rid] for rid in batch})  # this thread only
+            result.sent += len(batch)
+            if progress is not None:
+                progress(len(batch))
+    result.failed.sort()
+    return result
 
 
 # ---------------------------------------------------------------- push
@@ -421,46 +448,25 @@ def push(
     def item(rid: str) -> dict[str, Any]:
         return bulk_item(payloads[rid], labels, questions, vectors.get(rid))
 
-    size = max(1, min(options.batch_size, MAX_BULK))
-    batches = [to_send[i : i + size] for i in range(0, len(to_send), size)]
-    lock = threading.Lock()
-    failed: list[str] = []
-    sent = 0
-    with _client(conn) as http, ThreadPoolExecutor(max(1, options.concurrency)) as pool:
-        futures = {
-            pool.submit(_send_batch, http, dataset_id, [item(r) for r in batch], options): batch
-            for batch in batches
-        }
-        for future in as_completed(futures):
-            batch = futures[future]
-            try:
-                future.result()
-            except PushError as err:
-                log.error("%d records not sent: %s", len(batch), err)
-                failed.extend(batch)
-                continue
-            with lock:
-                state.record_batch({rid: hashes[rid] for rid in batch})
-                sent += len(batch)
-            if progress is not None:
-                progress(len(batch))
+    out = send_batches(conn, dataset_id, to_send, item, hashes, state, options, progress)
     state.save()
     result = PushResult(
         dataset=name,
         dataset_id=dataset_id,
         url=conn.url,
-        sent=sent,
+        sent=out.sent,
         unchanged=len(unchanged),
-        failed=len(failed),
+        failed=len(out.failed),
         total=len(rows),
         seconds=time.perf_counter() - t0,
         stage=stage,
-        failed_ids=sorted(failed),
+        failed_ids=out.failed,
     )
-    if failed:
+    if out.failed:
         raise PushError(
-            f"{len(failed)} of {len(to_send)} records were not sent to {conn.url} "
-            f"(sent {sent}); rerun `thresher review push -p {project.root}` to resume"
+            f"{len(out.failed)} of {len(to_send)} records were not sent to {conn.url} "
+            f"(sent {out.sent}; {out.error}); rerun `thresher review push -p {project.root}` "
+            "to resume"
         )
     return result
 

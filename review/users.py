@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from review.client import ArgillaClient, open_client
 from review.server import Connection, ServerPaths, _write_secret
 from thresher.errors import ThresherError
 
@@ -37,14 +38,13 @@ class UserInfo:
         return dict(self.__dict__)
 
 
-def ensure_workspace(http, name: str) -> str:
+def ensure_workspace(client: ArgillaClient, name: str) -> str:
     """The id of workspace ``name``, created when missing."""
-    from review.push import _check
-
-    for ws in _check(http.get("/api/v1/me/workspaces"), "list workspaces")["items"]:
+    for ws in client.get("/api/v1/me/workspaces", "list workspaces")["items"]:
         if ws["name"] == name:
             return ws["id"]
-    return _check(http.post("/api/v1/workspaces", json={"name": name}), "create workspace")["id"]
+    created = client.post("/api/v1/workspaces", f"create workspace {name!r}", json={"name": name})
+    return created["id"]
 
 
 def add_user(
@@ -57,20 +57,19 @@ def add_user(
     paths: ServerPaths | None = None,
 ) -> UserInfo:
     """Create ``username`` (or find it) and add it to ``workspace``; credentials in a 0600 file."""
-    from review.push import _check, _client
-
     if role not in ROLES:
         raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
     paths = paths or ServerPaths.default()
     cred_file = paths.users_dir / f"{username}.json"
-    with _client(conn) as http:
-        ws_id = ensure_workspace(http, workspace)
-        users = {u["username"]: u for u in _check(http.get("/api/v1/users"), "list users")["items"]}
+    with open_client(conn) as client:
+        ws_id = ensure_workspace(client, workspace)
+        users = {u["username"]: u for u in client.get("/api/v1/users", "list users")["items"]}
         created = username not in users
         if created:
             password = password or secrets.token_urlsafe(12)
-            resp = http.post(
+            user = client.post(
                 "/api/v1/users",
+                f"create user {username!r}",
                 json={
                     "username": username,
                     "first_name": username,
@@ -78,9 +77,8 @@ def add_user(
                     "role": role,
                 },
             )
-            user = _check(resp, f"create user {username!r}")
             # The owner sees API keys in the user list; the create answer may not carry it.
-            listed = {u["username"]: u for u in _check(http.get("/api/v1/users"), "users")["items"]}
+            listed = {u["username"]: u for u in client.get("/api/v1/users", "list users")["items"]}
             user = listed.get(username, user)
             _write_secret(
                 cred_file,
@@ -94,11 +92,12 @@ def add_user(
             )
         else:
             user = users[username]
-        members = _check(http.get(f"/api/v1/workspaces/{ws_id}/users"), "workspace users")["items"]
+        members = client.get(f"/api/v1/workspaces/{ws_id}/users", "workspace users")["items"]
         if all(m["id"] != user["id"] for m in members):
-            _check(
-                http.post(f"/api/v1/workspaces/{ws_id}/users", json={"user_id": user["id"]}),
+            client.post(
+                f"/api/v1/workspaces/{ws_id}/users",
                 f"add {username!r} to workspace {workspace!r}",
+                json={"user_id": user["id"]},
             )
     log.info("user %s (%s) in workspace %s", username, role, workspace)
     return UserInfo(

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from loop import demo_annotators
 from loop.round_wiring import build_runner
 from loop.rounds import read_round
-from review.push import PushOptions, _client, push
+from review.client import open_client
+from review.push import PushOptions, push
 from thresher.config import load_config
 from thresher.project import Project
 
@@ -64,9 +65,11 @@ def _config(project, dataset, **loop):
 
 def _round_records(conn, dataset_id, k):
     """Records of the dataset whose metadata round is k (owner key)."""
-    with _client(conn) as http:
-        out = http.post(
+    with open_client(conn) as client:
+        out = client.post(
             f"/api/v1/datasets/{dataset_id}/records/search",
+            "search round records",
+            idempotent=True,
             json={
                 "query": {},
                 "filters": {
@@ -82,8 +85,7 @@ def _round_records(conn, dataset_id, k):
             },
             params={"limit": 500},
         )
-        assert out.status_code == 200, out.text
-        return [item["record"] for item in out.json()["items"]]
+        return [item["record"] for item in out["items"]]
 
 
 def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
@@ -133,12 +135,14 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     # upserts by id: tie records (already in Argilla) are updated, new pool records added
     annotated = set(pd.read_parquet(project.root / "review" / "annotations.parquet")["id"])
     assert len(annotated) == 45
-    with _client(conn) as http:
-        total = http.post(
+    with open_client(conn) as client:
+        total = client.post(
             f"/api/v1/datasets/{first.dataset_id}/records/search",
+            "count records",
+            idempotent=True,
             json={"query": {}},
             params={"limit": 1},
-        ).json()["total"]
+        )["total"]
     assert total == len(annotated | set(sel["id"]))
 
     # nothing new annotated: a rerun is a no-op

@@ -12,6 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from review.client import RetryPolicy
 from review.pull import PullOptions, pull, reviewed_labels
 from review.push import PushError, PushOptions, push
 from review.server import PROCESSES, _read_pid, server_status, server_up
@@ -223,13 +224,13 @@ def test_sigkill_mid_push_then_restart_and_resume(argilla, tmp_path):
     conn = argilla.conn()
     project = Project.at(make_project(tmp_path / "fault", n, seed=1))
     journal = project.root / "review" / "push_journal.jsonl"
-    opts = _opts(dataset="fault", batch_size=100, max_retries=1, backoff_s=0.2)
+    opts = _opts(dataset="fault", batch_size=100, retry=RetryPolicy(tries=2, backoff_s=0.2))
     errors: list[Exception] = []
 
     def run():
         try:
             push(project, conn, opts, embed=fake_embed())
-        except (PushError, httpx.HTTPError) as err:
+        except PushError as err:  # one line naming how to resume, never a raw HTTP error
             errors.append(err)
 
     worker = threading.Thread(target=run)
@@ -243,6 +244,7 @@ def test_sigkill_mid_push_then_restart_and_resume(argilla, tmp_path):
     worker.join(timeout=300)
     assert not worker.is_alive()
     assert errors, "the push should have failed when the server died"
+    assert "to resume" in str(errors[0]) and "\n" not in str(errors[0])
     sent_before = len(json.loads((project.root / "review" / "push_state.json").read_text())["sent"])
     assert 0 < sent_before < n
 

@@ -104,3 +104,76 @@ def test_stage_rows_are_read_for_the_reviewed_ids_only(tmp_path):
     pq.write_table(table, tmp_path / "stage.parquet", row_group_size=3)
     rows = stage_rows_of(tmp_path / "stage.parquet", {"r1", "r7", "missing"})
     assert rows == {"r1": {"id": "r1", "label": "x"}, "r7": {"id": "r7", "label": "x"}}
+
+
+class FlakyArgilla:
+    """A fake Argilla (httpx.MockTransport handler) that answers 503 to the first try of every
+    request (every page of records included), then the data."""
+
+    def __init__(self, records, users):
+        self.records, self.users = records, users
+        self.seen: list[str] = []
+
+    def __call__(self, request):
+        import httpx
+
+        key = str(request.url)
+        first = key not in self.seen
+        self.seen.append(key)
+        if first:
+            return httpx.Response(503, json={"detail": "busy"})
+        path = request.url.path
+        if path == "/api/v1/me/datasets":
+            return httpx.Response(
+                200, json={"items": [{"id": "ds", "name": "proj", "workspace_id": "w"}]}
+            )
+        if path == "/api/v1/me/workspaces":
+            return httpx.Response(200, json={"items": [{"id": "w", "name": "thresher"}]})
+        if path == "/api/v1/users":
+            return httpx.Response(200, json={"items": self.users})
+        if path == "/api/v1/datasets/ds/records":
+            offset = int(request.url.params["offset"])
+            limit = int(request.url.params["limit"])
+            return httpx.Response(200, json={"items": self.records[offset : offset + limit]})
+        return httpx.Response(404, json={"detail": "no such route"})
+
+
+def test_pull_completes_over_a_server_that_fails_once_per_page(tmp_path, monkeypatch):
+    import functools
+
+    import httpx
+
+    import review.pull as pull_module
+    from review.client import RetryPolicy, open_client
+    from review.server import Connection
+    from thresher.project import Project
+
+    records = [
+        {
+            "external_id": f"r{i}",
+            "fields": {"text": f"T{i}"},
+            "responses": [
+                _resp("u1", "submitted", "pos"),
+                _resp("u2", "submitted", "pos" if i % 3 else "neg"),
+            ],
+        }
+        for i in range(7)
+    ]
+    fake = FlakyArgilla(records, [{"id": "u1", "username": "ann"}, {"id": "u2", "username": "bob"}])
+    monkeypatch.setattr(pull_module, "PAGE", 3)  # 7 records: pages of 3, 3, 1
+    monkeypatch.setattr(
+        pull_module,
+        "open_client",
+        functools.partial(
+            open_client, transport=httpx.MockTransport(fake), retry=RetryPolicy(backoff_s=0.0)
+        ),
+    )
+    (tmp_path / "proj").mkdir()
+    project = Project.at(tmp_path / "proj")
+    conn = Connection("http://127.0.0.1:1", "key", external=True)
+    result = pull_module.pull(project, conn, pull_module.PullOptions())
+    pages = [u for u in set(fake.seen) if "/records" in u]
+    assert len(pages) == 3 and all(fake.seen.count(u) == 2 for u in set(fake.seen))
+    assert result.records == 7 and result.annotated == 7 and result.disagreements == 3
+    table = pq.read_table(tmp_path / "proj" / "review" / "annotations.parquet")
+    assert sorted(table.column("id").to_pylist()) == [f"r{i}" for i in range(7)]

@@ -102,3 +102,74 @@ def test_state_resumes_from_the_journal_and_resets_on_another_dataset(tmp_path):
     resumed.save()
     assert json.loads((tmp_path / "push_state.json").read_text())["dataset_id"] == "id-2"
     assert not (tmp_path / "push_journal.jsonl").exists()
+
+
+def _fake_bulk(fail):
+    """A bulk-upsert endpoint (httpx.MockTransport handler); ``fail(batch_ids, try_no)`` picks
+    the HTTP status of each try."""
+    import httpx
+
+    tries: dict[tuple, int] = {}
+    stored: dict[str, dict] = {}
+
+    def handler(request):
+        items = json.loads(request.content)["items"]
+        key = tuple(i["external_id"] for i in items)
+        tries[key] = tries.get(key, 0) + 1
+        status = fail(key, tries[key])
+        if status != 200:
+            return httpx.Response(status, json={"detail": "down"})
+        stored.update({i["external_id"]: i for i in items})
+        return httpx.Response(200, json={"items": items})
+
+    return handler, tries, stored
+
+
+def _send(tmp_path, monkeypatch, fail, n=10, **opts):
+    import functools
+
+    import httpx
+
+    import review.push as push_module
+    from review.client import RetryPolicy, open_client
+    from review.push import PushOptions, send_batches
+    from review.server import Connection
+
+    handler, tries, stored = _fake_bulk(fail)
+    monkeypatch.setattr(
+        push_module,
+        "open_client",
+        functools.partial(open_client, transport=httpx.MockTransport(handler)),
+    )
+    ids = [f"r{i}" for i in range(n)]
+    payloads = {rid: record_payload(_row(i), i + 1) for i, rid in enumerate(ids)}
+    hashes = {rid: content_hash(p, None) for rid, p in payloads.items()}
+    state = PushState.load(tmp_path)
+    options = PushOptions(batch_size=3, retry=RetryPolicy(tries=3, backoff_s=0.0), **opts)
+    out = send_batches(
+        Connection("http://127.0.0.1:1", "key", external=True),
+        "ds",
+        ids,
+        lambda rid: payloads[rid],
+        hashes,
+        state,
+        options,
+    )
+    return out, tries, stored, PushState.load(tmp_path)
+
+
+def test_batches_failing_once_each_all_arrive_and_are_journalled(tmp_path, monkeypatch):
+    out, tries, stored, state = _send(tmp_path, monkeypatch, lambda key, k: 503 if k == 1 else 200)
+    assert out.sent == 10 and out.failed == [] and out.error is None
+    assert sorted(tries.values()) == [2, 2, 2, 2] and len(stored) == 10  # batches of 3, 3, 3, 1
+    assert set(state.sent) == {f"r{i}" for i in range(10)}  # read back from the journal
+
+
+def test_a_batch_failing_for_good_stops_the_rest_and_names_them(tmp_path, monkeypatch):
+    out, tries, stored, state = _send(
+        tmp_path, monkeypatch, lambda key, k: 500 if "r3" in key else 200, concurrency=1
+    )
+    assert tries[("r3", "r4", "r5")] == 3  # RetryPolicy(tries=3)
+    assert out.sent == 3 and set(stored) == {"r0", "r1", "r2"} == set(state.sent)
+    assert out.failed == [f"r{i}" for i in range(3, 10)]  # the failed batch and those after it
+    assert out.error.startswith("bulk upsert of 3 records: HTTP 500 after 3 tries")
