@@ -85,8 +85,8 @@ def ingest_command(
         label_col=config.get("columns.label"),
         id_col=config.get("columns.id"),
         format=config.get("ingest.format"),
-        max_text_chars=int(config.get("ingest.max_text_chars")),
-        batch_size=int(config.get("ingest.batch_size")),
+        max_text_chars=config.get("ingest.max_text_chars"),
+        batch_size=config.get("ingest.batch_size"),
         labels=labels,
     )
     with progress_bar(desc="ingest") as bar:
@@ -95,7 +95,7 @@ def ingest_command(
             project,
             opts,
             force=force,
-            seed=int(config.get("seed")),
+            seed=config.get("seed"),
             progress=bar.update,
         )
     lines = []
@@ -194,28 +194,29 @@ def score_command(
             "score.folds": folds,
             "models.embedding": model,
             "score.embeddings": False if no_embeddings else None,
-            "score.learners": learners.split(",") if learners else None,
+            "score.learners": learners,  # the typed config splits "emb,svm"
             "score.engine": engine,
+            "score.class_prior": class_prior,
         }
     )
     section = config.section("score")
     opts = ScoreOptions(
-        folds=int(section["folds"]),
-        repeats=int(section["repeats"]),
-        learners=tuple(str(x).strip() for x in section["learners"]),
-        second_pass=bool(section["second_pass"]),
-        embeddings=bool(section["embeddings"]),
-        model=str(config.get("models.embedding") or "default"),
+        folds=section["folds"],
+        repeats=section["repeats"],
+        learners=tuple(section["learners"]),
+        second_pass=section["second_pass"],
+        embeddings=section["embeddings"],
+        model=config.get("models.embedding") or "default",
         bias_lexicon=section.get("bias_lexicon"),
-        bias_lexicon_replace=bool(section.get("bias_lexicon_replace")),
-        bias_alpha=float(section["bias_alpha"]),
-        bias_min_count=int(section["bias_min_count"]),
+        bias_lexicon_replace=section["bias_lexicon_replace"],
+        bias_alpha=section["bias_alpha"],
+        bias_min_count=section["bias_min_count"],
         probs_from=probs_from,
-        seed=int(config.get("seed")),
-        engine=str(section.get("engine") or "auto"),
-        stream_above=int(section.get("stream_above") or 200_000),
-        batch_size=int(section.get("batch_size") or 8192),
-        class_prior=str(class_prior or section.get("class_prior") or "observed"),
+        seed=config.get("seed"),
+        engine=section["engine"],
+        stream_above=section["stream_above"],
+        batch_size=section["batch_size"],
+        class_prior=section["class_prior"],
     )
     with progress_bar(desc="score") as bar:
         result = score(project, opts, force=force, progress=bar.update)

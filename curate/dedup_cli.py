@@ -89,20 +89,20 @@ def dedup_command(
     )
     section = config.section("dedup")
     opts = DedupOptions(
-        threshold=float(section["threshold"]),
-        num_perm=int(section["num_perm"]),
-        shingle=str(section["shingle"]),
-        ngram=int(section["ngram"]),
-        punctuation=bool(section["punctuation"]),
-        semantic=bool(section["semantic"]),
-        semantic_threshold=float(section["semantic_threshold"]),
-        embedding_model=str(config.get("models.embedding")),
-        batch_size=int(section["batch_size"]),
-        engine=str(section["engine"]),
-        seed=int(config.get("seed")),
+        threshold=section["threshold"],
+        num_perm=section["num_perm"],
+        shingle=section["shingle"],
+        ngram=section["ngram"],
+        punctuation=section["punctuation"],
+        semantic=section["semantic"],
+        semantic_threshold=section["semantic_threshold"],
+        embedding_model=config.get("models.embedding"),
+        batch_size=section["batch_size"],
+        engine=section["engine"],
+        seed=config.get("seed"),
     )
     run = functools.partial(
-        dedup, project, opts, force=force, against=against, text_col=str(config.get("columns.text"))
+        dedup, project, opts, force=force, against=against, text_col=config.get("columns.text")
     )
     if sys.stderr.isatty():
         with progress_bar(desc="dedup") as bar:

@@ -71,22 +71,19 @@ def simulate_command(
         }
     )
     section = config.section("simulate")
-    names = section["strategies"]
-    if isinstance(names, str):
-        names = [s for s in (part.strip() for part in names.split(",")) if s]
     opts = SimulateOptions(
-        rounds=int(section["rounds"]),
-        size=int(section["size"]),
-        seed_size=int(section["seed_size"]) if section["seed_size"] is not None else None,
-        strategies=tuple(names),
-        seeds=int(section["seeds"]),
-        seed=int(config.get("seed")),
-        noise=float(section["noise"]),
-        test_fraction=float(section["test_fraction"]),
-        learner=str(section["learner"]),
-        embedding_model=str(config.get("models.embedding")),
-        target=float(section["target"]),
-        diversity_factor=int(config.get("loop.diversity_factor")),
+        rounds=section["rounds"],
+        size=section["size"],
+        seed_size=section["seed_size"],
+        strategies=tuple(section["strategies"]),  # the typed config splits "margin,random"
+        seeds=section["seeds"],
+        seed=config.get("seed"),
+        noise=section["noise"],
+        test_fraction=section["test_fraction"],
+        learner=section["learner"],
+        embedding_model=config.get("models.embedding"),
+        target=section["target"],
+        diversity_factor=config.get("loop.diversity_factor"),
     )
     with progress_bar(len(opts.strategies) * opts.seeds, desc="simulate", unit="runs") as bar:
         result = run_simulation(project, opts, force=force, progress=bar.update)

@@ -53,7 +53,7 @@ def server_up_command(port: int | None, project_dir: str, as_json: bool) -> None
     from thresher.config import load_config
 
     config = load_config(project_dir).with_overrides({"review.port": port})
-    status = server_up(ServerOptions(port=int(config.get("review.port"))))
+    status = server_up(ServerOptions(port=config.get("review.port")))
     emit(status.to_dict(), as_json, _status_lines(status))
 
 

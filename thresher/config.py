@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,12 +251,11 @@ class Config:
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.get(name))
 
-    def with_overrides(
-        self, overrides: Mapping[str, Any], origin: str = "a command-line flag"
-    ) -> Config:
+    def with_overrides(self, overrides: Mapping[str, Any], origin: str | None = None) -> Config:
         """A copy with ``{"section.key": value}`` overrides applied and type-checked (a value of
-        the wrong type is a ``ConfigError`` naming the key); ``None`` values are skipped, so unset
-        CLI flags fall through to the lower layers."""
+        the wrong type is a ``ConfigError`` naming the key and ``origin``: by default the running
+        command's flag of the same name, else "a command-line flag"); ``None`` values are
+        skipped, so unset CLI flags fall through to the lower layers."""
         from thresher.config_model import validate_config
 
         data = copy.deepcopy(self.data)
@@ -264,12 +264,25 @@ class Config:
         for dotted, value in overrides.items():
             if value is None:
                 continue
-            _set_dotted(data, dotted, value, origin=origin)
-            origins[dotted] = origin
+            where = origin or _flag_origin(dotted)
+            _set_dotted(data, dotted, value, origin=where)
+            origins[dotted] = where
             applied = True
         if not applied:
             return Config(data, self.sources, origins)
         return Config(validate_config(data, origins), self.sources + ("flags",), origins)
+
+
+def _flag_origin(dotted: str) -> str:
+    """``flag --threshold`` for ``dedup.threshold`` when the click command being run has an
+    option of that name (the key's last part), else "a command-line flag"."""
+    click = sys.modules.get("click")  # never imported here: only a running CLI has a context
+    ctx = click.get_current_context(silent=True) if click is not None else None
+    name = dotted.rsplit(".", 1)[-1]
+    for param in ctx.command.params if ctx is not None else ():
+        if isinstance(param, click.Option) and param.name == name and param.opts:
+            return f"flag {max(param.opts, key=len)}"
+    return "a command-line flag"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:

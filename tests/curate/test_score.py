@@ -158,7 +158,7 @@ def test_cli_score_fast_mode(tmp_path):
     out = CliRunner().invoke(
         main, ["curate", "score", "-p", str(project.root), "--no-embeddings", "--learners", "bogus"]
     )
-    assert out.exit_code == 1 and "unknown learners" in out.output
+    assert out.exit_code == 1 and "score.learners = 'bogus' (from flag --learners)" in out.output
     out = CliRunner().invoke(main, [*args, "--learners", "nb,svm", "--class-prior", "pos=1"])
     assert out.exit_code == 1 and "class prior 'pos=1'" in out.output
     assert len(out.output.strip().splitlines()) == 1
