@@ -24,7 +24,12 @@ def curate() -> None:
 @project_option
 @click.option("--text-col", default=None, help="Text column [config columns.text: text].")
 @click.option("--label-col", default=None, help="Label column [config columns.label: label].")
-@click.option("--id-col", default=None, help="Id column [config columns.id: none = text hash].")
+@click.option(
+    "--id-col",
+    default=None,
+    help="Id column, required in every input [config columns.id: id, used where present].",
+)
+@click.option("--no-id-col", is_flag=True, help="Text-hash ids even where an id column exists.")
 @click.option(
     "--format",
     "fmt",
@@ -33,6 +38,12 @@ def curate() -> None:
     help="Input format [auto: by extension].",
 )
 @click.option("--max-text-chars", type=int, default=None, help="Quarantine longer texts.")
+@click.option(
+    "--max-line-bytes",
+    type=int,
+    default=None,
+    help="Quarantine longer lines unparsed [config ingest.max_line_bytes: 16 MiB].",
+)
 @click.option("--demo", is_flag=True, help="Ingest the built-in Rotten Tomatoes demo corpus.")
 @force_option
 @json_option
@@ -42,8 +53,10 @@ def ingest_command(
     text_col: str | None,
     label_col: str | None,
     id_col: str | None,
+    no_id_col: bool,
     fmt: str | None,
     max_text_chars: int | None,
+    max_line_bytes: int | None,
     demo: bool,
     force: bool,
     as_json: bool,
@@ -55,6 +68,7 @@ def ingest_command(
     Examples:
       thresher curate ingest reviews.csv -p proj --text-col body --label-col sentiment
       thresher curate ingest data/ extra.jsonl -p proj --id-col uid
+      thresher curate ingest export.jsonl -p proj --no-id-col
       thresher curate ingest --demo -p proj
     """
     from pathlib import Path
@@ -64,6 +78,8 @@ def ingest_command(
     from thresher.config import load_config
     from thresher.project import Project
 
+    if id_col is not None and no_id_col:
+        raise click.UsageError("--id-col and --no-id-col exclude each other")
     project = Project.at(project_dir)
     overrides = {
         "columns.text": text_col,
@@ -71,11 +87,13 @@ def ingest_command(
         "columns.id": id_col,
         "ingest.format": fmt,
         "ingest.max_text_chars": max_text_chars,
+        "ingest.max_line_bytes": max_line_bytes,
     }
     paths = list(sources)
     if demo:
         paths.append(str(write_demo_corpus(project.root / "demo" / "rotten_tomatoes.csv")))
-        overrides.update({"columns.text": "text", "columns.label": "label", "columns.id": None})
+        overrides.update({"columns.text": "text", "columns.label": "label"})
+        no_id_col = True  # the demo corpus has no ids: text-hash ids whatever the config says
     if not paths:
         raise click.UsageError("give one or more SOURCES, or --demo")
     config = load_config(project.root).with_overrides(overrides)
@@ -83,9 +101,11 @@ def ingest_command(
     opts = IngestOptions(
         text_col=config.get("columns.text"),
         label_col=config.get("columns.label"),
-        id_col=config.get("columns.id"),
+        id_col=None if no_id_col else config.get("columns.id"),
+        id_required=True if id_col is not None else None,
         format=config.get("ingest.format"),
         max_text_chars=config.get("ingest.max_text_chars"),
+        max_line_bytes=config.get("ingest.max_line_bytes"),
         batch_size=config.get("ingest.batch_size"),
         labels=labels,
     )
@@ -105,6 +125,13 @@ def ingest_command(
         f"rows in: {result.rows_in}  kept: {result.kept}  rejected: {result.rejected}"
         f"  → {result.path}"
     )
+    id_cols = sorted({s["id_col"] for s in result.sources if s.get("id_col")})
+    if id_cols:
+        hashed = any(not s.get("id_col") for s in result.sources)
+        lines.append(
+            f"ids: from column {', '.join(map(repr, id_cols))}"
+            + (" (text hash in sources without it)" if hashed else "")
+        )
     if result.by_reason:
         reasons = ", ".join(f"{k}={v}" for k, v in result.by_reason.items())
         lines.append(

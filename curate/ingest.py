@@ -7,10 +7,16 @@ Decisions (documented in README):
 - Control characters (C0/C1 except tab, newline, CR; NUL included) are removed from the text, and
   the row is kept if text remains; the count is in the manifest (``control_chars_cleaned``).
 - Labels are stored as strings; integral numbers become "1", empty strings and NaN become null.
+- Ids come from the id column (``IngestOptions.id_col``, default ``id``) when a source has it;
+  the default ``id`` is optional (a source without it gets hash ids), any other name is required.
+  A source "has" the column when its header/schema lists it; JSON Lines: when its first object
+  has the key (then a later row without it is ``missing_id``).
 - With no id column, the id is a hash of the normalized text; the k-th repeat of the same text
   gets ``<hash>-k`` so ids stay unique and stable across re-ingests of the same data.
 - With an id column, a repeated id is quarantined: ``duplicate_id`` (different text) or
   ``duplicate_row`` (same text).
+- A row nested deeper than the JSON parser (or the metadata writer) allows is ``malformed_json``;
+  a line over ``max_line_bytes`` is ``line_too_long``, never held in memory (see readers).
 """
 
 from __future__ import annotations
@@ -24,8 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.readers import RawRow, Source, columns_of, cut, expand_sources, read_rows
-from thresher.errors import InputError
+from curate.readers import (
+    DEFAULT_MAX_LINE_BYTES,
+    RawRow,
+    Source,
+    columns_of,
+    cut,
+    expand_sources,
+    read_rows,
+)
+from thresher.errors import ConfigError, InputError
 from thresher.project import Project, fingerprint, path_sha256, stage_output
 from thresher.records import record_schema, strip_control_chars, text_hash, text_id
 
@@ -33,19 +47,35 @@ log = logging.getLogger(__name__)
 
 STAGE = "ingest"
 REJECTED = "rejected.jsonl"
+DEFAULT_ID_COL = "id"
+_TOO_DEEP = "malformed JSON: nested deeper than the metadata writer allows"
 
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """What ingest needs from the config (resolved by the caller)."""
+    """What ingest needs from the config (resolved by the caller).
+
+    ``id_col``: the column holding record ids; None for text-hash ids. ``id_required``: a
+    source without that column is an error; None means "unless it is the default ``id``"
+    (which is used where present, hash ids elsewhere). ``max_line_bytes``: longer lines are
+    quarantined unparsed (``line_too_long``), read in chunks."""
 
     text_col: str = "text"
     label_col: str | None = "label"
-    id_col: str | None = None
+    id_col: str | None = DEFAULT_ID_COL
+    id_required: bool | None = None
     format: str = "auto"
     max_text_chars: int = 20_000
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     batch_size: int = 50_000
     labels: tuple[str, ...] = ()
+
+    @property
+    def requires_id(self) -> bool:
+        """Every source must have ``id_col``."""
+        if self.id_col is None:
+            return False
+        return self.id_required if self.id_required is not None else self.id_col != DEFAULT_ID_COL
 
 
 @dataclass
@@ -115,9 +145,12 @@ def _clean_text(value: Any, text_col: str, max_chars: int) -> tuple[str, bool]:
     return text, cleaned
 
 
-def validate_row(data: dict[str, Any], opts: IngestOptions) -> tuple[str, str | None, Any, bool]:
-    """Check one parsed row. Returns (text, label, raw id, control chars cleaned) or raises
-    ``Rejection``. Pure: the id uniqueness check lives in ``_IdRegistry``."""
+def validate_row(
+    data: dict[str, Any], opts: IngestOptions, id_col: str | None
+) -> tuple[str, str | None, Any, bool]:
+    """Check one parsed row; ``id_col`` is this source's id column (None: hash ids). Returns
+    (text, label, raw id, control chars cleaned) or raises ``Rejection``. Pure: the id
+    uniqueness check lives in ``_IdRegistry``."""
     if opts.text_col not in data:
         raise Rejection("missing_text", f"no {opts.text_col!r} field in this row")
     text, cleaned = _clean_text(data[opts.text_col], opts.text_col, opts.max_text_chars)
@@ -128,10 +161,10 @@ def validate_row(data: dict[str, Any], opts: IngestOptions) -> tuple[str, str | 
             f"label {label!r} is not one of the configured labels ({', '.join(opts.labels)})",
         )
     raw_id = None
-    if opts.id_col:
-        raw_id = data.get(opts.id_col)
+    if id_col:
+        raw_id = data.get(id_col)
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-            raise Rejection("missing_id", f"id column {opts.id_col!r} is missing or empty")
+            raise Rejection("missing_id", f"id column {id_col!r} is missing or empty")
         if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
             raise Rejection("wrong_type_id", f"id has type {type(raw_id).__name__}")
     return text, label, raw_id, cleaned
@@ -198,7 +231,8 @@ class _RecordWriter:
 
 
 def metadata_json(data: dict[str, Any], skip: frozenset[str | None]) -> str:
-    """Every field not in ``skip`` as a JSON object string (keys sorted)."""
+    """Every field not in ``skip`` as a JSON object string (keys sorted). A value nested deeper
+    than the writers allow (orjson: 255 levels, then the stdlib) raises ``Rejection``."""
     extra = {k: v for k, v in data.items() if k not in skip}
     if not extra:
         return "{}"
@@ -206,31 +240,47 @@ def metadata_json(data: dict[str, Any], skip: frozenset[str | None]) -> str:
         import orjson
 
         return orjson.dumps(extra, default=str, option=orjson.OPT_SORT_KEYS).decode()
-    except (ImportError, TypeError):  # non-string keys or no orjson: the stdlib handles both
-        return json.dumps(extra, ensure_ascii=False, default=str, sort_keys=True)
+    except (ImportError, TypeError):  # deep nesting, non-string keys or no orjson: the stdlib
+        try:
+            return json.dumps(extra, ensure_ascii=False, default=str, sort_keys=True)
+        except RecursionError as err:
+            raise Rejection("malformed_json", _TOO_DEEP) from err
 
 
-def _check_columns(source: Source, opts: IngestOptions) -> None:
-    columns = columns_of(source)
-    if columns is None:
-        return
-    if opts.text_col not in columns:
+_UNSET = object()
+
+
+def _source_id_col(source: Source, opts: IngestOptions) -> Any:
+    """This source's id column, None for hash ids, or ``_UNSET`` when only its first row can
+    tell (JSON Lines with the optional default). Checks the columns known up front."""
+    columns = columns_of(source, opts.max_line_bytes)
+    if columns is not None and opts.text_col not in columns:
         raise InputError(
             f"{source.path}: no text column {opts.text_col!r} (columns: {', '.join(columns)}); "
             "pass --text-col NAME"
         )
-    if opts.id_col and opts.id_col not in columns:
+    if opts.id_col is None:
+        return None
+    if columns is None:
+        return opts.id_col if opts.requires_id else _UNSET
+    if opts.id_col in columns:
+        return opts.id_col
+    if opts.requires_id:
         raise InputError(
             f"{source.path}: no id column {opts.id_col!r} (columns: {', '.join(columns)}); "
-            "pass --id-col NAME or leave it out for text-hash ids"
+            "pass --id-col NAME, or --no-id-col for text-hash ids"
         )
+    return None
 
 
 def _raw_excerpt(row: RawRow) -> str:
     if row.raw:
         return row.raw
     if row.data is not None:
-        return cut(json.dumps(row.data, ensure_ascii=False, default=str))
+        try:
+            return cut(json.dumps(row.data, ensure_ascii=False, default=str))
+        except RecursionError:
+            return "(nested too deep to show)"
     return ""
 
 
@@ -245,11 +295,12 @@ def ingest(
 ) -> IngestResult:
     """Ingest ``paths`` into ``project``. A rerun with unchanged inputs and options is a no-op
     unless ``force``. Raises ``InputError`` for a file that cannot be read as asked."""
+    if opts.max_line_bytes < 1:
+        raise ConfigError(f"ingest.max_line_bytes must be at least 1, got {opts.max_line_bytes}")
     sources = expand_sources(list(paths), opts.format)
     if not sources:
         raise InputError("no input given; pass one or more files or folders")
-    for source in sources:
-        _check_columns(source, opts)
+    source_ids = [_source_id_col(source, opts) for source in sources]
     inputs = [{"path": s.name, "format": s.format, "sha256": path_sha256(s.path)} for s in sources]
     config = asdict(opts)
     config.pop("batch_size")
@@ -262,7 +313,6 @@ def ingest(
         project, STAGE, stage_fp, inputs=inputs, config=config, packages=("pyarrow",)
     ) as run:
         ids = _IdRegistry()
-        skip = frozenset({opts.text_col, opts.label_col, opts.id_col})
         writer = _RecordWriter(run.path("records.parquet"), opts.batch_size)
         by_reason: Counter[str] = Counter()
         labels: Counter[str] = Counter()
@@ -272,19 +322,24 @@ def ingest(
             run.timed("read_validate_write"),
             open(run.path(REJECTED), "w", encoding="utf-8") as rej,
         ):
-            for source in sources:
+            for source, id_col in zip(sources, source_ids, strict=True):
                 rows_in = kept = 0
                 objects = with_text_col = 0
-                for row in read_rows(source, opts.batch_size):
+                skip = frozenset({opts.text_col, opts.label_col, id_col})
+                for row in read_rows(source, opts.batch_size, opts.max_line_bytes):
                     rows_in += 1
                     where = f"{source.name}:{row.row}"
                     try:
                         if row.error is not None:
                             raise Rejection(*row.error)
                         assert row.data is not None
+                        if id_col is _UNSET:  # JSON Lines: the first object decides
+                            id_col = opts.id_col if opts.id_col in row.data else None
+                            skip = frozenset({opts.text_col, opts.label_col, id_col})
                         objects += 1
                         with_text_col += opts.text_col in row.data
-                        text, label, raw_id, cleaned = validate_row(row.data, opts)
+                        text, label, raw_id, cleaned = validate_row(row.data, opts, id_col)
+                        meta = metadata_json(row.data, skip)
                         rid = ids.assign(raw_id, text, where)
                     except Rejection as rejection:
                         by_reason[rejection.code] += 1
@@ -301,7 +356,6 @@ def ingest(
                     kept += 1
                     if label is not None:
                         labels[label] += 1
-                    meta = metadata_json(row.data, skip)
                     writer.add((rid, text, label, source.name, row.row, meta))
                     if progress is not None and rows_in % 10_000 == 0:
                         progress(10_000)
@@ -315,6 +369,7 @@ def ingest(
                         "rows_in": rows_in,
                         "kept": kept,
                         "rejected": rows_in - kept,
+                        "id_col": None if id_col is _UNSET else id_col,
                     }
                 )
                 log.info(

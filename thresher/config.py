@@ -36,17 +36,22 @@ labels: []
 # Random seed for every stochastic step (folds, splits, sampling); recorded in each manifest.
 seed: 0
 
-# Input columns (ingest). id: null means ids are a stable hash of the normalized text.
+# Input columns (ingest). id: the column holding record ids (unique; a repeat is quarantined).
+# The default `id` is used where an input has it, elsewhere ids are a stable hash of the
+# normalized text; another name must exist in every input. null: always text-hash ids.
 columns:
   text: text
   label: label
-  id: null
+  id: id
 
 ingest:
   # auto (by file extension) | csv | tsv | jsonl | parquet | hf
   format: auto
   # Rows whose text is longer than this many characters are quarantined.
   max_text_chars: 20000
+  # A line (JSONL, CSV/TSV row, .json array item) longer than this many bytes is quarantined
+  # unparsed (line_too_long), skipped in 64 KiB reads: memory per line stays under it. 16 MiB.
+  max_line_bytes: 16777216
   # Rows per batch when streaming input and writing Parquet.
   batch_size: 50000
 
