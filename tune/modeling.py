@@ -107,9 +107,29 @@ def load_base(
         ) from err
     if ref.gguf_file:
         _strip_gguf_quantizer(model)
+    if qlora:
+        keep_4bit_portable(model)
     if dtype is None:
         model = model.float()
     return model
+
+
+def keep_4bit_portable(model) -> int:
+    """Keep every 4-bit layer of ``model`` on bitsandbytes' portable CPU path; returns how many.
+
+    On a CPU with AVX512-BF16 units, bitsandbytes (0.50) repacks a 4-bit layer's weight for its
+    fused kernel on the first eval-mode forward without gradients. That layout is for inference
+    only: a training step after an evaluation gets no gradient through the packed layers (the
+    LoRA adapters stop learning, without an error); it requires in_features to be a multiple of
+    the quantization block (64), else ``shape '[N, 0]' is invalid``; and it computes in bf16, so a
+    run's predictions would change with the machine. The portable path runs on every CPU and
+    gives the same numbers on all of them."""
+    layers = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            layers += 1
+    return layers
 
 
 def _qlora_kwargs(dtype, device) -> dict[str, Any]:
