@@ -118,7 +118,9 @@ def majority_consensus(values: Sequence[Label | None]) -> Consensus:
 class AnnotatorStats:
     """One annotator against the consensus: how many items they labelled, how many of those have
     a consensus (no tie), and the share of those where they match it (0..1, higher = better).
-    ``cohen_kappa`` is their chance-corrected agreement with the consensus (nan if undefined)."""
+    ``cohen_kappa`` is their chance-corrected agreement with the consensus (nan if undefined).
+    The consensus includes the annotator's own label, so this flatters them (with two annotators
+    it is always 1): ``agreement_with_others`` is the honest figure."""
 
     annotator: str
     n_labelled: int
@@ -164,6 +166,68 @@ def annotator_agreement(
             )
         )
     return stats
+
+
+@dataclass(frozen=True)
+class OthersAgreement:
+    """One annotator against the OTHER annotators (leave-one-out), which stays honest where a
+    consensus that includes the annotator's own label cannot (with two annotators the consensus
+    exists only where they agree, so both would agree with it 100 %).
+
+    On every record the annotator labelled that at least one other annotator labelled too, the
+    annotator's label is compared with the majority label of the others; records where the
+    others tie are left out. ``n_with_others`` counts the compared records,
+    ``agreement_with_others`` is the share that match (0..1, higher = better) and
+    ``kappa_with_others`` Cohen's kappa of the same pairs (nan if undefined).
+    ``pairwise_agreement`` is the share of (record, other annotator) pairs with the same label,
+    over ``n_pairs`` pairs. With two annotators both figures are their plain agreement with each
+    other on the records both labelled."""
+
+    annotator: str
+    n_with_others: int
+    agreement_with_others: float
+    kappa_with_others: float
+    n_pairs: int
+    pairwise_agreement: float
+
+
+def agreement_with_others(by_annotator: Mapping[str, Mapping[Any, Label]]) -> list[OthersAgreement]:
+    """Leave-one-out agreement of each annotator (see ``OthersAgreement``), sorted by name.
+
+    ``by_annotator``: annotator → {item id → label} (``None``/nan labels are ignored)."""
+    by_item: dict[Any, dict[str, Label]] = {}
+    for name, labels in by_annotator.items():
+        for item, label in labels.items():
+            if _present([label]):
+                by_item.setdefault(item, {})[name] = label
+    out = []
+    for name in sorted(by_annotator):
+        mine: list[Label] = []
+        theirs: list[Label] = []
+        pairs = same = 0
+        for labels in by_item.values():
+            if name not in labels or len(labels) < 2:
+                continue
+            own = labels[name]
+            others = [lab for who, lab in labels.items() if who != name]
+            pairs += len(others)
+            same += sum(lab == own for lab in others)
+            majority = majority_consensus(others).label
+            if majority is not None:
+                mine.append(own)
+                theirs.append(majority)
+        matched = sum(x == y for x, y in zip(mine, theirs, strict=True))
+        out.append(
+            OthersAgreement(
+                annotator=name,
+                n_with_others=len(mine),
+                agreement_with_others=matched / len(mine) if mine else math.nan,
+                kappa_with_others=cohen_kappa(mine, theirs),
+                n_pairs=pairs,
+                pairwise_agreement=same / pairs if pairs else math.nan,
+            )
+        )
+    return out
 
 
 def cleanlab_consensus(

@@ -257,10 +257,17 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
         f" disagreements {result.disagreements}",
         f"Krippendorff's alpha {fmt(result.alpha)}, Fleiss' kappa {fmt(result.fleiss_kappa)}",
     ]
+    several = len(result.annotators) > 2  # with two, pairwise agreement is the same figure
     for a in result.annotators:
+        pairwise = f", pairwise {fmt(a['pairwise_agreement'])}" if several else ""
+        quality = a.get("crowdlab_quality")
         lines.append(
-            f"  {a['annotator']}: {a['n_labelled']} labelled, agrees with consensus "
-            f"{fmt(a['agreement_with_consensus'])}"
+            f"  {a['annotator']}: {a['n_labelled']} labelled; agrees with the others "
+            f"{fmt(a['agreement_with_others'])} on {a['n_with_others']} records (kappa "
+            f"{fmt(a['kappa_with_others'])}{pairwise})"
+            + (f"; CROWDLAB quality {fmt(quality)}" if quality is not None else "")
         )
+    if result.annotators and result.crowdlab_note:
+        lines.append(f"CROWDLAB annotator quality: n/a ({result.crowdlab_note})")
     lines.append(f"→ {result.path}")
     emit(result.to_dict(), as_json, lines)

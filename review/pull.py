@@ -8,8 +8,10 @@ Writes into ``DIR/review/`` (each file atomically):
   {annotator: label}), ``notes`` (JSON {annotator: note}), ``discarded_by`` (list),
   ``given_label, predicted_label`` and, where the model's probabilities exist,
   ``cleanlab_label, cleanlab_quality`` (CROWDLAB consensus quality, 0..1, higher = better).
-* ``agreement.json``: Krippendorff's alpha (nominal) and Fleiss' kappa over all records, and each
-  annotator against the consensus.
+* ``agreement.json``: Krippendorff's alpha (nominal) and Fleiss' kappa over all records, and per
+  annotator: agreement with the consensus, with the other annotators (leave-one-out: their label
+  against the others' majority; with two annotators, plain pairwise agreement) and CROWDLAB's
+  annotator quality where the model's probabilities exist (``crowdlab_note`` says why not).
 * ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
   consensus where reviewers reached one, ``original_label`` keeps the input label and
   ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from review.agreement import (
+    agreement_with_others,
     annotator_agreement,
     cleanlab_consensus,
     fleiss_kappa,
@@ -77,6 +80,7 @@ class PullResult:
     alpha: float
     fleiss_kappa: float
     annotators: list[dict[str, Any]]
+    crowdlab_note: str | None
     seconds: float
     path: str
 
@@ -144,11 +148,18 @@ def record_id(record: dict[str, Any]) -> str:
 
 
 def summarize(
-    records: list[dict[str, Any]], names: dict[str, str], pred: dict[str, dict[str, Any]]
+    records: list[dict[str, Any]],
+    names: dict[str, str],
+    pred: dict[str, dict[str, Any]],
+    model_classes: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for annotations.parquet and the agreement summary (pure, no I/O).
 
-    ``pred``: record id → the latest stage's row (given label, predicted label/probs)."""
+    ``pred``: record id → the latest stage's row (given label, predicted label/probs);
+    ``model_classes``: the classes its ``pred_probs`` are over (the score manifest's).
+    Per annotator: agreement with the consensus, with the others (leave-one-out, see
+    ``review.agreement.OthersAgreement``) and CROWDLAB's ``crowdlab_quality`` (0..1, higher =
+    better) where model probabilities exist; ``crowdlab_note`` says why it is absent."""
     rows: list[dict[str, Any]] = []
     annotators: set[str] = set()
     for rec in records:
@@ -196,10 +207,17 @@ def summarize(
     }
     consensus = {row["id"]: row["label"] for row in rows}
     stats = annotator_agreement(by_annotator, consensus)
+    others = {o.annotator: o for o in agreement_with_others(by_annotator)}
+    quality, note = _add_cleanlab(rows, order, table, pred, model_classes)
+    annotators = []
+    for s in stats:
+        extra = {k: v for k, v in others[s.annotator].__dict__.items() if k != "annotator"}
+        annotators.append({**s.__dict__, **extra, "crowdlab_quality": quality.get(s.annotator)})
     summary = {
         "alpha": krippendorff_alpha_nominal(table),
         "fleiss_kappa": fleiss_kappa(table),
-        "annotators": [s.__dict__ for s in stats],
+        "annotators": annotators,
+        "crowdlab_note": note,
         "annotated": sum(1 for r in rows if r["n_annotators"] > 0),
         "submitted": sum(r["n_annotators"] for r in rows),
         "discarded": sum(len(r["discarded_by"]) for r in rows),
@@ -207,17 +225,22 @@ def summarize(
         "ties": sum(1 for r in rows if r["tie"]),
         "disagreements": sum(1 for r in rows if r["disagreement"]),
     }
-    _add_cleanlab(rows, order, table, pred)
     for row in rows:
         del row["_labels"]
     return rows, summary
 
 
-def _probabilities(src: dict[str, Any], classes: list[str]) -> list[float] | None:
-    """The model's class probabilities: a ``pred_probs`` list if the stage has one, else spread
-    from ``predicted_prob`` (the rest shared evenly by the other classes)."""
+def _probabilities(
+    src: dict[str, Any], classes: list[str], model_classes: list[str] | None
+) -> list[float] | None:
+    """The model's probabilities over ``classes``: the stage's ``pred_probs`` (over
+    ``model_classes``; a class the model never saw gets 0), else spread from ``predicted_prob``
+    (the rest shared evenly by the other classes)."""
     probs = src.get("pred_probs")
-    if probs is not None and len(probs) == len(classes):
+    if probs is not None and model_classes and len(probs) == len(model_classes):
+        by_class = dict(zip(model_classes, probs, strict=True))
+        return [float(by_class.get(c, 0.0)) for c in classes]
+    if probs is not None and not model_classes and len(probs) == len(classes):
         return [float(p) for p in probs]
     label, prob = src.get("predicted_label"), src.get("predicted_prob")
     if label is None or prob is None or label not in classes or len(classes) < 2:
@@ -226,12 +249,17 @@ def _probabilities(src: dict[str, Any], classes: list[str]) -> list[float] | Non
     return [float(prob) if c == label else rest for c in classes]
 
 
-def _add_cleanlab(rows, order, table, pred) -> None:
+def _add_cleanlab(
+    rows, order, table, pred, model_classes=None
+) -> tuple[dict[str, float], str | None]:
+    """CROWDLAB's consensus columns on ``rows``; returns (annotator → quality, why it is absent:
+    None when scored)."""
     for row in rows:
         row["cleanlab_label"] = None
         row["cleanlab_quality"] = math.nan
     classes = sorted(
         {v for r in table for v in r if v is not None}
+        | set(model_classes or ())
         | {
             str(pred[r["id"]]["predicted_label"])
             for r in rows
@@ -239,15 +267,22 @@ def _add_cleanlab(rows, order, table, pred) -> None:
         }
     )
     keep = [i for i, r in enumerate(rows) if r["n_annotators"] > 0]
-    probs = [_probabilities(pred.get(rows[i]["id"], {}), classes) for i in keep]
-    if not keep or any(p is None for p in probs):
-        return
+    if len(order) < 2 or not keep:
+        return {}, "CROWDLAB needs at least two annotators"
+    probs = [_probabilities(pred.get(rows[i]["id"], {}), classes, model_classes) for i in keep]
+    missing = sum(p is None for p in probs)
+    if missing:
+        return {}, (
+            f"no model probabilities for {missing} of {len(keep)} annotated records: run "
+            "`thresher curate score` before `thresher review pull`"
+        )
     out = cleanlab_consensus([table[i] for i in keep], order, probs, classes)
     if out is None:
-        return
+        return {}, "cleanlab could not score these annotations (see the log)"
     for pos, i in enumerate(keep):
         rows[i]["cleanlab_label"] = out["consensus_label"][pos]
         rows[i]["cleanlab_quality"] = out["consensus_quality_score"][pos]
+    return out["annotator_quality"], None
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -303,12 +338,14 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
             dataset_id = _resolve_dataset(client, name, options.workspace)
     records = fetch_records(conn, dataset_id)
     stage_rows: dict[str, dict[str, Any]] = {}
+    model_classes = None
     try:
-        _, stage_path = project.latest_records(["score", "dedup", "ingest"])
+        stage, stage_path = project.latest_records(["score", "dedup", "ingest"])
         stage_rows = stage_rows_of(stage_path, {record_id(r) for r in records})
+        model_classes = (project.read_manifest(stage) or {}).get("classes")
     except StageMissingError:
         stage_path = None
-    rows, summary = summarize(records, usernames(conn), stage_rows)
+    rows, summary = summarize(records, usernames(conn), stage_rows, model_classes)
     review_dir = project.root / "review"
     out = review_dir / ANNOTATIONS
     schema = pa.schema(

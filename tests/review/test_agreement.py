@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from review.agreement import (
+    agreement_with_others,
     annotator_agreement,
     cleanlab_consensus,
     cohen_kappa,
@@ -116,3 +117,69 @@ def test_cleanlab_consensus_follows_the_majority_and_scores_annotators():
     q = out["annotator_quality"]
     assert q["sloppy"] < min(q["a1"], q["a2"])
     assert cleanlab_consensus([["a", None]], ["x", "y"], np.ones((1, 2)) / 2, ["a", "b"]) is None
+
+
+def test_two_annotators_leave_one_out_is_their_pairwise_agreement_not_1():
+    # they agree on 1, 2, 4 and disagree on 3, 5; only ann labelled 6
+    ann = {1: "a", 2: "b", 3: "a", 4: "a", 5: "b", 6: "a"}
+    bob = {1: "a", 2: "b", 3: "b", 4: "a", 5: "a"}
+    by = {"ann": ann, "bob": bob}
+    flattering = {s.annotator: s for s in annotator_agreement(by, {1: "a", 2: "b", 4: "a"})}
+    assert flattering["ann"].agreement_with_consensus == 1.0  # the consensus exists only
+    assert flattering["bob"].agreement_with_consensus == 1.0  # where they agree
+    stats = {s.annotator: s for s in agreement_with_others(by)}
+    for name in ("ann", "bob"):
+        s = stats[name]
+        assert s.n_with_others == 5 and s.n_pairs == 5
+        assert s.agreement_with_others == pytest.approx(3 / 5) == s.pairwise_agreement
+    # ann = a,b,a,a,b vs bob = a,b,b,a,a: p_o = 3/5, p_e = (3*3 + 2*2)/25 = 13/25
+    assert stats["ann"].kappa_with_others == pytest.approx((3 / 5 - 13 / 25) / (12 / 25))
+
+
+def test_three_annotators_leave_one_out_hand_computed():
+    by = {
+        "A": {1: "x", 2: "x", 3: "y", 4: "x", 5: "x"},
+        "B": {1: "x", 2: "y", 3: "y", 4: "x", 6: "z"},
+        "C": {1: "x", 2: "y", 3: "x", 5: "y"},
+    }
+    stats = {s.annotator: s for s in agreement_with_others(by)}
+    # A: 1 others x,x -> x (match); 2 y,y -> y (no); 3 y,x tie (left out); 4 x (match); 5 y (no)
+    # pairs: 1: 2 of 2 same; 2: 0 of 2; 3: 1 of 2; 4: 1 of 1; 5: 0 of 1 -> 4 / 8
+    a = stats["A"]
+    assert (a.n_with_others, a.agreement_with_others) == (4, 0.5)
+    assert (a.n_pairs, a.pairwise_agreement) == (8, 0.5)
+    assert a.kappa_with_others == pytest.approx(0.0)  # mine all x: p_o = p_e = 1/2
+    # B: 1 x (match); 2 x,y tie; 3 y,x tie; 4 x (match); 6 alone -> 2 of 2
+    # pairs: 1: 2/2; 2: 1/2; 3: 1/2; 4: 1/1 -> 5 / 7
+    b = stats["B"]
+    assert (b.n_with_others, b.agreement_with_others) == (2, 1.0)
+    assert (b.n_pairs, b.pairwise_agreement) == (7, pytest.approx(5 / 7))
+    # C: 1 x (match); 2 x,y tie; 3 y,y -> y (no); 5 x (no) -> 1 of 3
+    # pairs: 1: 2/2; 2: 1/2; 3: 0/2; 5: 0/1 -> 3 / 7
+    c = stats["C"]
+    assert (c.n_with_others, c.agreement_with_others) == (3, pytest.approx(1 / 3))
+    assert (c.n_pairs, c.pairwise_agreement) == (7, pytest.approx(3 / 7))
+
+
+def test_leave_one_out_without_overlap_is_undefined():
+    stats = agreement_with_others({"solo": {1: "a"}, "other": {2: "a", 3: None}})
+    assert all(s.n_with_others == 0 and s.n_pairs == 0 for s in stats)
+    assert all(
+        math.isnan(s.agreement_with_others) and math.isnan(s.pairwise_agreement) for s in stats
+    )
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, 20),
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["a", "b", "c"])),
+        max_size=25,
+    )
+)
+def test_with_two_annotators_leave_one_out_equals_pairwise_and_is_symmetric(items):
+    by = {"p": {i: v[0] for i, v in items.items()}, "q": {i: v[1] for i, v in items.items()}}
+    p, q = agreement_with_others(by)
+    for s in (p, q):
+        assert s.n_with_others == s.n_pairs == len(items)
+        assert s.agreement_with_others == s.pairwise_agreement or not items
+    assert p.agreement_with_others == q.agreement_with_others or not items

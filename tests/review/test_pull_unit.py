@@ -1,4 +1,5 @@
 import json
+import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -177,3 +178,96 @@ def test_pull_completes_over_a_server_that_fails_once_per_page(tmp_path, monkeyp
     assert result.records == 7 and result.annotated == 7 and result.disagreements == 3
     table = pq.read_table(tmp_path / "proj" / "review" / "annotations.parquet")
     assert sorted(table.column("id").to_pylist()) == [f"r{i}" for i in range(7)]
+
+
+def _two_annotator_records(n=12, disagree=(2, 5, 9)):
+    records = []
+    for i in range(n):
+        truth = "pos" if i % 2 else "neg"
+        other = "neg" if truth == "pos" else "pos"
+        records.append(
+            {
+                "external_id": f"r{i}",
+                "fields": {"text": f"T{i}"},
+                "responses": [
+                    _resp("u1", "submitted", truth),
+                    _resp("u2", "submitted", other if i in disagree else truth),
+                ],
+            }
+        )
+    return records
+
+
+def test_summary_reports_each_annotator_against_the_other_not_a_flattering_consensus():
+    names = {"u1": "ann", "u2": "bob"}
+    records = _two_annotator_records()
+    # probabilities over the score stage's classes, one of which nobody used in review
+    classes = ["neg", "neu", "pos"]
+    pred = {
+        f"r{i}": {"pred_probs": [0.1, 0.1, 0.8] if i % 2 else [0.8, 0.1, 0.1]} for i in range(12)
+    }
+    rows, summary = summarize(records, names, pred, model_classes=classes)
+    stats = {a["annotator"]: a for a in summary["annotators"]}
+    for name in ("ann", "bob"):
+        a = stats[name]
+        assert a["agreement_with_consensus"] == 1.0  # the consensus only exists where they agree
+        assert a["n_with_others"] == 12 and a["agreement_with_others"] == pytest.approx(9 / 12)
+        assert a["pairwise_agreement"] == a["agreement_with_others"]
+        assert 0.0 <= a["crowdlab_quality"] <= 1.0
+    assert summary["crowdlab_note"] is None
+    # ann always gave the label the model believes: CROWDLAB rates her above bob
+    assert stats["ann"]["crowdlab_quality"] > stats["bob"]["crowdlab_quality"]
+    assert all(r["cleanlab_label"] in {"neg", "pos"} for r in rows)
+
+
+def test_crowdlab_quality_is_absent_and_said_so_without_model_probabilities():
+    names = {"u1": "ann", "u2": "bob"}
+    rows, summary = summarize(_two_annotator_records(), names, {"r0": {"label": "neg"}})
+    assert all(a["crowdlab_quality"] is None for a in summary["annotators"])
+    assert "thresher curate score" in summary["crowdlab_note"]
+    assert all(r["cleanlab_label"] is None for r in rows)
+    one = [{**r, "responses": r["responses"][:1]} for r in _two_annotator_records()]
+    _, summary = summarize(one, names, {})
+    assert summary["crowdlab_note"] == "CROWDLAB needs at least two annotators"
+    assert math.isnan(summary["annotators"][0]["agreement_with_others"])
+
+
+def test_pull_command_prints_agreement_with_the_others(tmp_path, monkeypatch):
+    import functools
+
+    import httpx
+    from click.testing import CliRunner
+
+    import review.pull as pull_module
+    import review.server as server_module
+    from review.client import RetryPolicy, open_client
+    from review.server import Connection
+    from thresher.cli import main
+
+    users = [{"id": "u1", "username": "ann"}, {"id": "u2", "username": "bob"}]
+    fake = FlakyArgilla(_two_annotator_records(), users)
+    monkeypatch.setattr(
+        pull_module,
+        "open_client",
+        functools.partial(
+            open_client, transport=httpx.MockTransport(fake), retry=RetryPolicy(backoff_s=0.0)
+        ),
+    )
+    conn = Connection("http://127.0.0.1:1", "key", external=True)
+    monkeypatch.setattr(server_module, "connection", lambda *a, **k: conn)
+    (tmp_path / "proj").mkdir()
+    out = CliRunner().invoke(main, ["review", "pull", "-p", str(tmp_path / "proj")])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "  ann: 12 labelled; agrees with the others 0.750 on 12 records (kappa 0.500)" in lines
+    assert any(
+        line.startswith("  bob: 12 labelled; agrees with the others 0.750") for line in lines
+    )
+    assert not any("consensus 1.000" in line for line in lines)
+    assert any(
+        line.startswith("CROWDLAB annotator quality: n/a (no model probabilities") for line in lines
+    )
+    saved = json.loads((tmp_path / "proj" / "review" / "agreement.json").read_text())
+    assert saved["annotators"][0]["agreement_with_consensus"] == 1.0  # kept for compatibility
+    assert saved["annotators"][0]["agreement_with_others"] == 0.75
+    assert saved["annotators"][0]["crowdlab_quality"] is None and saved["crowdlab_note"]
