@@ -91,6 +91,7 @@ KEYS: dict[str, Spec] = {
     "columns.id": Spec("str", nullable=True),
     "ingest.format": _choice("auto", "csv", "tsv", "jsonl", "parquet", "hf"),
     "ingest.max_text_chars": _COUNT,
+    "ingest.max_line_bytes": _COUNT,
     "ingest.batch_size": _COUNT,
     "dedup.threshold": _FRACTION,
     "dedup.shingle": _choice("word", "char"),
