@@ -35,9 +35,14 @@ def _hash_texts(texts: Sequence[str]):
     )
 
 
+_CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX). Without them torch
-    emulates bf16, which measured 9x slower than float32 on an AVX2 machine."""
+    emulates bf16, which measured 9x slower than float32 on an AVX2 machine.
+
+    The one CPU-feature check behind ``precision="auto"``: tests force it both ways."""
     import torch
 
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
@@ -45,7 +50,7 @@ def cpu_has_bf16() -> bool:
         if check is not None and check():
             return True
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = _CPUINFO.read_text()
     except OSError:
         return False
     return " amx_bf16" in flags or " avx512_bf16" in flags

@@ -1,0 +1,77 @@
+"""Embedding precision by CPU feature: ``cpu_has_bf16`` is the one check behind
+``precision="auto"``; both of its branches run on any machine (torch computes bf16 in software on
+a CPU without bf16 units: slower, same numbers within the documented cosine >= 0.999)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate import embeddings
+from curate.embeddings import cpu_has_bf16, embed_texts, load_encoder, resolve_precision
+
+TEXTS = [
+    "The film was a delight from start to finish.",
+    "Quarterly revenue fell short of the analysts' forecast.",
+    "Heavy rain is expected across the north tonight.",
+    "a",
+    "Résumé: naïve café owners reopen after the storm — 3 days later.",
+    "The committee postponed the vote on the new budget until next week " * 8,
+]
+
+
+@pytest.fixture(params=["bf16 units", "no bf16 units"])
+def cpu_branch(request, monkeypatch) -> bool:
+    """``cpu_has_bf16`` forced to one answer."""
+    has = request.param == "bf16 units"
+    monkeypatch.setattr(embeddings, "cpu_has_bf16", lambda: has)
+    return has
+
+
+def test_auto_precision_follows_the_forced_cpu_branch(cpu_branch):
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if cpu_branch else "float32")
+    assert resolve_precision("auto", "cuda") == "float16"
+    assert resolve_precision("auto", "cuda:1") == "float16"
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+
+
+def test_both_cpu_branches_agree_with_float32(cpu_branch):
+    import torch
+
+    encoder = load_encoder("default", "cpu", "auto")
+    assert next(encoder.parameters()).dtype == (torch.bfloat16 if cpu_branch else torch.float32)
+    auto = embed_texts(TEXTS, device="cpu", precision="auto")
+    full = embed_texts(TEXTS, device="cpu", precision="float32")
+    assert auto.dtype == np.float32 and auto.shape == full.shape == (len(TEXTS), 384)
+    assert np.allclose(np.linalg.norm(auto, axis=1), 1.0, atol=1e-5)
+    cosine = (auto * full).sum(axis=1)
+    assert cosine.min() >= 0.999
+    if not cpu_branch:
+        assert np.array_equal(auto, full)  # the same float32 encoder
+
+
+@pytest.mark.parametrize(
+    ("torch_probes", "cpuinfo", "expected"),
+    [
+        ({"_is_avx512_bf16_supported": True}, None, True),
+        ({"_is_amx_tile_supported": True}, None, True),
+        ({}, "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ({}, "flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),
+        ({}, "flags\t\t: fpu sse2 avx avx2 fma\n", False),
+        ({}, None, False),  # no /proc (macOS, Windows): float32
+    ],
+)
+def test_cpu_has_bf16_reads_torch_then_cpuinfo(
+    monkeypatch, tmp_path, torch_probes, cpuinfo, expected
+):
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        value = torch_probes.get(probe, False)
+        monkeypatch.setattr(torch.cpu, probe, lambda value=value: value, raising=False)
+    info = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        info.write_text(cpuinfo)
+    monkeypatch.setattr(embeddings, "_CPUINFO", info)
+    assert cpu_has_bf16() is expected
