@@ -14,6 +14,7 @@ from curate.ingest import IngestOptions, ingest
 from tests.curate.conftest import write_jsonl
 from thresher.errors import InputError
 from thresher.project import Project
+from thresher.records import text_id
 
 
 def read_records(project: Project) -> list[dict]:
@@ -91,6 +92,109 @@ def test_ids_given_must_be_unique(tmp_path):
         "duplicate_id",
         "missing_id",
     ]
+
+
+def test_an_id_column_gives_the_ids_by_default(tmp_path):
+    rows = [
+        {"id": "a1", "text": "alpha", "lang": "en"},
+        {"id": 7, "text": "beta"},
+        {"id": "a1", "text": "gamma"},  # same id, other text
+        {"id": "a1", "text": "alpha"},  # exact repeat
+        {"id": "", "text": "delta"},
+    ]
+    src = write_jsonl(tmp_path / "ids.jsonl", rows)
+    project = Project.at(tmp_path / "p")
+    result = ingest([src], project, IngestOptions())
+    records = read_records(project)
+    assert [r["id"] for r in records] == ["a1", "7"]
+    assert [json.loads(r["metadata"]) for r in records] == [{"lang": "en"}, {}]
+    assert [r["reason"] for r in read_rejected(project)] == [
+        "duplicate_id",
+        "duplicate_row",
+        "missing_id",
+    ]
+    assert result.sources[0]["id_col"] == "id"
+
+    # A CSV with an id column too; one without falls back to text-hash ids.
+    (tmp_path / "with.csv").write_text("id,text\nx-1,first\nx-2,second\n")
+    (tmp_path / "without.csv").write_text("text\nthird\n")
+    both = Project.at(tmp_path / "both")
+    result = ingest([tmp_path / "with.csv", tmp_path / "without.csv"], both, IngestOptions())
+    assert [r["id"] for r in read_records(both)] == ["x-1", "x-2", text_id("third")]
+    assert [s["id_col"] for s in result.sources] == ["id", None]
+
+
+def test_no_id_col_gives_text_hash_ids_and_keeps_the_column_as_metadata(tmp_path):
+    rows = [{"id": "a1", "text": "alpha"}, {"id": "a1", "text": "beta"}]
+    src = write_jsonl(tmp_path / "ids.jsonl", rows)
+    project = Project.at(tmp_path / "p")
+    result = ingest([src], project, IngestOptions(id_col=None))
+    records = read_records(project)
+    assert result.kept == 2 and [r["id"] for r in records] == [text_id("alpha"), text_id("beta")]
+    assert [json.loads(r["metadata"]) for r in records] == [{"id": "a1"}, {"id": "a1"}]
+
+
+def test_another_id_column_is_required_where_the_default_is_optional(tmp_path):
+    (tmp_path / "a.csv").write_text("id,uid,text\n1,u1,alpha\n2,u2,beta\n")
+    project = Project.at(tmp_path / "p")
+    ingest([tmp_path / "a.csv"], project, IngestOptions(id_col="uid"))
+    records = read_records(project)
+    assert [r["id"] for r in records] == ["u1", "u2"]
+    assert json.loads(records[0]["metadata"]) == {"id": "1"}
+    (tmp_path / "b.csv").write_text("text\nalpha\n")
+    for opts in (IngestOptions(id_col="uid"), IngestOptions(id_col="id", id_required=True)):
+        with pytest.raises(InputError, match=r"b\.csv: no id column .*--no-id-col"):
+            ingest([tmp_path / "b.csv"], Project.at(tmp_path / "q"), opts)
+
+
+def test_jsonl_has_an_id_column_when_its_first_object_has_the_key(tmp_path):
+    first_without = [b"not json\n", {"text": "a"}, {"id": "x", "text": "b"}]
+    src = write_jsonl(tmp_path / "f.jsonl", first_without)
+    project = Project.at(tmp_path / "p")
+    ingest([src], project, IngestOptions())
+    records = read_records(project)
+    assert [r["id"] for r in records] == [text_id("a"), text_id("b")]
+    assert json.loads(records[1]["metadata"]) == {"id": "x"}
+
+    first_with = [{"id": "x", "text": "a"}, {"text": "b"}]
+    src = write_jsonl(tmp_path / "g.jsonl", first_with)
+    result = ingest([src], Project.at(tmp_path / "q"), IngestOptions())
+    assert result.kept == 1 and result.by_reason == {"missing_id": 1}
+
+
+def test_ingest_command_id_flags_and_config(tmp_path):
+    from click.testing import CliRunner
+
+    from thresher.cli import main
+
+    rows = [{"id": "a1", "uid": "u1", "text": "alpha"}, {"id": "a2", "uid": "u2", "text": "beta"}]
+    src = str(write_jsonl(tmp_path / "ids.jsonl", rows))
+    proj = tmp_path / "p"
+    runner = CliRunner()
+
+    def ids(*flags: str) -> list[str]:
+        res = runner.invoke(main, ["curate", "ingest", src, "-p", str(proj), "--force", *flags])
+        assert res.exit_code == 0, res.output
+        return [r["id"] for r in read_records(Project.at(proj))]
+
+    out = runner.invoke(main, ["curate", "ingest", src, "-p", str(proj)]).output
+    assert "ids: from column 'id'" in out
+    assert ids() == ["a1", "a2"]
+    assert ids("--id-col", "uid") == ["u1", "u2"]
+    assert ids("--no-id-col") == [text_id("alpha"), text_id("beta")]
+    both = runner.invoke(
+        main, ["curate", "ingest", src, "-p", str(proj), "--id-col", "x", "--no-id-col"]
+    )
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+    (proj / "thresher.yaml").write_text("columns:\n  id: null\n")
+    assert ids() == [text_id("alpha"), text_id("beta")]
+    (proj / "thresher.yaml").write_text("columns:\n  id: uid\n")
+    assert ids() == ["u1", "u2"]
+    (tmp_path / "plain.csv").write_text("text\ngamma\n")
+    res = runner.invoke(main, ["curate", "ingest", str(tmp_path / "plain.csv"), "-p", str(proj)])
+    assert res.exit_code == 1 and "no id column 'uid'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_text_hash_ids_are_stable_and_unique(tmp_path):
