@@ -165,7 +165,9 @@ def users_add_command(
     from review.server import connection
     from review.users import add_user
     from thresher.config import load_config
+    from thresher.names import validate_name
 
+    validate_name(name, "user")  # before asking the server: the name is refused either way
     config = load_config(project_dir).with_overrides({"review.workspace": workspace})
     info = add_user(connection(), name, role=role, workspace=config.get("review.workspace"))
     verb = "created" if info.created else "exists:"

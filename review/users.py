@@ -59,8 +59,11 @@ def add_user(
     """Create ``username`` (or find it) and add it to ``workspace``; credentials in a 0600 file."""
     if role not in ROLES:
         raise UserError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    from thresher.names import contained, validate_name
+
+    validate_name(username, "user")  # it names the credentials file
     paths = paths or ServerPaths.default()
-    cred_file = paths.users_dir / f"{username}.json"
+    cred_file = contained(paths.users_dir, f"{username}.json", "user")
     with open_client(conn) as client:
         ws_id = ensure_workspace(client, workspace)
         users = {u["username"]: u for u in client.get("/api/v1/users", "list users")["items"]}
@@ -106,6 +109,9 @@ def add_user(
 
 
 def read_credentials(username: str, paths: ServerPaths | None = None) -> dict:
+    from thresher.names import validate_name
+
+    validate_name(username, "user")
     path = (paths or ServerPaths.default()).users_dir / f"{username}.json"
     if not Path(path).exists():
         raise UserError(f"{path} not found; create the user with `thresher review users add`")

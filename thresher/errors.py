@@ -19,3 +19,7 @@ class StageMissingError(ThresherError):
 
 class MissingDependencyError(ThresherError):
     """An optional dependency is not installed; the message carries the install hint."""
+
+
+class InvalidNameError(ThresherError):
+    """A name that becomes a file or folder (run, user, crossfit) breaks the naming rule."""

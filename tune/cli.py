@@ -19,19 +19,12 @@ def tune() -> None:
     """Train LoRA models on the curated set, evaluate them against baselines, predict, export."""
 
 
-def _run_dir(project_dir: str, run: str | None):
+def _run_dir(project_dir: str, run: str | None, what: str = "--run"):
     from pathlib import Path
 
-    from thresher.errors import ThresherError
-    from tune.evaluate import latest_run
+    from tune.evaluate import find_run
 
-    tune_dir = Path(project_dir) / "tune"
-    if run is None:
-        return latest_run(tune_dir)
-    path = Path(run) if Path(run).exists() else tune_dir / run
-    if not (path / "config.json").exists():
-        raise ThresherError(f"no finished run {run!r} under {tune_dir}; see `ls {tune_dir}`")
-    return path
+    return find_run(Path(project_dir) / "tune", run, what)
 
 
 @tune.command("train")
@@ -171,7 +164,7 @@ def train_command(
     if base is not None:
         kind = "models.sft" if config.get("tune.task") == "sft" else "models.classifier"
         config = config.with_overrides({kind: base})
-    init = str(_run_dir(project_dir, init_adapter)) if init_adapter else None
+    init = str(_run_dir(project_dir, init_adapter, "--init-adapter")) if init_adapter else None
     opts = options_from_config(config, run=run, init_adapter=init)
     with progress_bar(desc="tune train", unit="steps") as bar:
 
@@ -317,7 +310,9 @@ def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, a
     from tune.evaluate import evaluate_run
 
     run_dir = _run_dir(project_dir, run)
-    against_arg = against if against == "baseline" else str(_run_dir(project_dir, against))
+    against_arg = (
+        against if against == "baseline" else str(_run_dir(project_dir, against, "--against"))
+    )
     result = evaluate_run(run_dir, against=against_arg, n_boot=n_boot)
     cmp = result["comparison"]
     if "loss" in result:  # instruction/response pairs

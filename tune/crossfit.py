@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from thresher.errors import ThresherError
+from thresher.names import contained, validate_name
 from thresher.project import Project, fingerprint, stage_output, upstream_input
 from tune.data import TuneData, held_out_ids
 from tune.options import TuneOptions
@@ -111,8 +112,6 @@ def assign_folds(labels, folds: int, seed: int):
 
 
 def _check(pool, opts: CrossfitOptions) -> None:
-    if not opts.name or opts.name.startswith(".") or "/" in opts.name or "\\" in opts.name:
-        raise ThresherError(f"--name {opts.name!r}: use a plain folder name such as crossfit")
     counts = pool["label"].value_counts()
     if opts.folds < 2:
         raise ThresherError(f"--folds must be 2 or more, got {opts.folds}")
@@ -172,6 +171,7 @@ def crossfit(
 
     recipe = recipe or TuneOptions()
     opts = opts or CrossfitOptions()
+    validate_name(opts.name, "--name")  # DIR/tune/<name>/ and .folds/<name>/ are replaced
     if recipe.task != "classify" or recipe.data.response_column:
         raise ThresherError("tune crossfit scores labels: it needs --task classify")
     t0 = time.perf_counter()
@@ -191,7 +191,7 @@ def crossfit(
         summary = json.loads((tune_dir / opts.name / "crossfit.json").read_text())["summary"]
         return CrossfitResult(**{**summary, "noop": True})
 
-    folds_dir = tune_dir / FOLDS_DIR / opts.name
+    folds_dir = contained(tune_dir / FOLDS_DIR, opts.name, "--name")
     probs = np.zeros((len(pool), len(labels)))
     other_probs = np.zeros((len(others), len(labels)))
     fold_runs = []

@@ -208,6 +208,32 @@ def latest_run(tune_dir: Path) -> Path:
     return max(runs, key=lambda p: (p / "metrics.json").stat().st_mtime)
 
 
+def find_run(tune_dir: Path, run: str | None, what: str = "--run") -> Path:
+    """A finished run (one with a config.json): the latest when ``run`` is None, ``tune_dir/run``
+    when ``run`` is a valid name (``thresher.names``), else ``run`` as a folder path.
+
+    A name never reaches outside ``tune_dir``; a folder is used only when it is a finished run,
+    so ``--run ../ingest`` is refused instead of read (or written: eval adds eval.json)."""
+    from thresher.names import NAME_RULE, is_valid_name
+
+    tune_dir = Path(tune_dir)
+    if run is None:
+        return latest_run(tune_dir)
+    if not run or "\x00" in run:
+        raise ThresherError(f"{what} {run!r} is neither a run name nor a folder; {NAME_RULE}")
+    if is_valid_name(run):
+        path = tune_dir / run
+        if not (path / "config.json").is_file():
+            raise ThresherError(f"no finished run {run!r} under {tune_dir}; see `ls {tune_dir}`")
+        return path
+    path = Path(run)
+    if not (path / "config.json").is_file():
+        raise ThresherError(
+            f"{what} {run!r} is neither a run name ({NAME_RULE}) nor a finished run's folder"
+        )
+    return path
+
+
 def _test_predictions(run_dir: Path):
     import numpy as np
     import pandas as pd

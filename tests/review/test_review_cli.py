@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from thresher.cli import main
@@ -33,3 +34,35 @@ def test_review_config_section_has_the_defaults():
 
     assert DEFAULTS["review"]["min_submitted"] == 2
     assert DEFAULTS["review"]["workspace"] == "thresher"
+
+
+def test_users_add_refuses_names_that_leave_the_users_folder(tmp_path, monkeypatch):
+    """`users add ../owner` used to overwrite the owner's credentials with the new user's."""
+    from review.server import Connection, ServerPaths
+    from review.users import add_user, read_credentials
+    from tests.core.test_names import HOSTILE
+    from thresher.errors import InvalidNameError
+
+    home = tmp_path / "home"
+    paths = ServerPaths(home)
+    paths.users_dir.mkdir(parents=True)
+    owner = paths.owner_file
+    owner.write_text('{"username": "owner", "api_key": "keep"}')
+    victim = tmp_path / "abs" / "folder.json"
+    victim.parent.mkdir()
+    victim.write_text("keep")
+    monkeypatch.setenv("THRESHER_HOME", str(home))
+    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # never reached
+    monkeypatch.setenv("ARGILLA_API_KEY", "k")
+    runner = CliRunner()
+    for name in [*HOSTILE, str(tmp_path / "abs" / "folder")]:
+        out = runner.invoke(main, ["review", "users", "add", name, "-p", str(tmp_path / "p")])
+        assert out.exit_code == 1, (name, out.output)
+        assert len(out.output.strip().splitlines()) == 1 and "is not a valid name" in out.output
+        conn = Connection("http://127.0.0.1:9", "k", external=True)
+        with pytest.raises(InvalidNameError):  # the library refuses it too, before any request
+            add_user(conn, name, paths=paths)
+        with pytest.raises(InvalidNameError):
+            read_credentials(name, paths)
+    assert owner.read_text() == '{"username": "owner", "api_key": "keep"}'
+    assert victim.read_text() == "keep" and list(paths.users_dir.iterdir()) == []

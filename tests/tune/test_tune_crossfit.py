@@ -64,7 +64,7 @@ def test_too_few_records_per_label_is_one_line(tmp_path):
     root = make_project(tmp_path / "p", rows)
     with pytest.raises(ThresherError, match=r"label 'neg' has 5 trainable records.*--folds 3"):
         crossfit(Project.at(root), TuneOptions(), CrossfitOptions(folds=3))
-    with pytest.raises(ThresherError, match="plain folder name"):
+    with pytest.raises(ThresherError, match="--name '../out' is not a valid name"):
         crossfit(Project.at(root), TuneOptions(), CrossfitOptions(folds=2, name="../out"))
     one = make_project(tmp_path / "q", [r for r in rows if r["label"] == "pos"])
     with pytest.raises(ThresherError, match="two or more labels"):
@@ -157,3 +157,26 @@ def test_crossfit_scores_out_of_fold_resumes_and_feeds_the_score_stage(tmp_path,
     assert len(flagged & flipped) / len(flipped) >= 0.5
     summary = json.loads((root / "score" / "manifest.json").read_text())
     assert summary["config"]["probs_from"] == "crossfit"
+
+
+def test_crossfit_names_leaving_the_tune_folder_are_refused_untouched(tmp_path):
+    """`--name ../ingest` would have replaced the project's ingest stage with the cross-fit."""
+    from click.testing import CliRunner
+
+    from tests.core.test_names import HOSTILE
+    from thresher.cli import main
+
+    root = make_project(tmp_path / "p", synthetic_rows(40, seed=0))
+    victim = tmp_path / "abs" / "folder"
+    victim.mkdir(parents=True)
+    (victim / "precious.txt").write_text("keep")
+
+    def tree():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = tree()
+    for name in [*HOSTILE, "../ingest", str(victim)]:
+        out = CliRunner().invoke(main, ["tune", "crossfit", "-p", str(root), "--name", name])
+        assert out.exit_code == 1 and len(out.output.strip().splitlines()) == 1, (name, out.output)
+        assert "--name" in out.output and "is not a valid name" in out.output
+    assert tree() == before
