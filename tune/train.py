@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.errors import ConfigError, ThresherError
+from thresher.names import contained, validate_name
 from thresher.project import Project, file_sha256, fingerprint, stage_output
 from tune.data import TuneData, build_dataset
 from tune.distributed import (
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 
 WORK = ".work"
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2  # 2: tensors + JSON text, read with weights_only=True
 LOSS_READ_EVERY = 10  # optimizer steps between reads of the loss (each read waits for the GPU)
 
 
@@ -178,6 +180,8 @@ def train(
 
     project = project if isinstance(project, Project) else Project.at(project)
     opts = options or TuneOptions()
+    if opts.run is not None:  # it names DIR/tune/<run>/, which a rerun replaces
+        validate_name(opts.run, "--run")
     tune_dir = Path(runs_dir) if runs_dir is not None else project.root / "tune"
     d = init_distributed(opts.strategy)
     if d.world > 1 and opts.run is None:  # every rank must agree on the run name
@@ -451,13 +455,14 @@ def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, Tu
             run = unfinished[-1].parent.name
         else:
             run = opts.run
-        saved = root / run / "options.json"
+        work = contained(root, validate_name(run, "--run"), "--run")
+        saved = work / "options.json"
         if saved.exists():
             opts = TuneOptions.from_dict(json.loads(saved.read_text()))
-        return root / run, replace(opts, run=run)
+        return work, replace(opts, run=run)
     run = opts.run or time.strftime("run-%Y%m%d-%H%M%S")
     opts = replace(opts, run=run)
-    work = root / run
+    work = contained(root, validate_name(run, "--run"), "--run")  # removed and rewritten below
     if int(os.environ.get("RANK", "0")) == 0:  # one writer under DDP
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
@@ -675,22 +680,27 @@ def _checkpoint_path(work: Path, d: Dist) -> Path:
 
 
 def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best, d: Dist) -> None:
+    """Tensors and plain containers only, so ``read_checkpoint`` loads it with
+    ``weights_only=True``; the step counters and the Python/numpy RNG states go as JSON text."""
     import numpy as np
     import torch
 
+    numpy_rng = np.random.get_state()
+    meta = {
+        "state": state.__dict__,
+        "rng_python": random.getstate(),
+        "rng_numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
+    }
     blob = {
+        "format": CHECKPOINT_FORMAT,
         "weights": trainable_state(model, full=not d.fsdp),
         "optim": optimizer_state(optim),
         "sched": sched.state_dict(),
         "scaler": scaler.state_dict(),
-        "state": state.__dict__,
         "best": best,
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
+        "meta": json.dumps(meta, default=float),
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -698,22 +708,46 @@ def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best
     os.replace(tmp, path)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by ``_save_checkpoint``, loaded with ``weights_only=True``: a file
+    that would need code to load (any other pickle) is refused with a one-line error, never run.
+    ``meta`` comes back decoded (``state``, ``rng_python``, ``rng_numpy``)."""
+    import pickle
+
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ThresherError(
+            f"{path} is not a checkpoint thresher can load safely (only tensors and plain data "
+            f"are read, never code); remove {path.parent} and train without --resume"
+        ) from err
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ThresherError(
+            f"{path} was written by another thresher version; remove {path.parent} and train "
+            "without --resume"
+        )
+    return {**blob, "meta": json.loads(blob["meta"])}
+
+
 def _load_checkpoint(path: Path, model, optim, sched, scaler, d: Dist):
     import numpy as np
     import torch
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = read_checkpoint(path)
     load_trainable(model, blob["weights"], full=not d.fsdp)
     load_optimizer_state(optim, blob["optim"])
     sched.load_state_dict(blob["sched"])
     scaler.load_state_dict(blob["scaler"])
-    rng = blob["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return State(**blob["state"]), blob["best"]
+    meta = blob["meta"]
+    version, internal, gauss = meta["rng_python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(meta["rng_numpy"]))
+    torch.set_rng_state(blob["rng_torch"])
+    if blob["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng_cuda"])
+    return State(**meta["state"]), blob["best"]
 
 
 # ---- outputs ----------------------------------------------------------------------------------

@@ -7,10 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from tune import TuneOptions, train
-from tune.train import Interrupted
+from tune.train import Interrupted, read_checkpoint
 
 project, base = sys.argv[1], sys.argv[2]
 common = dict(
@@ -31,6 +29,6 @@ except Interrupted:
     pass
 rank = os.environ["RANK"]
 shard = Path(project, "tune", ".work", "cut", f"checkpoint-rank{rank}-of-2.pt")
-blob = torch.load(shard, weights_only=False)
-assert blob["state"]["step"] == 3, blob["state"]["step"]  # resumption starts from this shard
+step = read_checkpoint(shard)["meta"]["state"]["step"]  # read with weights_only=True
+assert step == 3, step  # resumption starts from this shard
 train(project, TuneOptions(run="cut"), resume=True)

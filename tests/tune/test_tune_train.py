@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from thresher.cli import main
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, ThresherError
 from tune import TuneOptions, evaluate_run, export_run, predict_proba, train
 from tune.train import Interrupted, length_grouped_batches
 
@@ -411,3 +411,66 @@ def test_options_saved_before_the_step_floor_keep_their_run_length():
     assert TuneOptions.from_dict(saved).min_steps == 150
     del saved["min_steps"]  # a run saved by an earlier version
     assert TuneOptions.from_dict(saved).min_steps == 0
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_run_names_leaving_the_tune_folder_are_refused_untouched(project, tmp_path):
+    """`--run /some/folder` used to delete that folder, and `--run ../ingest` to replace the
+    project's ingest stage; every hostile name is now one line, exit 1, before any write."""
+    from tests.core.test_names import HOSTILE
+
+    victim = tmp_path / "abs" / "folder"
+    victim.mkdir(parents=True)
+    (victim / "precious.txt").write_text("keep")
+    (project / "tune" / "keep").mkdir(parents=True)
+    (project / "tune" / "keep" / "config.json").write_text("{}")
+    before, outside = _tree(project), _tree(victim)
+    runner = CliRunner()
+    for name in [*HOSTILE, "../ingest", "../../proj", str(victim)]:
+        for extra in ([], ["--resume"]):
+            out = runner.invoke(main, ["tune", "train", "-p", str(project), "--run", name, *extra])
+            assert out.exit_code == 1, (name, out.output)
+            assert len(out.output.strip().splitlines()) == 1 and "--run" in out.output, name
+        with pytest.raises(ThresherError, match="is not a valid name"):
+            train(project, TuneOptions(run=name))  # the library boundary
+        for command in (["eval"], ["predict"], ["export", str(tmp_path / "out")]):
+            out = runner.invoke(main, ["tune", *command, "-p", str(project), "--run", name])
+            assert out.exit_code == 1, (command, name, out.output)
+            assert len(out.output.strip().splitlines()) == 1, (command, name, out.output)
+    assert _tree(project) == before and _tree(victim) == outside
+    assert not (tmp_path / "out").exists()
+
+
+class _Plant:
+    """Unpickling this creates ``marker``: the side effect of a planted checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_checkpoint_is_refused_and_never_run(project, tiny_bert, tmp_path):
+    """Resuming reads checkpoints with weights_only=True: a checkpoint that needs code to load
+    (here one that creates a file) is a one-line error and its code does not run."""
+    import torch
+
+    marker = tmp_path / "pwned"
+    work = project / "tune" / ".work" / "evil"
+    work.mkdir(parents=True)
+    opts = TuneOptions(run="evil", base=tiny_bert, max_steps=2, **FAST)
+    (work / "options.json").write_text(json.dumps(opts.to_dict()))
+    torch.save({"weights": {}, "rng": _Plant(str(marker))}, work / "checkpoint.pt")
+    torch.load(work / "checkpoint.pt", weights_only=False)  # the plant is live ...
+    assert marker.exists()
+    marker.unlink()
+    args = ["tune", "train", "-p", str(project), "--run", "evil", "--resume"]
+    out = CliRunner().invoke(main, args)
+    last = out.output.strip().splitlines()[-1]  # (above it: the model loader's progress bar)
+    assert out.exit_code == 1 and last.startswith("Error: "), out.output
+    assert "not a checkpoint thresher can load safely" in last and last.endswith("--resume")
+    assert not marker.exists()  # ... and resuming did not run it
