@@ -7,12 +7,16 @@
 
 Any object with ``classes``, ``fit(texts, labels)`` and ``predict_proba(texts)`` plugs in (the
 LoRA classifier from ``tune`` is one); ``embed(texts)`` is optional and feeds the diversity step.
+To run in ``thresher round`` steps it also needs ``save(folder)`` and a classmethod
+``load(folder)`` (plain files, no pickle: a project folder may come from someone else) and a
+kind registered with ``loop.steps.register_learner``; the learners here save JSON + ``.npz``.
 ``predict_proba`` columns always follow ``classes`` (the full label set given up front), so a
 round whose labelled set lacks a class still yields an (n, k) matrix (zeros for that class).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +29,8 @@ from loop.errors import LearnerError
 log = logging.getLogger(__name__)
 
 LEARNERS = ("fast", "tfidf")
+HEAD = "head.npz"
+META = "learner_state.json"
 
 
 @runtime_checkable
@@ -85,6 +91,49 @@ class _LogRegHead:
         out[:, self.model.classes_] = self.model.predict_proba(x)
         return out
 
+    def save(self, folder: Path) -> dict:
+        """The fitted weights to ``folder/head.npz``; returns the settings for the JSON meta."""
+        arrays = {}
+        if self.model is not None:
+            arrays = {
+                "coef": self.model.coef_,
+                "intercept": self.model.intercept_,
+                "classes": self.model.classes_,
+            }
+        np.savez(Path(folder) / HEAD, **arrays)
+        return {"n_classes": self.n_classes, "c": self.c, "seed": self.seed, "only": self.only}
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict) -> _LogRegHead:
+        """Inverse of ``save``: plain arrays (``allow_pickle=False``) into a LogisticRegression."""
+        head = cls(int(meta["n_classes"]), float(meta["c"]), int(meta["seed"]))
+        head.only = None if meta["only"] is None else int(meta["only"])
+        with np.load(Path(folder) / HEAD, allow_pickle=False) as arrays:
+            if "coef" in arrays:
+                from sklearn.linear_model import LogisticRegression
+
+                model = LogisticRegression(C=head.c, max_iter=2000, random_state=head.seed)
+                model.coef_ = arrays["coef"]
+                model.intercept_ = arrays["intercept"]
+                model.classes_ = arrays["classes"]
+                model.n_features_in_ = model.coef_.shape[1]
+                head.model = model
+        return head
+
+
+def _read_meta(folder: Path, kind: str) -> dict:
+    path = Path(folder) / META
+    if not path.is_file():
+        raise LearnerError(f"{path} not found; rerun the round's train step")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("kind") != kind:
+        raise LearnerError(f"{path} holds a {meta.get('kind')!r} learner, not {kind!r}")
+    return meta
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
 
 class EmbeddingLogReg:
     """Sentence embeddings + logistic regression (the "fast" learner).
@@ -107,10 +156,6 @@ class EmbeddingLogReg:
         self._head = _LogRegHead(len(self.classes), c, seed)
         self._memo: dict[str, np.ndarray] = {}
 
-    def __getstate__(self) -> dict:
-        # the in-memory embedding memo is a cache, not model state: keep pickles small
-        return {**self.__dict__, "_memo": {}}
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalized float32 embeddings (n, dim)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
@@ -130,6 +175,31 @@ class EmbeddingLogReg:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return self._head.predict_proba(self.embed(texts))
+
+    def save(self, folder: Path) -> None:
+        """The head's weights and the settings, as ``.npz`` + JSON (the memo is not saved)."""
+        head = self._head.save(folder)
+        _write_meta(
+            folder,
+            {
+                "kind": "fast",
+                "classes": list(self.classes),
+                "model": self.model_name,
+                "cached": self.cache_dir is not None,
+                "head": head,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path, cache_dir: Path | None = None) -> EmbeddingLogReg:
+        """Inverse of ``save``; ``cache_dir``: the embedding cache to use when the saved learner
+        had one (the project's, given by the caller: a saved file never names a folder)."""
+        meta = _read_meta(folder, "fast")
+        learner = cls(
+            meta["classes"], model=meta["model"], cache_dir=cache_dir if meta["cached"] else None
+        )
+        learner._head = _LogRegHead.load(folder, meta["head"])
+        return learner
 
 
 class TfidfLogReg:
@@ -155,10 +225,12 @@ class TfidfLogReg:
             self._frozen = True
 
     @staticmethod
-    def _new_vectorizer():
+    def _new_vectorizer(vocabulary: dict[str, int] | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+        return TfidfVectorizer(
+            ngram_range=(1, 2), min_df=1, sublinear_tf=True, vocabulary=vocabulary
+        )
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> TfidfLogReg:
         y = _check_fit(self.classes, texts, labels)
@@ -177,6 +249,40 @@ class TfidfLogReg:
         if self._vectorizer is None:
             raise LearnerError("the learner has no vocabulary yet; call fit first")
         return self._vectorizer.transform(list(texts)).toarray().astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        """Vocabulary (JSON, in column order), idf weights and the head (``.npz``)."""
+        head = self._head.save(folder)
+        vocabulary = idf = None
+        if self._vectorizer is not None:
+            terms = self._vectorizer.vocabulary_
+            vocabulary = sorted(terms, key=terms.__getitem__)
+            idf = self._vectorizer.idf_
+        np.savez(Path(folder) / "tfidf.npz", **({"idf": idf} if idf is not None else {}))
+        _write_meta(
+            folder,
+            {
+                "kind": "tfidf",
+                "classes": list(self.classes),
+                "frozen": self._frozen,
+                "vocabulary": vocabulary,
+                "head": head,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> TfidfLogReg:
+        """Inverse of ``save``: the same features and probabilities, no pickle."""
+        meta = _read_meta(folder, "tfidf")
+        learner = cls(meta["classes"])
+        learner._head = _LogRegHead.load(folder, meta["head"])
+        learner._frozen = bool(meta["frozen"])
+        if meta["vocabulary"] is not None:
+            vectorizer = cls._new_vectorizer({t: i for i, t in enumerate(meta["vocabulary"])})
+            with np.load(Path(folder) / "tfidf.npz", allow_pickle=False) as arrays:
+                vectorizer.idf_ = arrays["idf"]
+            learner._vectorizer = vectorizer
+        return learner
 
 
 def make_learner(

@@ -5,7 +5,8 @@ through files in ``DIR/rounds/<k>/<step>/`` (the contract review and tune steps 
 
 - pull     → ``annotations.parquet``: id, label — every human label known so far
 - rebuild  → ``labeled.parquet``: id, text, label, split (train|test); ``pool.parquet``: id, text
-- train    → the model (``learner.pkl``, or a learner's own ``save(dir)`` files)
+- train    → the model: the learner's own ``save(dir)`` files (JSON, ``.npz``, safetensors;
+             never a pickle) and ``learner.json`` naming its registered kind
 - eval     → outputs ``{macro_f1, accuracy, n_test}`` on the fixed test split
 - predict  → ``predictions.parquet``: id, split (pool|labeled), label, predicted_label,
              predicted_prob, probs (list, columns in ``classes`` order)
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,32 +114,70 @@ def rebuild_step(
     return rebuild
 
 
+_REGISTERED: dict[str, type] = {}
+_LEGACY_CLASSES = {"loop.lora:LoraLearner": "lora"}  # learner.json before kinds
+
+
+def register_learner(kind: str, cls: type) -> None:
+    """Let ``save_learner``/``load_learner`` handle ``cls`` (it needs ``save(folder)`` and a
+    classmethod ``load(folder)``) under ``kind``, the name ``learner.json`` records. Loading
+    looks the kind up here; no module or class named in a project file is ever imported."""
+    from thresher.names import validate_name
+
+    validate_name(kind, "learner kind")
+    if not (callable(getattr(cls, "save", None)) and callable(getattr(cls, "load", None))):
+        raise LearnerError(f"{cls.__qualname__} needs save(folder) and load(folder) methods")
+    _REGISTERED[kind] = cls
+
+
+def _learner_kinds() -> dict[str, type]:
+    from loop.learners import EmbeddingLogReg, TfidfLogReg
+    from loop.lora import LoraLearner
+
+    return {"fast": EmbeddingLogReg, "tfidf": TfidfLogReg, "lora": LoraLearner, **_REGISTERED}
+
+
 def save_learner(learner: Learner, folder: Path) -> None:
-    """``learner.save(folder)`` when it has one (tune's LoRA learner), else a pickle."""
-    if hasattr(learner, "save"):
-        learner.save(folder)
-        cls = type(learner)
-        (folder / "learner.json").write_text(
-            json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}"}), encoding="utf-8"
+    """``learner.save(folder)`` (plain files, no pickle) and ``learner.json`` naming its kind."""
+    kinds = _learner_kinds()
+    kind = next((k for k, cls in kinds.items() if type(learner) is cls), None)
+    if kind is None:
+        raise LearnerError(
+            f"{type(learner).__qualname__} cannot be saved for the next steps: give it "
+            "save(folder) and load(folder) and register it with loop.steps.register_learner"
         )
-    else:
-        with open(folder / "learner.pkl", "wb") as fh:
-            pickle.dump(learner, fh)
+    learner.save(folder)
+    (folder / "learner.json").write_text(json.dumps({"kind": kind}), encoding="utf-8")
 
 
-def load_learner(folder: Path) -> Learner:
-    """Inverse of ``save_learner`` (``Class.load(folder)`` or the pickle)."""
-    import importlib
+def load_learner(folder: Path, cache_dir: Path | None = None) -> Learner:
+    """Inverse of ``save_learner``: the registered class of the recorded kind loads its files.
 
+    ``cache_dir``: the project's embedding cache, for a learner saved with one. Pickles are
+    never read (a project folder may come from someone else), not even our own older ones."""
     meta = folder / "learner.json"
-    if meta.exists():
-        module, _, name = json.loads(meta.read_text(encoding="utf-8"))["class"].partition(":")
-        return getattr(importlib.import_module(module), name).load(folder)
-    path = folder / "learner.pkl"
-    if not path.exists():
+    if not meta.exists():
+        if (folder / "learner.pkl").exists():
+            raise LearnerError(
+                f"{folder / 'learner.pkl'} is a pickle, which thresher no longer loads (it can run "
+                "code); rerun the round's train step"
+            )
         raise LearnerError(f"no trained model in {folder}; rerun the round's train step")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)  # our own file, written by save_learner
+    saved = json.loads(meta.read_text(encoding="utf-8"))
+    kind = saved.get("kind") or _LEGACY_CLASSES.get(str(saved.get("class")))
+    kinds = _learner_kinds()
+    if kind not in kinds:
+        raise LearnerError(
+            f"{meta}: unknown learner kind {kind or saved.get('class')!r} "
+            f"(known: {', '.join(sorted(kinds))}); rerun the round's train step"
+        )
+    if kind == "fast":
+        return kinds[kind].load(folder, cache_dir=cache_dir)
+    return kinds[kind].load(folder)
+
+
+def _cache_dir(ctx: StepContext) -> Path:
+    return ctx.project.root / ".cache" / "embeddings"
 
 
 def train_step(factory: LearnerFactory) -> Step:
@@ -172,7 +210,7 @@ def eval_step() -> Step:
         test = labeled[labeled["split"] == "test"]
         if test.empty:
             return {"macro_f1": None, "accuracy": None, "n_test": 0}
-        learner = load_learner(ctx.step_dir("train"))
+        learner = load_learner(ctx.step_dir("train"), _cache_dir(ctx))
         index = {c: i for i, c in enumerate(learner.classes)}
         known = test["label"].astype(str).isin(index)
         test = test[known]
@@ -191,7 +229,7 @@ def predict_step() -> Step:
 
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         pool = _read(ctx.step_dir("rebuild") / "pool.parquet")
-        learner = load_learner(ctx.step_dir("train"))
+        learner = load_learner(ctx.step_dir("train"), _cache_dir(ctx))
         frames = []
         for split, part in (("pool", pool), ("labeled", labeled)):
             if part.empty:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,7 @@ from loop.learners import EmbeddingLogReg, Learner, make_learner
 
 
 @pytest.mark.slow
-def test_fast_learner_learns_caches_and_pickles_small(tmp_path, make_planted):
+def test_fast_learner_learns_caches_and_saves_without_pickle(tmp_path, make_planted):
     texts, labels = make_planted(90, signal=3)
     cache = tmp_path / ".cache" / "embeddings"
     learner = make_learner("fast", ["food", "sport", "tech"], cache_dir=cache)
@@ -25,6 +23,10 @@ def test_fast_learner_learns_caches_and_pickles_small(tmp_path, make_planted):
     emb = learner.embed(texts[:5])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
     assert list(cache.rglob("shard-*.npz"))  # embeddings went to the project cache
-    clone = pickle.loads(pickle.dumps(learner))
-    assert clone._memo == {}  # the memo is a cache, not state
+    saved = tmp_path / "train"
+    saved.mkdir()
+    learner.save(saved)
+    assert sorted(p.name for p in saved.iterdir()) == ["head.npz", "learner_state.json"]
+    clone = EmbeddingLogReg.load(saved, cache_dir=cache)
+    assert clone._memo == {} and clone.cache_dir == cache  # the memo is a cache, not state
     np.testing.assert_allclose(clone.predict_proba(texts[60:]), probs, atol=1e-6)

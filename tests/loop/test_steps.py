@@ -103,3 +103,118 @@ def test_test_split_is_stable_and_sized():
     mask = in_test_split(ids, 0.2)
     assert 0.17 < mask.mean() < 0.23
     assert (in_test_split(ids[::-1], 0.2) == mask[::-1]).all()
+
+
+@pytest.mark.parametrize("classes", [("food", "sport", "tech"), ("food", "sport")])
+def test_tfidf_learner_saves_plain_files_and_loads_the_same_model(tmp_path, planted, classes):
+    import numpy as np
+
+    from loop.learners import TfidfLogReg
+    from loop.steps import load_learner, save_learner
+
+    texts, labels = planted
+    rows = [(t, lab) for t, lab in zip(texts, labels, strict=True) if lab in classes]
+    learner = make_learner("tfidf", list(classes), pool_texts=[t for t, _ in rows])
+    learner.fit([t for t, _ in rows[:90]], [lab for _, lab in rows[:90]])
+    save_learner(learner, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "head.npz", "learner.json", "learner_state.json", "tfidf.npz"
+    ]  # fmt: skip
+    again = load_learner(tmp_path)
+    assert isinstance(again, TfidfLogReg) and again.classes == learner.classes
+    held = [t for t, _ in rows[90:]]
+    np.testing.assert_allclose(again.predict_proba(held), learner.predict_proba(held), atol=1e-12)
+    np.testing.assert_allclose(again.embed(held), learner.embed(held))
+
+
+def test_one_class_seed_round_trips(tmp_path):
+    from loop.steps import load_learner, save_learner
+
+    learner = make_learner("tfidf", ["a", "b"]).fit(["xx yy", "yy zz"], ["b", "b"])
+    save_learner(learner, tmp_path)
+    assert load_learner(tmp_path).predict_proba(["xx"]).tolist() == [[0.0, 1.0]]
+
+
+class _Plant:
+    """Unpickling this creates ``marker``: the side effect of a planted pickle."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_planted_in_a_round_folder_is_never_loaded(tmp_path):
+    import pickle
+
+    from loop.errors import LearnerError
+    from loop.steps import load_learner
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "rounds" / "1" / "train"
+    folder.mkdir(parents=True)
+    (folder / "learner.pkl").write_bytes(pickle.dumps(_Plant(str(marker))))
+    pickle.loads((folder / "learner.pkl").read_bytes()).close()  # the plant is live ...
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(LearnerError, match="learner.pkl is a pickle") as err:
+        load_learner(folder)  # ... and load_learner does not run it
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_a_class_named_in_learner_json_is_never_imported(tmp_path, monkeypatch):
+    import sys
+
+    from loop.errors import LearnerError
+    from loop.steps import load_learner
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "planted_learner_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "class Evil:\n    load = classmethod(lambda cls, folder: cls())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for meta in ({"class": "planted_learner_mod:Evil"}, {"kind": "planted_learner_mod:Evil"}):
+        (folder / "learner.json").write_text(__import__("json").dumps(meta))
+        with pytest.raises(LearnerError, match="unknown learner kind") as err:
+            load_learner(folder)
+        assert "\n" not in str(err.value)
+    assert not marker.exists() and "planted_learner_mod" not in sys.modules
+
+
+def test_a_learner_without_save_is_refused_and_a_registered_one_round_trips(tmp_path):
+    import numpy as np
+
+    from loop.errors import LearnerError
+    from loop.steps import _REGISTERED, load_learner, register_learner, save_learner
+
+    class Constant:
+        classes = ("a", "b")
+
+        def fit(self, texts, labels):
+            return self
+
+        def predict_proba(self, texts):
+            return np.tile([0.25, 0.75], (len(texts), 1))
+
+    with pytest.raises(LearnerError, match="register_learner"):
+        save_learner(Constant(), tmp_path)
+
+    class Saved(Constant):
+        def save(self, folder):
+            (folder / "constant.txt").write_text("ok")
+
+        @classmethod
+        def load(cls, folder):
+            assert (folder / "constant.txt").read_text() == "ok"
+            return cls()
+
+    register_learner("constant", Saved)
+    try:
+        save_learner(Saved(), tmp_path)
+        assert load_learner(tmp_path).predict_proba(["x"]).tolist() == [[0.25, 0.75]]
+    finally:
+        _REGISTERED.pop("constant")
