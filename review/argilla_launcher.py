@@ -19,12 +19,16 @@ It also builds two pydantic adapters once instead of per record (``_speedups``; 
 
 One extra command, ``prepare``, runs migrate, creates the owner if missing (credentials from the
 environment, never printed) and reindexes the search engine, in one process.
+
+``ARGILLA_REDIS_URL`` carries Redis's password; argilla_server names that URL when Redis does not
+answer at start, so ``start`` reports it with the password masked (``_quiet_redis_url``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import sys
@@ -34,6 +38,41 @@ ENGINE_NAME = "thresher-osmem"
 _PAGE = 1000
 _MAX_RETRIES = 50
 _SUGGESTION_DELETE = re.compile(r'ctx\._source\["suggestions"\]\.remove\("(?P<name>[^"]+)"\)')
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+
+
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
+
+
+class _MaskPasswords(logging.Filter):
+    """Masks URL passwords in a log record's message (backoff logs each failed Redis ping)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_url_passwords(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def _quiet_redis_url() -> None:
+    """Mask the Redis password in the error the server raises, and in the retries it logs, when
+    Redis does not answer at start."""
+    from argilla_server import _app
+
+    logging.getLogger("backoff").addFilter(_MaskPasswords())
+
+    ping = _app.configure_redis
+
+    def configure_redis() -> None:
+        try:
+            ping()
+        except ConnectionError as err:
+            raise ConnectionError(mask_url_passwords(str(err))) from None
+
+    _app.configure_redis = configure_redis
 
 
 def _register_engine() -> None:
@@ -238,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["prepare"]:
         _prepare()
         return
+    if args[:1] == ["start"]:
+        _quiet_redis_url()
     from argilla_server.cli import app
 
     sys.argv = ["argilla_server", *args]

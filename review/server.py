@@ -581,13 +581,18 @@ def server_up(
     search is rebuilt from it (reindex) before the server accepts requests."""
     options = options or ServerOptions()
     paths = paths or ServerPaths.default()
+    secure_home(paths)
     current = server_status(paths)
     if current.running:
+        if not paths.redis_conf.exists():
+            log.warning(
+                "the running server was started before Redis had a password; restart it "
+                "(`thresher review server down && thresher review server up`) to set one"
+            )
         return current
     server_down(paths)  # leftovers of a half-dead server (e.g. after a SIGKILL)
     python = ensure_server_venv(paths)
     redis = find_redis(paths)
-    secure_home(paths)
     creds, new_owner = _owner_credentials(paths)
     redis_pass = redis_password(paths)
     had_data = (paths.data / "argilla.db").exists()

@@ -272,3 +272,21 @@ def test_status_exits_zero_while_the_server_runs(argilla, monkeypatch):
     out = CliRunner().invoke(main, ["review", "server", "status", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["running"] is True
+
+
+def test_the_launcher_masks_the_redis_password_in_messages():
+    from review.argilla_launcher import _MaskPasswords, mask_url_passwords
+
+    message = "Your redis instance at redis://:0a1b2c@127.0.0.1:6379/0 is not available"
+    assert mask_url_passwords(message) == (
+        "Your redis instance at redis://:***@127.0.0.1:6379/0 is not available"
+    )
+    assert (
+        mask_url_passwords("http://127.0.0.1:9200 and a@b.c") == "http://127.0.0.1:9200 and a@b.c"
+    )
+    error = ConnectionError("Your redis instance at redis://:0a1b2c@127.0.0.1:6379/0 is down")
+    record = logging.LogRecord(
+        "backoff", logging.INFO, __file__, 1, "Backing off (%s)", (error,), None
+    )
+    assert _MaskPasswords().filter(record)
+    assert "0a1b2c" not in record.getMessage() and "redis://:***@127.0.0.1" in record.getMessage()
