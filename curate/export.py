@@ -31,12 +31,14 @@ from typing import Any
 
 from review.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
-from thresher.project import Project, atomic_output
+from thresher.project import MANIFEST, Project, atomic_output
 from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "jsonl", "hf")
+# what thresher itself writes under DIR: an export never replaces any of it, nor DIR itself
+PROJECT_OWNED = ("ingest", "dedup", "score", "review", "tune", "rounds", "simulate", ".cache")
 STAGES = ("score", "dedup", "ingest")
 COUNTS = (
     "rows_in",
@@ -131,6 +133,7 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
     if opts.format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
     out = Path(out)
+    _check_out(project, out)
     stage, path = project.latest_records(STAGES)
     if opts.drop_label_issues and stage != "score":
         log.warning("--drop-label-issues: no score stage in %s, nothing is flagged", project.root)
@@ -162,6 +165,25 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
         "exported %d of %d rows from %s to %s", counts["exported"], counts["rows_in"], stage, out
     )
     return ExportResult(stage=stage, format=opts.format, path=str(out), **counts)
+
+
+def _check_out(project: Project, out: Path) -> None:
+    """Refuse an output that is the project folder, holds it, or lies in a folder thresher
+    writes (a stage, tune runs, rounds, caches) or is its config: the export would replace it."""
+    from thresher.config import CONFIG_FILE
+
+    root, target = project.root.resolve(), out.resolve()
+    if root.is_relative_to(target):
+        raise InputError(
+            f"{out} is the project folder {project.root} or holds it; export to a new path"
+        )
+    if target.is_relative_to(root):
+        top = target.relative_to(root).parts[0]
+        if top in (*PROJECT_OWNED, CONFIG_FILE) or (root / top / MANIFEST).exists():
+            raise InputError(
+                f"{out} is inside the project's {top!r}, which thresher writes; export elsewhere, "
+                f"e.g. {project.root / 'exports' / out.name}"
+            )
 
 
 def _save_hf(table, out: Path) -> None:

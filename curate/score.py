@@ -131,9 +131,11 @@ def _external_probs(project: Project, source: str, ids, classes) -> np.ndarray:
     the scores to mean anything: predictions of a model that trained on a record are not."""
     import pandas as pd
 
+    from thresher.names import validate_name
+
     path = Path(source)
-    if not path.suffix:
-        path = project.root / "tune" / source / "predictions.parquet"
+    if not path.suffix:  # a run name: it never leaves DIR/tune
+        path = project.root / "tune" / validate_name(source, "--probs-from") / "predictions.parquet"
     if not path.exists():
         raise InputError(
             f"{path} not found; pass a predictions file (`thresher tune predict --out`) or a run"

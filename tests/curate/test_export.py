@@ -236,3 +236,28 @@ def test_a_review_of_a_duplicate_reaches_its_new_representative(project, tmp_pat
     assert (rows[rep["id"]]["label"], rows[rep["id"]]["label_source"]) == ("b", "reviewed")
     assert rows[rep["id"]]["original_label"] == "a"
     assert result.reviewed == 1 and result.relabelled == 1
+
+
+def test_export_never_replaces_the_project_or_what_thresher_wrote(project, tmp_path):
+    """An export onto the project folder (or its parent, with hf --force) would have removed the
+    project; one into a stage folder would have replaced that stage's records."""
+    root = project.root
+
+    def tree():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = tree()
+    targets = [root, tmp_path, root / "ingest", root / "ingest" / "records.parquet"]
+    targets += [root / "tune" / "x.parquet", root / "thresher.yaml", root / "ingest" / ".." / "."]
+    runner = CliRunner()
+    for out in targets:
+        for fmt in ("parquet", "hf"):
+            with pytest.raises(InputError, match="project") as err:
+                export(project, out, ExportOptions(format=fmt, force=True))
+            assert "\n" not in str(err.value)
+            args = ["curate", "export", "-p", str(root), str(out), "--format", fmt, "--force"]
+            res = runner.invoke(main, args)
+            assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert tree() == before
+    inside = export(project, root / "exports" / "curated.parquet", ExportOptions())
+    assert inside.exported == 4 and export(project, root / "curated.jsonl", ExportOptions())

@@ -11,7 +11,7 @@ from curate.ingest import IngestOptions, ingest
 from curate.score import ScoreOptions, score
 from tests.curate.score_synth import make_corpus
 from thresher.cli import main
-from thresher.errors import InputError, StageMissingError
+from thresher.errors import InputError, InvalidNameError, StageMissingError
 from thresher.project import Project
 
 FAST = ScoreOptions(embeddings=False, learners=("nb", "svm"), folds=4, repeats=1)
@@ -250,6 +250,9 @@ def test_probs_from_tune_run_hook(tmp_path):
     assert (out["label_issue"].to_numpy() == flipped).all()
     with pytest.raises(InputError, match="not found"):
         score(project, ScoreOptions(embeddings=False, probs_from="nope"), force=True)
+    for name in ("../ingest", "/abs/run", ".."):  # a run name stays under DIR/tune
+        with pytest.raises(InvalidNameError, match="--probs-from"):
+            score(project, ScoreOptions(embeddings=False, probs_from=name), force=True)
     # The shape `thresher tune predict --out` writes: p_<label> columns, in a file.
     predict_out = tmp_path / "preds.parquet"
     pd.DataFrame(
