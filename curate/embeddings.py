@@ -80,6 +80,7 @@ def load_encoder(model: str | None = "default", device: str | None = None, preci
     if key not in _MODELS:
         if ref.is_local:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            check_module_types(Path(ref.path))
         from sentence_transformers import SentenceTransformer
 
         log.info("loading encoder %s on %s in %s", ref.path, device, dtype)
@@ -87,6 +88,30 @@ def load_encoder(model: str | None = "default", device: str | None = None, preci
             ref.path, device=device, model_kwargs={"torch_dtype": getattr(torch, dtype)}
         )
     return _MODELS[key]
+
+
+def check_module_types(folder: Path) -> None:
+    """Refuse a local sentence-transformers folder whose ``modules.json`` names a class outside
+    ``sentence_transformers``: loading it would import (and run) that code. A model folder may
+    be named by someone else's project config; sentence-transformers before 6.0 imported such
+    classes from local folders without ``trust_remote_code``."""
+    import json
+
+    from thresher.errors import ConfigError
+
+    path = folder / "modules.json"
+    if not path.is_file():
+        return
+    try:
+        types = [str(m.get("type", "")) for m in json.loads(path.read_text(encoding="utf-8"))]
+    except (ValueError, AttributeError, TypeError) as err:
+        raise ConfigError(f"{path} is not a sentence-transformers module list: {err}") from err
+    foreign = [t for t in types if not t.startswith("sentence_transformers.")]
+    if foreign:
+        raise ConfigError(
+            f"{path} names code outside sentence_transformers ({foreign[0]!r}); thresher does "
+            "not run a model folder's own code: use a standard sentence-transformers model"
+        )
 
 
 def embedding_dim(encoder) -> int:
@@ -115,7 +140,7 @@ class EmbeddingCache:
         if not self.dir.exists():
             return
         for shard_path in sorted(self.dir.glob("shard-*.npz")):
-            with np.load(shard_path) as shard:
+            with np.load(shard_path, allow_pickle=False) as shard:
                 keys, vectors = shard["keys"], shard["vectors"]
             shard_no = len(self._shards)
             self._shards.append(vectors)

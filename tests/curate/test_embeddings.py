@@ -75,3 +75,24 @@ def test_cpu_has_bf16_reads_torch_then_cpuinfo(
         info.write_text(cpuinfo)
     monkeypatch.setattr(embeddings, "_CPUINFO", info)
     assert cpu_has_bf16() is expected
+
+
+def test_a_model_folder_naming_foreign_code_is_refused_and_not_imported(tmp_path, monkeypatch):
+    """A project config may name a local model folder; its modules.json can name any class, and
+    sentence-transformers < 6 imported it. thresher refuses it before loading anything."""
+    import json
+    import sys
+
+    from thresher.errors import ConfigError
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "planted_st_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "planted_st_mod.Evil"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConfigError, match="outside sentence_transformers") as err:
+        load_encoder(str(folder), "cpu", "float32")
+    assert "\n" not in str(err.value)
+    assert not marker.exists() and "planted_st_mod" not in sys.modules
