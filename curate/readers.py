@@ -227,26 +227,27 @@ class BoundedLines:
         self._limit = limit
         self._decode = decode
         self._first = True
+        self.want = min(_CHUNK, limit + 1)  # one read gets a whole line, except a long one
 
     def __iter__(self) -> BoundedLines:
         return self
 
     def __next__(self) -> Any:
-        line = self._next_line()
+        line = self._fh.readline(self.want)
+        if len(line) == self.want and not line.endswith(b"\n"):
+            line = self.finish(line)
+        elif not line:
+            raise StopIteration
         if self._first:
             self._first = False
             if line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
         return line.decode("utf-8", errors="surrogateescape") if self._decode else line
 
-    def _next_line(self) -> bytes | bytearray:
+    def finish(self, line: bytes) -> bytes | bytearray:
+        """The rest of a line whose first read (``want`` bytes) had no newline; raises
+        ``LineTooLong`` past the limit, after skipping to the line's end."""
         fh, limit = self._fh, self._limit
-        want = min(_CHUNK, limit + 1)
-        line = fh.readline(want)
-        if not line:
-            raise StopIteration
-        if line.endswith(b"\n") or len(line) < want:  # the common case: one read, whole line
-            return line
         buf = bytearray(line)  # grows in place: no second copy of a long line
         while not buf.endswith(b"\n") and len(buf) <= limit:
             part = fh.readline(min(_CHUNK, limit + 1 - len(buf)))
@@ -283,16 +284,18 @@ def _read_jsonl(source: Source, max_line_bytes: int) -> Iterator[RawRow]:
             yield from _read_json_array(fh, max_line_bytes)
             return
         lines = BoundedLines(fh, max_line_bytes)
+        readline, want = fh.readline, lines.want  # BoundedLines' fast path, inlined: hot loop
         lineno = 0
-        while True:
+        while line := readline(want):
             lineno += 1
-            try:
-                line = next(lines)
-            except StopIteration:
-                return
-            except LineTooLong as err:
-                yield RawRow(lineno, None, err.error, err.raw)
-                continue
+            if len(line) == want and not line.endswith(b"\n"):
+                try:
+                    line = lines.finish(line)
+                except LineTooLong as err:
+                    yield RawRow(lineno, None, err.error, err.raw)
+                    continue
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
             if line.strip():
                 yield _parse_json_line(lineno, line)
 
@@ -341,6 +344,10 @@ _TOO_DEEP = "malformed JSON: nested deeper than the JSON parser allows"
 _SKIP_TOP = re.compile(rb'(?:[^"\[\]{},]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 _SKIP_IN = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 _STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+# The common item, an object with no nested brackets, and the comma or "]" after it: one match.
+_FLAT_ITEM = re.compile(
+    rb'\s*+(\{(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+\})\s*+([,\]])', re.DOTALL
+)
 _OPEN = frozenset(b"[{")
 _QUOTE, _COMMA, _RBRACKET = ord('"'), ord(","), ord("]")
 
@@ -388,7 +395,16 @@ def _read_json_array(fh: BinaryIO, limit: int) -> Iterator[RawRow]:
         i, n = 0, len(data)
         segment = 0  # where the current item's bytes start in this chunk
         while i < n:
-            if escaped:
+            if not (depth or in_string or escaped or item.size) and (
+                flat := _FLAT_ITEM.match(data, i)
+            ):
+                index += 1
+                yield _parse_json_line(index, data[flat.start(1) : flat.end(1)])
+                i = segment = flat.end()
+                if flat.group(2) == b"]":
+                    yield from _after_array(fh, data[i:], index + 1)
+                    return
+            elif escaped:
                 escaped = False
                 i += 1
             elif in_string:
