@@ -5,17 +5,21 @@ Subcommand modules import only click at import time; heavy libraries load inside
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from thresher import __version__
 from thresher.cli_common import ThresherGroup, force_option
+from thresher.quiet import configure_output
 
 
 @click.group(cls=ThresherGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="thresher")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More logging (-v info and the libraries' own warnings and bars, -vv debug).",
+)
 def main(verbose: int) -> None:
     """thresher: curate text data, review it in Argilla, tune LoRA models, loop.
 
@@ -24,8 +28,7 @@ def main(verbose: int) -> None:
       thresher init demo-project
       thresher curate ingest --demo -p demo-project
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(verbose)
 
 
 @main.command("init")
