@@ -18,6 +18,7 @@ import json
 import logging
 import lzma
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -528,7 +529,9 @@ class _CsvLines:
 
 
 def _read_delimited(source: Source, max_line_bytes: int) -> Iterator[RawRow]:
-    csv.field_size_limit(max_line_bytes)  # a backstop: _CsvLines already bounds every row
+    # _CsvLines bounds every row, so the csv module's own field limit (a process-wide setting,
+    # 128 KiB by default) is lifted rather than lowered: other readers in the process keep working.
+    csv.field_size_limit(sys.maxsize)
     delimiter = "\t" if source.format == "tsv" else ","
     with _open_binary(source.path) as fh:
         lines = _CsvLines(fh, max_line_bytes)
