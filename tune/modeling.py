@@ -88,7 +88,8 @@ def load_base(
         kwargs["dtype"] = dtype
     if qlora:
         dtype = dtype or torch.float32
-        kwargs.update(_qlora_kwargs(dtype, device or torch.device("cpu")))
+        skip = CLASSIFY_HEAD_MODULES if task == "classify" else ()
+        kwargs.update(_qlora_kwargs(dtype, device or torch.device("cpu"), skip))
     try:
         if task == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -132,10 +133,18 @@ def keep_4bit_portable(model) -> int:
     return layers
 
 
-def _qlora_kwargs(dtype, device) -> dict[str, Any]:
+# Modules a classifier trains whole (the head, and the pooler BERT-style heads read), so QLoRA
+# leaves them in full precision: transformers' own guess misses a head with a bias (BERT's
+# ``classifier`` came out 4-bit) and never spares the pooler. Prefix patterns, as
+# ``llm_int8_skip_modules`` takes them (they replace transformers' guess).
+CLASSIFY_HEAD_MODULES = ("classifier", "score", "bert.pooler")
+
+
+def _qlora_kwargs(dtype, device, skip: Sequence[str] = ()) -> dict[str, Any]:
     """``from_pretrained`` arguments for a 4-bit NF4 base (double quantization) computing in
-    ``dtype`` on ``device``. bitsandbytes >= 0.48 has CPU kernels too: QLoRA is for GPUs that
-    lack the memory for the base, but the same path runs (slowly) on a CPU."""
+    ``dtype`` on ``device``; the ``skip`` modules stay unquantized (none: transformers' guess, the
+    output layer). bitsandbytes >= 0.48 has CPU kernels too: QLoRA is for GPUs that lack the
+    memory for the base, but the same path runs (slowly) on a CPU."""
     import importlib.metadata
 
     try:
@@ -159,6 +168,7 @@ def _qlora_kwargs(dtype, device) -> dict[str, Any]:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=list(skip) or None,
         ),
         "device_map": {"": str(device)},
         "dtype": dtype,

@@ -96,6 +96,31 @@ def test_4bit_layers_keep_the_portable_path_and_train_after_an_evaluation(
     assert all(g is not None and g.abs().sum() > 0 for g in first.values())
 
 
+def test_qlora_on_a_bert_base_keeps_its_head_and_pooler_trainable(tiny_bert):
+    """The default classify base is BERT-style: its head has a bias (transformers' own guess
+    then quantized it) and it reads a pooler that must train; both stay in full precision."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from thresher.assets import ModelRef
+    from tune.modeling import add_lora, load_base
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = load_base(ModelRef("bert", tiny_bert), "classify", ["a", "b"], tok, qlora=True)
+    assert len(_linear4bit_layers(model)) == 6  # q, k, v, attention out, intermediate, output
+    model = add_lora(model, "classify", r=4, alpha=8, dropout=0.0)
+    batch = tok(["a great film", "a dull plot"], return_tensors="pt", padding=True)
+    loss = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=torch.tensor([0, 1]),
+    ).loss
+    loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    for part in ("classifier.modules_to_save", "pooler.modules_to_save", "lora_B"):
+        assert any(part in n for n in trained), part
+
+
 @pytest.mark.slow
 def test_qlora_trains_on_a_4bit_base_and_every_reload_matches_it(
     bnb_cpu_branch, project, tiny_llama, tmp_path
