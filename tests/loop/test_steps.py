@@ -218,3 +218,28 @@ def test_a_learner_without_save_is_refused_and_a_registered_one_round_trips(tmp_
         assert load_learner(tmp_path).predict_proba(["x"]).tolist() == [[0.25, 0.75]]
     finally:
         _REGISTERED.pop("constant")
+
+
+def test_fast_learner_loads_with_the_callers_cache_never_a_saved_folder(tmp_path):
+    """The saved file records only whether a cache was used; the folder comes from the caller
+    (the round's project), so a project file cannot point the cache elsewhere."""
+    import json
+
+    import numpy as np
+
+    from loop.learners import EmbeddingLogReg
+    from loop.steps import load_learner, save_learner
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 8)), np.arange(30) % 3
+    for cache in (tmp_path / "theirs", None):
+        learner = EmbeddingLogReg(["a", "b", "c"], cache_dir=cache)
+        learner._head.fit(x, y)  # the head alone: no embedding model needed
+        folder = tmp_path / f"train-{cache is None}"
+        folder.mkdir()
+        save_learner(learner, folder)
+        assert str(tmp_path) not in (folder / "learner_state.json").read_text()
+        assert json.loads((folder / "learner.json").read_text()) == {"kind": "fast"}
+        again = load_learner(folder, tmp_path / "ours")
+        assert again.cache_dir == (tmp_path / "ours" if cache else None)
+        np.testing.assert_allclose(again._head.predict_proba(x), learner._head.predict_proba(x))
