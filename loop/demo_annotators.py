@@ -199,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from thresher.config import load_config
     from thresher.errors import ThresherError
     from thresher.project import Project
+    from thresher.quiet import configure_output
 
-    logging.basicConfig(level=logging.WARNING)
+    configure_output(0)  # the demo prints its own lines, like the thresher command
     try:
         project = Project.at(args.project)
         config = load_config(project.root)

@@ -474,3 +474,18 @@ def test_a_planted_pickle_checkpoint_is_refused_and_never_run(project, tiny_bert
     assert out.exit_code == 1 and last.startswith("Error: "), out.output
     assert "not a checkpoint thresher can load safely" in last and last.endswith("--resume")
     assert not marker.exists()  # ... and resuming did not run it
+
+
+@pytest.mark.parametrize("gpu_bf16", [True, False])
+def test_autocast_dtype_follows_the_gpus_bf16_support(monkeypatch, gpu_bf16):
+    import torch
+
+    from tune.train import _amp_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _amp_dtype("auto", cuda) == (torch.bfloat16 if gpu_bf16 else torch.float16)
+    assert _amp_dtype("auto", cpu) is None
+    assert _amp_dtype("fp32", cuda) is None
+    assert _amp_dtype("bf16", cuda) == torch.bfloat16
+    assert _amp_dtype("fp16", cuda) == torch.float16
