@@ -383,8 +383,12 @@ def choose_default(corpora: dict[str, dict], thresholds: list[float], rates: lis
     threshold)."""
     first = f"rate_{rates[0]:g}"
     best = None
+    mean_f1_by_threshold = {}
     for threshold in thresholds:
         key = f"{threshold:.2f}"
+        mean_f1_by_threshold[key] = round(
+            float(np.mean([c[first]["sweep"][key]["thresher"]["f1"] for c in corpora.values()])), 4
+        )
         precisions = [
             c[f"rate_{r:g}"]["sweep"][key]["thresher"]["precision_min_seed"]
             for c in corpora.values()
@@ -406,8 +410,13 @@ def choose_default(corpora: dict[str, dict], thresholds: list[float], rates: lis
         for rate in rates:
             sweep = c[f"rate_{rate:g}"]["sweep"]
             row = sweep[key]
+            # datasketch's own best threshold under the same precision floor
+            allowed = [
+                kv for kv in sweep.items() if kv[1]["datasketch_lsh"]["precision"] >= MIN_PRECISION
+            ]
             peer_key, peer = max(
-                sweep.items(), key=lambda kv: (kv[1]["datasketch_lsh"]["f1"], kv[0])
+                allowed or [("nan", {"datasketch_lsh": {}})],
+                key=lambda kv: (kv[1]["datasketch_lsh"].get("f1", 0.0), kv[0]),
             )
             per_corpus[name][f"rate_{rate:g}"] = {
                 "thresher": {k: row["thresher"][k] for k in ("precision", "recall", "f1")},
@@ -418,7 +427,12 @@ def choose_default(corpora: dict[str, dict], thresholds: list[float], rates: lis
                 ),
                 "datasketch_lsh_best": {"threshold": float(peer_key), **peer["datasketch_lsh"]},
             }
-    return {"threshold": float(key), "mean_f1": round(best[1], 4), "per_corpus": per_corpus}
+    return {
+        "threshold": float(key),
+        "mean_f1": round(best[1], 4),
+        "thresher_mean_f1_by_threshold": mean_f1_by_threshold,
+        "per_corpus": per_corpus,
+    }
 
 
 def main() -> None:

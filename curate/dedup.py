@@ -58,7 +58,7 @@ class DedupOptions:
     ``threshold``: Jaccard similarity of shingle sets (0..1; higher = fewer, closer duplicates).
     ``semantic_threshold``: cosine similarity (−1..1; higher = stricter)."""
 
-    threshold: float = 0.8
+    threshold: float = 0.45
     num_perm: int = 128
     shingle: str = "word"
     ngram: int = 3

@@ -41,7 +41,7 @@ class MinHashOptions:
     which two documents are near duplicates. ``shingle``: ``word`` or ``char``; ``ngram``: words
     (or bytes, ≤ 8) per shingle. ``bands``/``rows``: 0 = chosen from the threshold."""
 
-    threshold: float = 0.8
+    threshold: float = 0.45
     num_perm: int = 128
     shingle: str = "word"
     ngram: int = 3

@@ -59,7 +59,7 @@ ingest:
 # whitespace runs → one space; punctuation: true also turns punctuation/symbols into spaces.
 dedup:
   # Near duplicates: estimated Jaccard similarity of shingle sets at or above this (0..1).
-  threshold: 0.8
+  threshold: 0.45
   # Shingles: word | char (char = byte n-grams of the normalised text, ngram <= 8).
   shingle: word
   ngram: 3
