@@ -25,7 +25,8 @@ class Spec:
 
     ``kind``: int | float | bool | str | choice | list | any. ``low``/``high``: inclusive bounds
     of a number (``above``: ``low`` is exclusive). ``choices``: the allowed strings of a choice,
-    or of each list item. ``nullable``: null is allowed (always so when the default is null).
+    or of each list item. ``non_empty``: a list needs at least one item. ``nullable``: null is
+    allowed (always so when the default is null).
     ``aliases``: values mapped before the check (YAML reads a bare ``off`` as ``False``)."""
 
     kind: str
@@ -34,6 +35,7 @@ class Spec:
     above: bool = False
     choices: tuple[str, ...] = ()
     nullable: bool = False
+    non_empty: bool = False
     aliases: tuple[tuple[Any, str], ...] = ()
 
     def expected(self) -> str:
@@ -56,7 +58,8 @@ class Spec:
             text = "one of " + ", ".join(self.choices)
         elif self.kind == "list":
             items = "names from " + ", ".join(self.choices) if self.choices else "strings"
-            text = f"a list of {items} (a YAML list or one comma-separated string)"
+            text = f"a {'non-empty ' if self.non_empty else ''}list of {items}"
+            text += " (a YAML list or one comma-separated string)"
         else:
             text = "any value"
         return text + (" or null" if self.nullable else "")
@@ -104,7 +107,7 @@ KEYS: dict[str, Spec] = {
     "dedup.engine": _choice("local", "ray"),
     "score.folds": _int(2),
     "score.repeats": _COUNT,
-    "score.learners": Spec("list", choices=("emb", "svm", "nb", "lr")),
+    "score.learners": Spec("list", choices=("emb", "svm", "nb", "lr"), non_empty=True),
     "score.second_pass": Spec("bool"),
     "score.embeddings": Spec("bool"),
     "score.bias_lexicon": Spec("str", nullable=True),
@@ -126,7 +129,7 @@ KEYS: dict[str, Spec] = {
     "simulate.rounds": _COUNT,
     "simulate.size": _COUNT,
     "simulate.seed_size": _int(1, nullable=True),
-    "simulate.strategies": Spec("list"),
+    "simulate.strategies": Spec("list", non_empty=True),
     "simulate.seeds": _COUNT,
     "simulate.learner": _choice("fast", "tfidf"),
     "simulate.noise": _FRACTION,
@@ -256,7 +259,9 @@ def _annotation(spec: Spec) -> Any:
         base = Annotated[Literal[spec.choices], BeforeValidator(alias)]  # type: ignore[valid-type]
     elif spec.kind == "list":
         item: Any = Literal[spec.choices] if spec.choices else str  # type: ignore[valid-type]
-        base = Annotated[list[item], BeforeValidator(_split_commas)]
+        base = Annotated[
+            list[item], BeforeValidator(_split_commas), Field(min_length=int(spec.non_empty))
+        ]
     else:
         base = Any
     return base | None if spec.nullable and spec.kind != "any" else base

@@ -208,3 +208,12 @@ def test_cli_wrong_typed_config_exits_1_with_one_line(tmp_path):
     (project / "thresher.yaml").write_text("simulate:\n  noise: lots\n")
     line = _one_line_error(runner.invoke(main, ["simulate", "-p", str(project)]))
     assert "simulate.noise = 'lots'" in line and "a number between 0 and 1" in line
+
+
+def test_a_list_that_must_name_something_refuses_an_empty_value():
+    config = load_config(None, environ={})
+    with pytest.raises(ConfigError, match=r"score\.learners = ''.*non-empty list"):
+        config.with_overrides({"score.learners": ""})
+    with pytest.raises(ConfigError, match=r"simulate\.strategies"):
+        load_config(None, environ={"THRESHER_SIMULATE__STRATEGIES": "[]"})
+    assert config.with_overrides({"score.learners": "nb"}).get("score.learners") == ["nb"]
