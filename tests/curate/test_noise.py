@@ -296,3 +296,70 @@ def test_knn_cosine_distances_equal_scikit_learn_brute_force(monkeypatch, block_
     np.testing.assert_allclose(ours, dist[:, 1:], atol=1e-5)
     assert ours[4, 0] == pytest.approx(0.0, abs=1e-6) and ours[11, 0] == pytest.approx(0, abs=1e-6)
     assert np.all(np.diff(ours, axis=1) >= 0)
+
+
+def _cleanlab_counts(y, probs):
+    from cleanlab.count import num_label_issues
+
+    return (
+        int(num_label_issues(y, probs, estimation_method="off_diagonal")),
+        int(num_label_issues(y, probs, estimation_method="off_diagonal_calibrated")),
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 5), n=st.integers(40, 300))
+def test_issue_count_is_the_margin_count_kept_between_cleanlabs_two_estimates(seed, k, n):
+    from cleanlab.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(k), rng.integers(k, size=n - k)])
+    probs = rng.dirichlet(np.full(k, 0.5), size=n)
+    low, high = _cleanlab_counts(y, probs)
+    margin = get_label_quality_scores(y, probs, method="normalized_margin")
+    count = noise.issue_count(y, probs)
+    assert count == max(low, min(int((margin < noise.ISSUE_QUALITY).sum()), high))
+    assert count >= low
+    flagged = noise.issue_mask(y, probs)
+    assert flagged.sum() <= count and not flagged[probs.argmax(axis=1) == y].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_issue_set_finds_the_flips_an_accurate_model_only_half_counts(seed):
+    """Flips to a confusable class under an accurate model: a flipped record's true-class
+    probability is spread like every other record's, so cleanlab's off-diagonal count (true class
+    above its mean) sees about 70 % of them; the issue set still finds > 90 % at precision > 0.9."""
+    rng = np.random.default_rng(seed)
+    n, k = 3000, 4
+    true = rng.integers(k, size=n)
+    confusable = (true + 1) % k
+    flipped = rng.random(n) < 0.1
+    y = np.where(flipped, confusable, true)
+    probs = np.full((n, k), 0.02)
+    top = rng.beta(8, 2, size=n)
+    probs[np.arange(n), true] = top
+    probs[np.arange(n), confusable] = 1 - top
+    probs /= probs.sum(axis=1, keepdims=True)
+    low, _ = _cleanlab_counts(y, probs)
+    assert low <= 0.8 * flipped.sum()
+    precision, recall = _prf(noise.issue_mask(y, probs), flipped)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_issue_set_stays_precise_where_the_model_often_errs(seed):
+    """A weak model (its own errors many, near a 50/50 margin) and flips it clearly out-votes:
+    the calibrated count scales the model's errors up with the flips; the issue set keeps to the
+    records another label out-votes by 0.2 and stays precise."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    true = rng.integers(2, size=n)
+    flipped = rng.random(n) < 0.1
+    y = np.where(flipped, 1 - true, true)
+    p_true = np.where(flipped, rng.uniform(0.7, 0.95, n), rng.uniform(0.4, 0.9, n))
+    probs = np.column_stack([1 - p_true, 1 - p_true])
+    probs[np.arange(n), true] = p_true
+    _, high = _cleanlab_counts(y, probs)
+    assert high >= 1.3 * flipped.sum()
+    precision, recall = _prf(noise.issue_mask(y, probs), flipped)
+    assert precision >= 0.8 and recall >= 0.95, (precision, recall)
