@@ -363,3 +363,14 @@ def test_issue_set_stays_precise_where_the_model_often_errs(seed):
     assert high >= 1.3 * flipped.sum()
     precision, recall = _prf(noise.issue_mask(y, probs), flipped)
     assert precision >= 0.8 and recall >= 0.95, (precision, recall)
+
+
+def test_the_issue_margin_is_the_one_the_benchmark_measured():
+    import json
+    from pathlib import Path
+
+    result = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "label_issues.json"
+    measured = json.loads(result.read_text(encoding="utf-8"))
+    assert measured["default"]["issue_quality"] == noise.ISSUE_QUALITY
+    genres = next(r for r in measured["table"] if (r["corpus"], r["flip_rate"]) == ("genres", 0.1))
+    assert genres["default"]["f1"] > genres["previous"]["f1"]
