@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dedup_data import _edit  # noqa: E402  (the same word edits as the synthetic corpus)
 from dedup_quality import _components, pair_scores  # noqa: E402
 
 NUM_PERM = 128
@@ -175,20 +176,6 @@ def drop_natural_duplicates(texts: list[str]) -> tuple[list[str], dict[str, int]
         "hard_negative_pairs_jaccard_0.3_0.5": sum(0.3 <= s < 0.5 for s in hard),
         "hard_negative_pairs_jaccard_0.5_up": sum(s >= 0.5 for s in hard),
     }
-
-
-def _edit(tokens: list[str], rng: np.random.Generator, vocab: list[str], rate: float) -> list[str]:
-    out = list(tokens)
-    for _ in range(max(1, round(rate * len(tokens)))):
-        op = int(rng.integers(3))
-        pos = int(rng.integers(len(out)))
-        if op == 0:
-            out[pos] = vocab[int(rng.integers(len(vocab)))]
-        elif op == 1:
-            out.insert(pos, vocab[int(rng.integers(len(vocab)))])
-        elif len(out) > 3:
-            del out[pos]
-    return out
 
 
 def plant(
