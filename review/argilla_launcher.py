@@ -76,10 +76,11 @@ def _quiet_redis_url() -> None:
 
 
 def _register_engine() -> None:
+    """Register ``thresher-osmem``: argilla_server's OpenSearchEngine with knn and script
+    updates done here, on the client side (see the module doc)."""
     from argilla_server.search_engine import SearchEngine
     from argilla_server.search_engine.commons import es_field_for_vector_settings
     from argilla_server.search_engine.opensearch import OpenSearchEngine
-    from opensearchpy.exceptions import ConflictError
 
     @SearchEngine.register(engine_name=ENGINE_NAME)
     class OsmemSearchEngine(OpenSearchEngine):
@@ -94,27 +95,13 @@ def _register_engine() -> None:
             excluded_id: Any = None,
             query_filters: list[dict] | None = None,
         ) -> dict:
-            import numpy as np
-
             field = es_field_for_vector_settings(vector_settings)
-            ids, vectors = await self._all_vectors(index, field)
-            hits: list[dict] = []
-            if ids:
-                matrix = np.asarray(vectors, dtype="float32")
-                query = np.asarray(value, dtype="float32")
-                norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
-                cos = matrix @ query / np.where(norms == 0, 1.0, norms)
-                order = np.argsort(-cos, kind="stable")
-                excluded = str(excluded_id) if excluded_id else None
-                for pos in order:
-                    if ids[pos] == excluded:
-                        continue
-                    hits.append({"_id": ids[pos], "_score": float((1.0 + cos[pos]) / 2.0)})
-                    if len(hits) >= k:
-                        break
+            ids, vectors = await _all_vectors(self.client, index, field)
+            hits = _nearest(ids, vectors, value, k, excluded_id)
             if hits and query_filters:
                 # OpenSearch applies these as a post_filter on the top k: same order here.
-                allowed = await self._ids_matching(
+                allowed = await _ids_matching(
+                    self.client,
                     index,
                     [h["_id"] for h in hits],
                     {"bool": {"should": query_filters, "minimum_should_match": len(query_filters)}},
@@ -122,60 +109,96 @@ def _register_engine() -> None:
                 hits = [h for h in hits if h["_id"] in allowed]
             return {"hits": {"hits": hits, "total": {"value": len(hits), "relation": "eq"}}}
 
-        async def _all_vectors(self, index: str, field: str) -> tuple[list[str], list]:
-            ids: list[str] = []
-            vectors: list = []
-            search_after = None
-            while True:
-                body: dict[str, Any] = {
-                    "query": {"exists": {"field": field}},
-                    "_source": [field],
-                    "sort": [{"_id": "asc"}],
-                    "size": _PAGE,
-                }
-                if search_after is not None:
-                    body["search_after"] = search_after
-                page = (await self.client.search(index=index, body=body))["hits"]["hits"]
-                for hit in page:
-                    node: Any = hit.get("_source") or {}
-                    for part in field.split("."):
-                        node = node.get(part) if isinstance(node, dict) else None
-                    if node:
-                        ids.append(hit["_id"])
-                        vectors.append(node)
-                if len(page) < _PAGE:
-                    return ids, vectors
-                search_after = page[-1].get("sort") or [page[-1]["_id"]]
-
-        async def _ids_matching(self, index: str, ids: list[str], query: dict) -> set[str]:
-            body = {"query": {"bool": {"filter": [{"ids": {"values": ids}}, query]}}}
-            response = await self.client.search(
-                index=index, body=body, _source=False, size=len(ids)
-            )
-            return {hit["_id"] for hit in response["hits"]["hits"]}
-
         async def _update_document_request(self, index_name: str, id: str, body: dict):
             script = body.get("script")
             if script is None:
                 return await super()._update_document_request(index_name, id, body)
-            for _ in range(_MAX_RETRIES):
-                current = await self.client.get(index=index_name, id=id)
-                source = _apply_script(current["_source"], script)
-                try:
-                    await self.client.index(
-                        index=index_name,
-                        id=id,
-                        body=source,
-                        params={
-                            "if_seq_no": current["_seq_no"],
-                            "if_primary_term": current["_primary_term"],
-                            "refresh": "true",
-                        },
-                    )
-                    return None
-                except ConflictError:
-                    continue
-            raise RuntimeError(f"document {id} in {index_name} kept changing; update not applied")
+            await _update_by_script(self.client, index_name, id, script)
+            return None
+
+
+def _nearest(
+    ids: list[str], vectors: list, value: list[float], k: int, excluded_id: Any
+) -> list[dict]:
+    """The ``k`` hits nearest ``value`` by cosine, best first (ties in ``ids`` order), without
+    ``excluded_id``; each ``_score`` is ``(1 + cos) / 2`` in [0, 1], higher = more similar."""
+    import numpy as np
+
+    hits: list[dict] = []
+    if not ids:
+        return hits
+    matrix = np.asarray(vectors, dtype="float32")
+    query = np.asarray(value, dtype="float32")
+    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
+    cos = matrix @ query / np.where(norms == 0, 1.0, norms)
+    order = np.argsort(-cos, kind="stable")
+    excluded = str(excluded_id) if excluded_id else None
+    for pos in order:
+        if ids[pos] == excluded:
+            continue
+        hits.append({"_id": ids[pos], "_score": float((1.0 + cos[pos]) / 2.0)})
+        if len(hits) >= k:
+            break
+    return hits
+
+
+async def _all_vectors(client: Any, index: str, field: str) -> tuple[list[str], list]:
+    """The ids and vectors of every document of ``index`` with ``field``, paged by ``_id``."""
+    ids: list[str] = []
+    vectors: list = []
+    search_after = None
+    while True:
+        body: dict[str, Any] = {
+            "query": {"exists": {"field": field}},
+            "_source": [field],
+            "sort": [{"_id": "asc"}],
+            "size": _PAGE,
+        }
+        if search_after is not None:
+            body["search_after"] = search_after
+        page = (await client.search(index=index, body=body))["hits"]["hits"]
+        for hit in page:
+            node: Any = hit.get("_source") or {}
+            for part in field.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node:
+                ids.append(hit["_id"])
+                vectors.append(node)
+        if len(page) < _PAGE:
+            return ids, vectors
+        search_after = page[-1].get("sort") or [page[-1]["_id"]]
+
+
+async def _ids_matching(client: Any, index: str, ids: list[str], query: dict) -> set[str]:
+    """Those of ``ids`` whose documents in ``index`` match ``query``."""
+    body = {"query": {"bool": {"filter": [{"ids": {"values": ids}}, query]}}}
+    response = await client.search(index=index, body=body, _source=False, size=len(ids))
+    return {hit["_id"] for hit in response["hits"]["hits"]}
+
+
+async def _update_by_script(client: Any, index_name: str, id: str, script: Any) -> None:
+    """Apply ``script`` to document ``id`` as read-modify-reindex, retried when another writer
+    changed the document in between (409)."""
+    from opensearchpy.exceptions import ConflictError
+
+    for _ in range(_MAX_RETRIES):
+        current = await client.get(index=index_name, id=id)
+        source = _apply_script(current["_source"], script)
+        try:
+            await client.index(
+                index=index_name,
+                id=id,
+                body=source,
+                params={
+                    "if_seq_no": current["_seq_no"],
+                    "if_primary_term": current["_primary_term"],
+                    "refresh": "true",
+                },
+            )
+            return
+        except ConflictError:
+            continue
+    raise RuntimeError(f"document {id} in {index_name} kept changing; update not applied")
 
 
 def _speedups() -> None:

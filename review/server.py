@@ -497,7 +497,8 @@ def secure_home(paths: ServerPaths) -> None:
                 _chmod(path, mode)
 
 
-def _write_secret(path: Path, obj: dict[str, Any]) -> None:
+def write_secret(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as JSON to ``path``, 0600 in a 0700 folder, atomically (credentials)."""
     from thresher.project import atomic_write_text
 
     _private_dir(path.parent)
@@ -534,7 +535,7 @@ def _owner_credentials(paths: ServerPaths) -> tuple[dict[str, str], bool]:
         "api_key": "thr.owner." + secrets.token_urlsafe(32),
         "auth_secret_key": secrets.token_hex(32),
     }
-    _write_secret(paths.owner_file, creds)
+    write_secret(paths.owner_file, creds)
     return creds, True
 
 
@@ -584,74 +585,115 @@ def server_up(
     secure_home(paths)
     current = server_status(paths)
     if current.running:
-        if not paths.redis_conf.exists():
-            log.warning(
-                "the running server was started before Redis had a password; restart it "
-                "(`thresher review server down && thresher review server up`) to set one"
-            )
+        _warn_if_redis_has_no_password(paths)
         return current
     server_down(paths)  # leftovers of a half-dead server (e.g. after a SIGKILL)
+    launch = _plan_launch(options, paths)
+    t0 = time.perf_counter()
+    _start_redis(paths, launch)
+    _start_search(paths, launch)
+    _wait_port("127.0.0.1", launch.state["redis_port"], "redis", paths, 30)
+    _wait_port("127.0.0.1", launch.state["osmem_port"], "osmem", paths, 30)
+    _prepare_database(paths, launch)
+    _start_argilla(options, paths, launch)
+    _wait_healthy(options, paths, launch)
+    _record_ready(paths, launch.state, t0)
+    return server_status(paths)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What one ``server up`` starts from: the server venv's python, the redis binary, the owner's
+    credentials, whether a database existed, the ports and URL (``state``) and the processes'
+    environment. Its repr leaves the secrets out."""
+
+    python: Path
+    redis: str
+    creds: dict[str, str] = field(repr=False)
+    new_owner: bool
+    had_data: bool
+    state: dict[str, Any]
+    env: dict[str, str] = field(repr=False)
+
+
+def _warn_if_redis_has_no_password(paths: ServerPaths) -> None:
+    """A server started by a version without a Redis password keeps running without one."""
+    if not paths.redis_conf.exists():
+        log.warning(
+            "the running server was started before Redis had a password; restart it "
+            "(`thresher review server down && thresher review server up`) to set one"
+        )
+
+
+def _plan_launch(options: ServerOptions, paths: ServerPaths) -> _Launch:
+    """The venv, binaries, secrets and ports of a fresh start; writes the state file."""
     python = ensure_server_venv(paths)
     redis = find_redis(paths)
     creds, new_owner = _owner_credentials(paths)
     redis_pass = redis_password(paths)
     had_data = (paths.data / "argilla.db").exists()
+    state = _new_state(options)
+    _write_state(paths, state)
+    env = _server_env(paths, state, creds, redis_pass)
+    return _Launch(python, redis, creds, new_owner, had_data, state, env)
+
+
+def _new_state(options: ServerOptions) -> dict[str, Any]:
+    """The server's host, port and URL and free ports for redis and osmem."""
     port = options.port or free_port(options.host)
     if _port_open(options.host, port):
         raise ServerError(
             f"port {port} on {options.host} is taken; stop what uses it or pass --port"
         )
-    state = {
+    return {
         "host": options.host,
         "port": port,
         "redis_port": free_port(),
         "osmem_port": free_port(),
         "url": f"http://{options.host}:{port}",
     }
-    _write_state(paths, state)
-    env = _server_env(paths, state, creds, redis_pass)
-    t0 = time.perf_counter()
+
+
+def _start_redis(paths: ServerPaths, launch: _Launch) -> None:
     # bind, the password and persistence come from the 0600 config file, never from argv.
-    _spawn(
-        paths,
-        "redis",
-        [
-            redis,
-            str(paths.redis_conf),
-            "--port",
-            str(state["redis_port"]),
-            "--dir",
-            str(paths.redis_conf.parent),
-        ],
-        env,
-    )
-    _spawn(
-        paths,
-        "osmem",
-        [
-            _osmem_binary(paths),
-            "--addr",
-            f"127.0.0.1:{state['osmem_port']}",
-            "--no-ja",
-            "--no-stdin-watch",
-        ],
-        env,
-    )
-    _wait_port("127.0.0.1", state["redis_port"], "redis", paths, 30)
-    _wait_port("127.0.0.1", state["osmem_port"], "osmem", paths, 30)
-    prep_env = dict(env)
-    prep_env["THRESHER_REINDEX"] = "1" if had_data else "0"
-    if new_owner or not had_data:
+    argv = [
+        launch.redis,
+        str(paths.redis_conf),
+        "--port",
+        str(launch.state["redis_port"]),
+        "--dir",
+        str(paths.redis_conf.parent),
+    ]
+    _spawn(paths, "redis", argv, launch.env)
+
+
+def _start_search(paths: ServerPaths, launch: _Launch) -> None:
+    argv = [
+        _osmem_binary(paths),
+        "--addr",
+        f"127.0.0.1:{launch.state['osmem_port']}",
+        "--no-ja",
+        "--no-stdin-watch",
+    ]
+    _spawn(paths, "osmem", argv, launch.env)
+
+
+def _prepare_database(paths: ServerPaths, launch: _Launch) -> None:
+    """Migrate, create the owner on a new database or owner, reindex a kept database; the
+    ``prepare`` log gets the output. A failure stops what was started."""
+    prep_env = dict(launch.env)
+    prep_env["THRESHER_REINDEX"] = "1" if launch.had_data else "0"
+    if launch.new_owner or not launch.had_data:
         prep_env.update(
             {
-                "THRESHER_OWNER_USERNAME": creds["username"],
-                "THRESHER_OWNER_PASSWORD": creds["password"],
-                "THRESHER_OWNER_API_KEY": creds["api_key"],
+                "THRESHER_OWNER_USERNAME": launch.creds["username"],
+                "THRESHER_OWNER_PASSWORD": launch.creds["password"],
+                "THRESHER_OWNER_API_KEY": launch.creds["api_key"],
             }
         )
     with _open_log(paths.log_file("prepare")) as logf:
         done = subprocess.run(
-            [str(python), str(LAUNCHER), "prepare"],
+            [str(launch.python), str(LAUNCHER), "prepare"],
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=prep_env,
@@ -661,22 +703,30 @@ def server_up(
     if done.returncode != 0:
         server_down(paths)
         raise ServerError(f"database migrate / reindex failed; see {paths.log_file('prepare')}")
-    _spawn(
-        paths,
-        "server",
-        [str(python), str(LAUNCHER), "start", "--host", options.host, "--port", str(port)],
-        env,
-    )
-    _spawn(paths, "worker", [str(python), str(LAUNCHER), "worker", "--num-workers", "1"], env)
+
+
+def _start_argilla(options: ServerOptions, paths: ServerPaths, launch: _Launch) -> None:
+    """The Argilla server on ``options.host`` and the state's port, and one worker."""
+    python, port = str(launch.python), str(launch.state["port"])
+    argv = [python, str(LAUNCHER), "start", "--host", options.host, "--port", port]
+    _spawn(paths, "server", argv, launch.env)
+    _spawn(paths, "worker", [python, str(LAUNCHER), "worker", "--num-workers", "1"], launch.env)
+
+
+def _wait_healthy(options: ServerOptions, paths: ServerPaths, launch: _Launch) -> None:
+    """Wait up to ``options.timeout_s`` for the server to answer; stop everything if it does not."""
     try:
-        _wait_ready(state["url"], paths, options.timeout_s)
+        _wait_ready(launch.state["url"], paths, options.timeout_s)
     except ServerError:
         server_down(paths)
         raise
+
+
+def _record_ready(paths: ServerPaths, state: dict[str, Any], t0: float) -> None:
+    """Write the start-up time (seconds since ``t0``, ``perf_counter``) into the state file."""
     state["started_s"] = round(time.perf_counter() - t0, 2)
     _write_state(paths, state)
     log.info("Argilla server ready at %s in %.1f s", state["url"], state["started_s"])
-    return server_status(paths)
 
 
 def server_down(paths: ServerPaths | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from review.client import ArgillaClient, open_client
-from review.server import Connection, ServerPaths, _write_secret
+from review.server import Connection, ServerPaths, write_secret
 from thresher.errors import ThresherError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def add_user(
             # The owner sees API keys in the user list; the create answer may not carry it.
             listed = {u["username"]: u for u in client.get("/api/v1/users", "list users")["items"]}
             user = listed.get(username, user)
-            _write_secret(
+            write_secret(
                 cred_file,
                 {
                     "username": username,

@@ -143,7 +143,7 @@ def test_secure_home_tightens_what_older_versions_left_open(paths, tmp_path):
 
 
 def test_secrets_are_written_private(paths):
-    server._write_secret(paths.users_dir / "alice.json", {"api_key": "k"})
+    server.write_secret(paths.users_dir / "alice.json", {"api_key": "k"})
     assert _mode(paths.users_dir) == 0o700
     assert _mode(paths.users_dir / "alice.json") == 0o600
     creds, new = server._owner_credentials(paths)
