@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from _report import emit  # noqa: E402
 
-from curate.embeddings import embed_texts  # noqa: E402
 from loop.learners import make_learner  # noqa: E402
 from loop.rounds import RoundRunner  # noqa: E402
 from loop.simulate import SimulateOptions, plot_curves, simulate  # noqa: E402
@@ -45,6 +44,7 @@ from loop.steps import (  # noqa: E402
     train_step,
 )
 from thresher.assets import write_demo_corpus  # noqa: E402
+from thresher.embeddings import embed_texts  # noqa: E402
 from thresher.project import Project  # noqa: E402
 from thresher.records import text_id  # noqa: E402
 
@@ -135,7 +135,7 @@ def time_round(n_records: int, strategy: str = "margin") -> dict:
     )
     project = Project.at(OUT / "rotten_tomatoes")
     shutil.rmtree(project.root / "rounds", ignore_errors=True)
-    cache = project.root / ".cache" / "embeddings"
+    cache = project.embedding_cache
 
     def factory(classes, ctx):
         return make_learner("fast", classes, cache_dir=cache)

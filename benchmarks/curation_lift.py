@@ -90,7 +90,7 @@ def score_inline(project: Path) -> str:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    from curate.embeddings import embed_texts
+    from thresher.embeddings import embed_texts
     from thresher.project import Project
 
     proj = Project.at(project)
@@ -258,7 +258,7 @@ def pooled_ci(per_seed: list[tuple], n_boot: int = 2000, seed: int = 0) -> list[
     within each seed. ``per_seed``: (gold, pred_a, pred_b, n_classes) per seed."""
     import numpy as np
 
-    from tune.evaluate import macro_f1
+    from thresher.metrics import macro_f1
 
     rng = np.random.default_rng(seed)
     means = np.zeros(n_boot)
@@ -303,8 +303,9 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
     import numpy as np
     import pandas as pd
 
+    from thresher.metrics import macro_f1
     from tune import TuneOptions, train
-    from tune.evaluate import bootstrap_diff, macro_f1
+    from tune.evaluate import bootstrap_diff
     from tune.options import DataOptions
 
     head_file = cache_file(args, seed, "detector")

@@ -48,8 +48,8 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from curate.embeddings import embed_texts, load_encoder, resolve_precision
     from thresher.assets import default_encoder_path
+    from thresher.embeddings import embed_texts, load_encoder, resolve_precision
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=200)

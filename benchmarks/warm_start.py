@@ -48,7 +48,7 @@ def run_seed(
     import pandas as pd
 
     from thresher.assets import write_demo_corpus
-    from tune.evaluate import macro_f1
+    from thresher.metrics import macro_f1
 
     corpus = pd.read_csv(write_demo_corpus(work / "demo.csv")).sample(frac=1, random_state=seed)
     test, pool = corpus.iloc[:n_test], corpus.iloc[n_test:]

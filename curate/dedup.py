@@ -372,7 +372,7 @@ def _semantic(
 ) -> np.ndarray:
     import pyarrow.parquet as pq
 
-    from curate.embeddings import embed_texts
+    from thresher.embeddings import embed_texts
 
     n = len(exact)
     firsts = np.flatnonzero(exact == np.arange(n))
@@ -380,7 +380,7 @@ def _semantic(
     vectors = embed_texts(
         [texts[i] for i in firsts],
         opts.embedding_model,
-        cache_dir=project.root / ".cache" / "embeddings",
+        cache_dir=project.embedding_cache,
         progress=progress,
     )
     pairs = firsts[semantic_pairs(vectors, opts.semantic_threshold)]

@@ -6,7 +6,7 @@ ingest is the validated data as is). Per batch, in this order (each drop counted
 
 1. rows with ``is_representative == false`` are dropped (when the column exists);
 2. when ``DIR/review/annotations.parquet`` exists (``thresher review pull``), the review's
-   decisions are applied as in pull's ``curated.parquet`` (``review.decisions``): records every
+   decisions are applied as in pull's ``curated.parquet`` (``thresher.decisions``): records every
    reviewer discarded are dropped, ``label`` becomes the consensus where reviewers reached one,
    and two columns are added, ``original_label`` (the input label) and ``label_source``
    (``reviewed`` | ``original``). Without a review the columns are not added;
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from review.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
+from thresher.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
 from thresher.project import MANIFEST, Project, atomic_output
 from thresher.records import representative_mask

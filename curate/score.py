@@ -28,11 +28,11 @@ from thresher.project import (
     stage_output,
     upstream_input,
 )
+from thresher.split import held_out_ids
 
 log = logging.getLogger(__name__)
 
 STAGE = "score"
-ANNOTATIONS = ("review", "annotations.parquet")
 
 
 @dataclass(frozen=True)
@@ -176,21 +176,11 @@ def _map_2d(features: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(features)
 
 
-def _held_out_ids(project: Project) -> tuple[frozenset[str], Path | None]:
-    """``tune.data.held_out_ids`` (test and held records: no label-noise model learns from their
-    labels, so a curated run's test score is not shaped by its own test labels) and the split
-    file they come from (None before the first ``thresher tune train``)."""
-    from tune.data import held_out_ids, split_path
-
-    path = split_path(project)
-    return held_out_ids(project), path if path.exists() else None
-
-
 def _annotations(project: Project):
     """Per-record annotator labels from a review pull, if any: {id: {annotator: label}}."""
     import pandas as pd
 
-    path = project.root.joinpath(*ANNOTATIONS)
+    path = project.annotations_path
     if not path.exists():
         return None, None
     frame = pd.read_parquet(path)
@@ -226,9 +216,11 @@ def score(
     annotations, ann_path = _annotations(project)
     if ann_path is not None:
         inputs.append({"path": str(ann_path), "sha256": path_sha256(ann_path)})
-    held_out, split_path = _held_out_ids(project)
-    if split_path is not None:
-        inputs.append({"path": str(split_path), "sha256": path_sha256(split_path)})
+    # the project split's test/held records: no label-noise model learns from their labels, so a
+    # curated run's test score is not shaped by its own test labels
+    held_out = held_out_ids(project)
+    if project.split_path.exists():
+        inputs.append({"path": str(project.split_path), "sha256": path_sha256(project.split_path)})
     engine = resolve_engine(opts, pq.ParquetFile(path_in).metadata.num_rows)
     config = {**asdict(opts), "engine": engine, "lexicon": fingerprint(lexicon)}
     stage_fp = fingerprint({"inputs": inputs, "config": config})
@@ -257,11 +249,11 @@ def score(
     ) as run:  # fmt: skip
         embeddings = None
         if opts.embeddings:
-            from curate.embeddings import embed_texts
+            from thresher.embeddings import embed_texts
 
             with run.timed("embed"):
                 embeddings = embed_texts(
-                    texts, opts.model, cache_dir=project.root / ".cache" / "embeddings",
+                    texts, opts.model, cache_dir=project.embedding_cache,
                     progress=progress,
                 )  # fmt: skip
         learners = resolve_learners(opts.learners, opts.embeddings)

@@ -1,6 +1,6 @@
 """Learners the loop trains each round: a ``Learner`` protocol and two fast ones for CPU.
 
-- ``EmbeddingLogReg`` ("fast"): sentence embeddings (``curate.embeddings.embed_texts``, cached by
+- ``EmbeddingLogReg`` ("fast"): sentence embeddings (``thresher.embeddings.embed_texts``, cached by
   text hash under the project) + logistic regression. Seconds per round on 10k records.
 - ``TfidfLogReg`` ("tfidf"): TF-IDF word/bigram features + logistic regression; no model files,
   for tests and as a cheap baseline.
@@ -160,7 +160,7 @@ class EmbeddingLogReg:
         """L2-normalized float32 embeddings (n, dim)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
         if missing:
-            from curate.embeddings import embed_texts
+            from thresher.embeddings import embed_texts
 
             vectors = embed_texts(missing, self.model_name, cache_dir=self.cache_dir)
             self._memo.update(zip(missing, vectors, strict=True))

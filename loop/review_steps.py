@@ -4,7 +4,7 @@
   then the round's ``annotations.parquet``: id, label (consensus; ties left out), label_issue
   (the annotators disagreed, or cleanlab's consensus differs from the majority: such records go
   to re-review as ``conflict``), ``conflicts.parquet`` (ties) and ``discarded.parquet`` (ids every
-  reviewer discarded, ``review.decisions``: left out of the round's records for good).
+  reviewer discarded, ``thresher.decisions``: left out of the round's records for good).
 - ``push_step``: the round's ``selection.parquet`` → the project's Argilla dataset as round k+1:
   metadata ``round`` (k+1), ``reason`` (uncertain / diverse / random / model-error / conflict)
   and ``priority`` (1 = first), the model's label as suggestion with its probability as score,
@@ -48,14 +48,14 @@ def pull_step(
     def pull(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
-        from review.decisions import ReviewDecisions, carried_to_dedup_clusters
-        from review.pull import ANNOTATIONS, PullOptions
+        from review.pull import PullOptions
         from review.pull import pull as review_pull
+        from thresher.decisions import ReviewDecisions, carried_to_dedup_clusters
 
         result = review_pull(
             ctx.project, connect(), PullOptions(dataset=dataset, workspace=workspace)
         )
-        ann = pd.read_parquet(ctx.project.root / "review" / ANNOTATIONS)
+        ann = pd.read_parquet(ctx.project.annotations_path)
         out = annotations_frame(ann)
         out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
         ties = ann.loc[ann["label"].isna() & (ann["n_annotators"] > 0), ["id", "text"]]

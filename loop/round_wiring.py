@@ -46,7 +46,7 @@ def learner_factory(config: Any, project: Project, name: str):
         return lora
     if name not in LEARNER_CHOICES:
         raise LearnerError(f"unknown learner {name!r}; use one of {', '.join(LEARNER_CHOICES)}")
-    cache = project.root / ".cache" / "embeddings"
+    cache = project.embedding_cache
     model = str(config.get("models.embedding"))
 
     def fast(classes: Sequence[str], ctx: StepContext):
@@ -104,7 +104,9 @@ def build_runner(
     review = config.section("review")
     steps = {
         "pull": pull_step(connect, dataset=review["dataset"], workspace=review["workspace"]),
-        "rebuild": rebuild_step(records_for_round(str(loop.get("labels", "reviewed")))),
+        "rebuild": rebuild_step(
+            records_for_round(str(loop.get("labels", "reviewed"))), seed=int(config.get("seed"))
+        ),
         "train": train_step(factory),
         "eval": eval_step(),
         "predict": predict_step(),

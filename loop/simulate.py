@@ -4,7 +4,8 @@ For every strategy and seed: label a random seed set, then ``rounds`` times trai
 a fixed test split → predict the unlabelled pool → select ``size`` rows → the oracle labels them.
 The oracle answers with the data's gold label, or (with probability ``noise``) a different label
 drawn uniformly, the same answers for every strategy of a seed (paired comparison). The pieces
-(``Learner.fit/predict_proba``, strategies, ``macro_f1``) are the ones ``thresher round`` uses.
+(``Learner.fit/predict_proba``, strategies, ``thresher.metrics``) are those ``thresher round``
+uses.
 
 Metric: macro-F1 on the test split (high = better). AULC: the area under the macro-F1 vs
 number-of-labels curve divided by the x-range, i.e. the curve's mean height, in [0, 1] (high =
@@ -27,6 +28,7 @@ import numpy as np
 from loop.errors import SimulationError
 from loop.learners import Learner, make_learner
 from loop.strategies import Diverse, get_strategy
+from thresher.metrics import probs_macro_f1
 from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
@@ -137,16 +139,6 @@ class SimulationResult:
         }
 
 
-def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """(macro-F1 over all k classes, accuracy) of ``argmax probs`` against integer labels."""
-    from sklearn.metrics import f1_score
-
-    pred = np.asarray(probs).argmax(axis=1)
-    k = np.asarray(probs).shape[1]
-    f1 = f1_score(y_true, pred, average="macro", labels=np.arange(k), zero_division=0)
-    return float(f1), float(np.mean(pred == y_true))
-
-
 def aulc(n_labels: Sequence[float], scores: Sequence[float]) -> float:
     """Area under the learning curve divided by its x-range (the mean height; high = better)."""
     x = np.asarray(n_labels, dtype=np.float64)
@@ -202,7 +194,7 @@ def _run_seed(
     for r in range(opts.rounds + 1):
         lab = np.asarray(labeled)
         learner.fit(texts[lab].tolist(), [classes[i] for i in oracle[lab]])
-        f1, acc = macro_f1(y_test, learner.predict_proba(test_texts))
+        f1, acc = probs_macro_f1(y_test, learner.predict_proba(test_texts))
         points.append(CurvePoint(strategy_name, seed, r, len(lab), f1, acc))
         if r == opts.rounds:
             break
@@ -259,7 +251,7 @@ def simulate(
         )
     test_texts = text_arr[test].tolist()
     learner.fit(text_arr[pool].tolist(), [classes[i] for i in y[pool]])
-    full_f1, _ = macro_f1(y[test], learner.predict_proba(test_texts))
+    full_f1, _ = probs_macro_f1(y[test], learner.predict_proba(test_texts))
     log.info("simulate: pool %d, test %d, full-data macro-F1 %.4f", len(pool), len(test), full_f1)
 
     curves: list[CurvePoint] = []
@@ -416,7 +408,7 @@ def run_simulation(
             f"{inp['path']} has {len(frame)} labelled records; the simulator needs gold labels "
             "(ingest a labelled file)"
         )
-    cache = project.root / ".cache" / "embeddings"
+    cache = project.embedding_cache
     result = simulate(
         frame["text"].tolist(),
         frame["label"].astype(str).tolist(),

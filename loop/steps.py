@@ -14,13 +14,13 @@ through files in ``DIR/rounds/<k>/<step>/`` (the contract review and tune steps 
              conflict), priority (1 = first), score, suggestion, suggestion_score, round
 - push     → outputs ``{dataset, sent, unchanged, failed}``
 
-The test split is fixed: round 1 puts a stable ``test_fraction`` of the labelled ids (by id
-hash) in it; later rounds reuse exactly those ids, so metrics are comparable across rounds.
+The test split is fixed: round 1 holds out ``test_fraction`` of the labelled records with the
+project's split rule (``thresher.split``: stratified by label, seeded); later rounds reuse exactly
+those ids, so metrics are comparable across rounds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -48,19 +48,6 @@ def _read(path: Path):
     return pd.read_parquet(path)
 
 
-def in_test_split(ids: Sequence[str], fraction: float) -> np.ndarray:
-    """Stable membership of each id in the test split (a hash bucket, not random state)."""
-    cut = int(fraction * 10_000)
-    return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=4).digest(), "big") % 10_000
-            < cut
-            for i in ids
-        ],
-        dtype=bool,
-    )
-
-
 def load_project_records(ctx: StepContext):
     """Curated records (score > dedup > ingest; representatives only): id, text, label."""
     import pandas as pd
@@ -72,23 +59,26 @@ def load_project_records(ctx: StepContext):
 
 
 def rebuild_step(
-    records: Callable[[StepContext], Any] = load_project_records, *, test_fraction: float = 0.2
+    records: Callable[[StepContext], Any] = load_project_records,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> Step:
-    """Merge the curated records with pull's annotations (annotation wins) and split them."""
+    """Merge the curated records with pull's annotations (the one best-label rule of
+    ``thresher.decisions``: a reviewed label wins) and split them (``thresher.split``)."""
 
     def rebuild(ctx: StepContext) -> dict[str, Any]:
+        from thresher.decisions import ReviewDecisions
+        from thresher.split import SplitSpec, make_split
+
         frame = records(ctx)
         # cleanlab's label_issue (score stage) rides along so select can send those to re-review
         keep = ["id", "text", "label"] + (["label_issue"] if "label_issue" in frame else [])
         frame = frame[keep].copy()
         ann_path = ctx.step_dir("pull") / "annotations.parquet"
         if ann_path.exists():
-            ann = _read(ann_path)
-            if len(ann):
-                override = dict(zip(ann["id"], ann["label"], strict=True))
-                frame["label"] = [
-                    override.get(i, lab) for i, lab in zip(frame["id"], frame["label"], strict=True)
-                ]
+            decisions = ReviewDecisions.from_rows(_read(ann_path).to_dict("records"))
+            frame["label"] = decisions.best_labels(frame["id"], frame["label"]).to_numpy()
         labeled = frame[frame["label"].notna()].copy()
         pool = frame[frame["label"].isna()][["id", "text"]]
         prev = ctx.previous_step_dir("rebuild")
@@ -96,10 +86,11 @@ def rebuild_step(
         if prev is not None and (prev / "labeled.parquet").exists():
             old = _read(prev / "labeled.parquet")
             test_ids = set(old.loc[old["split"] == "test", "id"])
-        if test_ids:
-            is_test = labeled["id"].isin(test_ids).to_numpy()
-        else:
-            is_test = in_test_split(labeled["id"].tolist(), test_fraction)
+        if not test_ids:
+            spec = SplitSpec(val_fraction=0.0, test_fraction=test_fraction, seed=seed)
+            split = make_split(labeled, labeled["label"], spec)
+            test_ids = set(split.loc[split["split"] == "test", "id"])
+        is_test = labeled["id"].astype(str).isin(test_ids).to_numpy()
         labeled["split"] = np.where(is_test, "test", "train")
         labeled.to_parquet(ctx.work_dir / "labeled.parquet", index=False)
         pool.to_parquet(ctx.work_dir / "pool.parquet", index=False)
@@ -177,7 +168,7 @@ def load_learner(folder: Path, cache_dir: Path | None = None) -> Learner:
 
 
 def _cache_dir(ctx: StepContext) -> Path:
-    return ctx.project.root / ".cache" / "embeddings"
+    return ctx.project.embedding_cache
 
 
 def train_step(factory: LearnerFactory) -> Step:
@@ -204,7 +195,7 @@ def eval_step() -> Step:
     """Macro-F1 and accuracy of the trained model on the fixed test split (high = better)."""
 
     def evaluate(ctx: StepContext) -> dict[str, Any]:
-        from loop.simulate import macro_f1
+        from thresher.metrics import probs_macro_f1
 
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         test = labeled[labeled["split"] == "test"]
@@ -215,7 +206,7 @@ def eval_step() -> Step:
         known = test["label"].astype(str).isin(index)
         test = test[known]
         y = np.array([index[lab] for lab in test["label"].astype(str)])
-        f1, acc = macro_f1(y, learner.predict_proba(test["text"].tolist()))
+        f1, acc = probs_macro_f1(y, learner.predict_proba(test["text"].tolist()))
         return {"macro_f1": round(f1, 6), "accuracy": round(acc, 6), "n_test": int(len(test))}
 
     return evaluate
@@ -326,10 +317,10 @@ def select_step(
 
 
 def _project_embeddings(texts: Sequence[str], ctx: StepContext) -> np.ndarray:
-    from curate.embeddings import embed_texts
+    from thresher.embeddings import embed_texts
 
     model = ctx.options.get("embedding_model", "default")
-    return embed_texts(texts, model, cache_dir=ctx.project.root / ".cache" / "embeddings")
+    return embed_texts(texts, model, cache_dir=ctx.project.embedding_cache)
 
 
 # --- stand-ins for review's pull/push (simulation, benchmarks, tests) ------------------------

@@ -15,7 +15,7 @@ Writes into ``DIR/review/`` (each file atomically):
 * ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
   consensus where reviewers reached one, ``original_label`` keeps the input label and
   ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
-  dropped. ``review.decisions`` holds that rule; ``curate export`` and ``tune`` apply it too.
+  dropped. ``thresher.decisions`` holds that rule; ``curate export`` and ``tune`` apply it too.
 """
 
 from __future__ import annotations
@@ -37,21 +37,20 @@ from review.agreement import (
     majority_consensus,
 )
 from review.client import ArgillaClient, open_client
-from review.decisions import (
+from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
+from review.server import Connection
+from thresher.decisions import (
     CLUSTER_COLUMNS,
     ReviewDecisions,
     apply_to_batch,
     load_decisions,
     output_schema,
 )
-from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
-from review.server import Connection
 from thresher.errors import StageMissingError, ThresherError
 from thresher.project import Project, atomic_output, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-ANNOTATIONS = "annotations.parquet"
 CURATED = "curated.parquet"
 AGREEMENT = "agreement.json"
 PAGE = 1000
@@ -309,7 +308,7 @@ def stage_rows_of(path: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def write_curated(stage_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
-    """The stage's records with the review merged in (``review.decisions``: consensus labels,
+    """The stage's records with the review merged in (``thresher.decisions``: consensus labels,
     discarded records dropped, decisions carried to the representatives of the stage's duplicate
     clusters), streamed batch by batch into ``out``."""
     import pyarrow.parquet as pq
@@ -346,8 +345,8 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     except StageMissingError:
         stage_path = None
     rows, summary = summarize(records, usernames(conn), stage_rows, model_classes)
-    review_dir = project.root / "review"
-    out = review_dir / ANNOTATIONS
+    out = project.annotations_path
+    review_dir = out.parent
     schema = pa.schema(
         [
             ("id", pa.string()),

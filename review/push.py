@@ -422,7 +422,7 @@ def push(
 ) -> PushResult:
     """Push the latest stage's records (score > dedup > ingest) in priority order.
 
-    ``embed`` (texts → (n, d) array) defaults to ``curate.embeddings.embed_texts`` with the
+    ``embed`` (texts → (n, d) array) defaults to ``thresher.embeddings.embed_texts`` with the
     project's embedding cache. Raises ``PushError`` naming how many records did not go (rerun to
     resume) when batches still fail after the retries."""
     t0 = time.perf_counter()
@@ -519,15 +519,15 @@ def record_vectors(
     embed: Callable[[list[str]], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Embedding vectors of ``ids``' texts (none when vectors are off); ``embed`` defaults to
-    ``curate.embeddings.embed_texts`` with the project's cache."""
+    ``thresher.embeddings.embed_texts`` with the project's cache."""
     if not ids or not options.vectors:
         return {}
     texts = [payloads[rid]["fields"][TEXT_FIELD] for rid in ids]
     if embed is None:
-        from curate.embeddings import embed_texts
+        from thresher.embeddings import embed_texts
 
         matrix = embed_texts(
-            texts, options.embedding_model, cache_dir=project.root / ".cache" / "embeddings"
+            texts, options.embedding_model, cache_dir=project.embedding_cache
         )
     else:
         matrix = embed(texts)
@@ -553,6 +553,6 @@ def bulk_item(
 
 
 def _dims(options: PushOptions) -> int:
-    from curate.embeddings import embedding_dim, load_encoder
+    from thresher.embeddings import embedding_dim, load_encoder
 
     return embedding_dim(load_encoder(options.embedding_model))

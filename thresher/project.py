@@ -26,10 +26,13 @@ from thresher.errors import StageMissingError
 DEFAULT_PROJECT = "thresher-project"
 MANIFEST = "manifest.json"
 RECORDS = "records.parquet"
+EMBEDDING_CACHE = Path(".cache") / "embeddings"
+SPLIT = Path("tune") / "split.parquet"
+ANNOTATIONS = Path("review") / "annotations.parquet"
 HASH_CHUNK = 1 << 22
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -57,7 +60,7 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> N
 
     ``mode`` defaults to 0o666 less the umask (like ``open``); pass 0o600 for secrets."""
     with atomic_output(path) as tmp:
-        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~current_umask())
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -118,6 +121,22 @@ class Project:
     @classmethod
     def at(cls, root: str | Path | None) -> Project:
         return cls(Path(root if root is not None else DEFAULT_PROJECT))
+
+    @property
+    def embedding_cache(self) -> Path:
+        """``DIR/.cache/embeddings``: sentence embeddings by text hash, shared by every stage."""
+        return self.root / EMBEDDING_CACHE
+
+    @property
+    def split_path(self) -> Path:
+        """``DIR/tune/split.parquet``: the project's train/val/test/held assignment
+        (``thresher.split``)."""
+        return self.root / SPLIT
+
+    @property
+    def annotations_path(self) -> Path:
+        """``DIR/review/annotations.parquet``: what reviewers decided (``review pull``)."""
+        return self.root / ANNOTATIONS
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -202,7 +221,7 @@ def stage_output(
     """
     project.root.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{stage}.tmp-", dir=project.root))
-    tmp_dir.chmod(0o777 & ~_umask())
+    tmp_dir.chmod(0o777 & ~current_umask())
     run = StageRun(
         stage=stage,
         tmp_dir=tmp_dir,

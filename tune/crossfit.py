@@ -6,7 +6,7 @@ that trained on a record has seen its (possibly wrong) label. ``crossfit`` makes
 
 1. The records are the ones the score stage scores: the representatives of the latest
    ``dedup``/``ingest`` records. Labels are the best known (reviewers' consensus over the input
-   label, ``review.decisions``); records every reviewer discarded are not trained on.
+   label, ``thresher.decisions``); records every reviewer discarded are not trained on.
 2. The labelled records outside the tune split's test/held records (whose labels no label-noise
    model may learn from, as in ``curate score``) are split into ``folds`` stratified folds.
 3. Per fold, one LoRA run with the given recipe (``train``), trained on the other folds minus a
@@ -35,7 +35,8 @@ from typing import Any
 from thresher.errors import ThresherError
 from thresher.names import contained, validate_name
 from thresher.project import Project, fingerprint, stage_output, upstream_input
-from tune.data import TuneData, held_out_ids
+from thresher.split import held_out_ids
+from tune.data import TuneData
 from tune.options import TuneOptions
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,17 @@ def crossfit_records(project: Project):
     still predicted, since the score stage scores it)."""
     import pandas as pd
 
-    from curate.score import scored_records
-    from review.decisions import load_decisions
+    from thresher.decisions import load_decisions
+    from thresher.records import representative_mask
 
     _, path = project.latest_records(["dedup", "ingest"])
     frame = pd.read_parquet(path)
-    frame = frame[scored_records(frame)].copy()
+    frame = frame[representative_mask(frame)].copy()  # what the score stage scores
     frame["id"] = frame["id"].astype(str)
     decisions = load_decisions(project)
     given = frame["label"] if "label" in frame.columns else pd.Series(None, index=frame.index)
-    label = frame["id"].map(decisions.labels).where(frame["id"].isin(decisions.labels), given)
-    discarded = frame["id"].isin(decisions.discarded)
+    label = decisions.best_labels(frame["id"], given)
+    discarded = decisions.discarded_mask(frame["id"])
     label = label.where(label.notna() & ~discarded, None)
     role = pd.Series("pool", index=frame.index)
     role[label.isna()] = "unlabelled"

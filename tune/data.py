@@ -3,7 +3,7 @@
 Curated (``mode="curated"``):
 - dedup representatives only (when ``DIR/dedup`` ran): one record per exact/near cluster;
 - reviewed labels over raw labels and records every reviewer discarded left out
-  (``review.decisions``: ``DIR/review/annotations.parquet``; out of val/test in both modes, so
+  (``thresher.decisions``: ``DIR/review/annotations.parquet``; out of val/test in both modes, so
   raw and curated runs share their evaluation records; raw train keeps them);
 - suspected label errors (``label_issue`` from ``DIR/score``) excluded, down-weighted, relabelled
   to the score stage's ``predicted_label`` or kept, unless a reviewer confirmed the label. With
@@ -22,23 +22,19 @@ so raw and curated runs are scored on the same test records.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from review.decisions import load_decisions
+from thresher.decisions import load_decisions
 from thresher.errors import ThresherError
 from thresher.project import Project
 from thresher.records import representative_mask
+from thresher.split import ensure_split
 from tune.options import DataOptions
 
 log = logging.getLogger(__name__)
 
-SPLIT_FILE = "split.parquet"
-SPLITS = ("train", "val", "test")
 POLICIES = ("exclude", "downweight", "relabel", "keep")
 
 
@@ -74,7 +70,7 @@ def load_records(project: Project, mode: str = "curated", require_label: bool = 
     return stage, frame
 
 
-def _cluster_info(project: Project, frame):
+def cluster_info(project: Project, frame):
     """Dedup columns from the current frame or, in raw mode, from DIR/dedup or DIR/score."""
     import pandas as pd
 
@@ -93,120 +89,7 @@ def _cluster_info(project: Project, frame):
     return frame
 
 
-def _groups(frame) -> Any:
-    """Group key per record: its duplicate cluster, or its own id when unique."""
-    if "dup_cluster" not in frame.columns:
-        return "i:" + frame["id"].astype(str)
-    import pandas as pd
-
-    cluster = frame["dup_cluster"].astype("object")
-    present = cluster.notna()
-    keys = "i:" + frame["id"].astype(str)
-    keys[present] = ["c:" + str(int(c)) for c in cluster[present]]
-    return pd.Series(keys, index=frame.index)
-
-
-def _stratified_group_split(groups, group_labels, fraction: float, seed: int):
-    """Split group keys into (rest, held) with ``fraction`` held, stratified when possible."""
-    from collections import Counter
-
-    from sklearn.model_selection import train_test_split
-
-    if fraction <= 0 or len(groups) < 2:
-        return list(groups), []
-    n_held = max(1, round(fraction * len(groups)))
-    counts = Counter(group_labels)
-    stratify = group_labels if min(counts.values()) >= 2 and n_held >= len(counts) else None
-    rest, held = train_test_split(
-        list(groups), test_size=n_held, random_state=seed, shuffle=True, stratify=stratify
-    )
-    return rest, held
-
-
-def make_split(frame, best_label, opts: DataOptions):
-    """A new split frame (``id, group, split``) over the labelled records of ``frame``."""
-    import pandas as pd
-
-    frame = frame.assign(_group=_groups(frame), _label=best_label)
-    labelled = frame[frame["_label"].notna()]
-    by_group = labelled.groupby("_group")["_label"].agg(lambda s: s.value_counts().index[0])
-    groups = sorted(by_group.index)
-    glabels = [by_group[g] for g in groups]
-    rest, test = _stratified_group_split(groups, glabels, opts.test_fraction, opts.seed)
-    rest_labels = [by_group[g] for g in rest]
-    val_frac = opts.val_fraction / max(1e-9, 1 - opts.test_fraction)
-    train, val = _stratified_group_split(rest, rest_labels, val_frac, opts.seed + 1)
-    where = {g: "train" for g in train} | {g: "val" for g in val} | {g: "test" for g in test}
-    out = labelled[["id", "_group"]].rename(columns={"_group": "group"})
-    out = out.assign(split=out["group"].map(where), id=out["id"].astype(str))
-    return pd.DataFrame(out).sort_values("id").reset_index(drop=True)
-
-
-def ensure_split(project: Project, frame, best_label, opts: DataOptions):
-    """The project's split (made and saved on first use, reused and extended afterwards)."""
-    import pandas as pd
-
-    from thresher.project import atomic_write_text
-
-    path = split_path(project)
-    if path.exists():
-        split = pd.read_parquet(path)
-        return _extend_split(split, frame, best_label)
-    split = make_split(frame, best_label, opts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    split.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    atomic_write_text(
-        path.with_suffix(".json"),
-        json.dumps(
-            {
-                "seed": opts.seed,
-                "val_fraction": opts.val_fraction,
-                "test_fraction": opts.test_fraction,
-                "counts": split["split"].value_counts().to_dict(),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    log.info("made split %s: %s", path, split["split"].value_counts().to_dict())
-    return split
-
-
-def split_path(project: Project) -> Path:
-    """``DIR/tune/split.parquet``: the project's train/val/test (and held) assignment."""
-    return project.root / "tune" / SPLIT_FILE
-
-
-def held_out_ids(project: Project) -> frozenset[str]:
-    """Ids whose labels no label-noise model may learn from: the split's test records and the
-    val/test clusters' later duplicates (``held``). Empty before the first split is made."""
-    import pandas as pd
-
-    path = split_path(project)
-    if not path.exists():
-        return frozenset()
-    split = pd.read_parquet(path, columns=["id", "split"])
-    return frozenset(split["id"][split["split"].isin(["test", "held"])].astype(str))
-
-
-def _extend_split(split, frame, best_label):
-    """Records not in the saved split: train, or ``held`` when their cluster is in val/test."""
-    import pandas as pd
-
-    known = set(split["id"])
-    frame = frame.assign(_group=_groups(frame), _label=best_label)
-    new = frame[~frame["id"].astype(str).isin(known) & frame["_label"].notna()]
-    if new.empty:
-        return split
-    group_split = split.drop_duplicates("group").set_index("group")["split"]
-    side = new["_group"].map(group_split).map(lambda s: "held" if s in ("val", "test") else "train")
-    extra = pd.DataFrame({"id": new["id"].astype(str), "group": new["_group"], "split": side})
-    return pd.concat([split, extra], ignore_index=True)
-
-
-def _slices(frame) -> list[list[str]]:
+def slices_of(frame) -> list[list[str]]:
     if "bias_groups" not in frame.columns:
         return [[] for _ in range(len(frame))]
     return [
@@ -276,27 +159,28 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
         raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
 
     stage, frame = load_records(project, "curated")
-    frame = _cluster_info(project, frame).copy()
+    frame = cluster_info(project, frame).copy()
     frame["id"] = frame["id"].astype(str)
     raw_label = frame["label"].where(frame["label"].notna(), None)
     decisions = load_decisions(project)
     reviewed = decisions.labels
-    best = frame["id"].map(reviewed).where(frame["id"].isin(reviewed.keys()), raw_label)
-    split = ensure_split(project, frame, best, opts)
+    split = ensure_split(
+        project, frame, decisions.best_labels(frame["id"], raw_label), opts.split_spec()
+    )
     frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
-    best = frame["id"].map(reviewed).where(frame["id"].isin(reviewed.keys()), frame["label"])
+    best = decisions.best_labels(frame["id"], frame["label"])
     counts: dict[str, int] = {
         "records": len(frame),
         "reviewed": int(frame["id"].isin(reviewed.keys()).sum()),
     }
-    discarded = frame["id"].isin(decisions.discarded)
+    discarded = decisions.discarded_mask(frame["id"])
     counts["discarded"] = int(discarded.sum())
     base = pd.DataFrame(
         {
             "id": frame["id"],
             "text": frame["text"].astype(str),
             "weight": 1.0,
-            "slice": _slices(frame),
+            "slice": slices_of(frame),
         }
     )
     is_rep = representatives(frame)

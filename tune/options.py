@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from thresher.split import SplitSpec
+
 COMPILE_MODES = ("auto", "on", "off", "graphs")
 DEFAULT_PROMPT = "Classify the text.\nText: {text}\nLabel:"
 
@@ -23,6 +25,10 @@ class DataOptions:
     seed: int = 0
     # sft on instruction/response pairs: the response column (or metadata key); None = labels
     response_column: str | None = None
+
+    def split_spec(self) -> SplitSpec:
+        """The project split's fractions and seed (``thresher.split``)."""
+        return SplitSpec(self.val_fraction, self.test_fraction, self.seed)
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,15 @@ from typing import Any
 
 from thresher.errors import ThresherError
 from thresher.project import Project
+from thresher.split import ensure_split
 from tune.data import (
     EmptyDataError,
     TuneData,
-    _cluster_info,
-    _slices,
-    ensure_split,
+    cluster_info,
     load_records,
     one_per_cluster,
     representatives,
+    slices_of,
 )
 from tune.options import DataOptions
 
@@ -72,7 +72,7 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
     if opts.mode not in ("raw", "curated"):
         raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
     stage, frame = load_records(project, opts.mode, require_label=False)  # pairs need no label
-    frame = _cluster_info(project, frame).copy()
+    frame = cluster_info(project, frame).copy()
     frame["id"] = frame["id"].astype(str)
     response = response_values(frame, column)
     if response.notna().sum() == 0:
@@ -81,7 +81,7 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
             f"ingest a file with a {column} column, or fix --response-col"
         )
     has_pair = response.map(lambda v: None if v is None else "pair")
-    split = ensure_split(project, frame, has_pair, opts)
+    split = ensure_split(project, frame, has_pair, opts.split_spec())
     frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
     response = response.set_axis(frame.index)  # a left merge on unique ids keeps the row order
     counts: dict[str, int] = {"records": len(frame), "no_response": int(response.isna().sum())}
@@ -91,7 +91,7 @@ def build_pairs_dataset(project: Project, opts: DataOptions) -> TuneData:
             "text": frame["text"].astype(str),
             "label": response,
             "weight": 1.0,
-            "slice": _slices(frame),
+            "slice": slices_of(frame),
         }
     )
     is_rep = representatives(frame)

@@ -295,7 +295,7 @@ def test_semantic_flags_paraphrases_and_reuses_the_cache(tmp_path):
     assert out[2]["semantic_cluster"] is None
     assert out[0]["label_conflict"] and not out[2]["label_conflict"]
     assert all(r["is_representative"] for r in out)  # flagged, not dropped
-    cache = project.root / ".cache" / "embeddings"
+    cache = project.embedding_cache
     shards = sorted(cache.rglob("*.npz"))
     assert shards
     dedup(project, DedupOptions(semantic=True, semantic_threshold=0.8), force=True)

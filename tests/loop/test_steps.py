@@ -10,7 +10,6 @@ from loop.rounds import RoundRunner
 from loop.steps import (
     eval_step,
     file_push_step,
-    in_test_split,
     oracle_pull_step,
     predict_step,
     rebuild_step,
@@ -98,11 +97,32 @@ def test_flagged_label_issues_go_back_for_review(tmp_path, planted):
     assert result.outputs("select")["by_reason"]["uncertain"] == 10
 
 
-def test_test_split_is_stable_and_sized():
-    ids = [f"id-{i}" for i in range(4000)]
-    mask = in_test_split(ids, 0.2)
-    assert 0.17 < mask.mean() < 0.23
-    assert (in_test_split(ids[::-1], 0.2) == mask[::-1]).all()
+def _context(root):
+    from loop.rounds import StepContext
+
+    work = root / "rounds" / "1" / "rebuild"
+    work.mkdir(parents=True)
+    return StepContext(Project.at(root), 1, "rebuild", work.parent, work, {}, {}, None)
+
+
+def test_rebuild_holds_out_a_stratified_test_split_and_keeps_it(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(100)],
+            "text": [f"t{i}" for i in range(100)],
+            "label": ["a" if i % 4 else "b" for i in range(100)],
+        }
+    )
+    ctx = _context(tmp_path / "a")
+    out = rebuild_step(lambda ctx: frame, test_fraction=0.2, seed=0)(ctx)
+    labeled = pd.read_parquet(ctx.work_dir / "labeled.parquet")
+    test = labeled[labeled["split"] == "test"]
+    assert out["test"] == 20 and (test["label"] == "b").sum() == 5
+    shuffled = frame.sample(frac=1, random_state=1)
+    ctx2 = _context(tmp_path / "b")
+    rebuild_step(lambda ctx: shuffled, test_fraction=0.2, seed=0)(ctx2)
+    again = pd.read_parquet(ctx2.work_dir / "labeled.parquet")
+    assert set(again.loc[again["split"] == "test", "id"]) == set(test["id"])
 
 
 @pytest.mark.parametrize("classes", [("food", "sport", "tech"), ("food", "sport")])

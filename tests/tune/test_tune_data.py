@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tests.tune.conftest import make_project, synthetic_rows
 from thresher.errors import ThresherError
 from thresher.project import Project
-from tune.data import EmptyDataError, build_dataset, make_split
+from tune.data import EmptyDataError, build_dataset
 from tune.options import DataOptions
 
 
@@ -40,35 +38,6 @@ def test_split_is_stratified_and_saved(project):
         assert 0.4 <= share <= 0.6  # both classes kept in every split
     again = build_dataset(Project.at(project), DataOptions(seed=99))  # saved split wins
     assert list(again.test["id"]) == list(data.test["id"])
-
-
-def test_split_does_not_depend_on_row_order():
-    rows = synthetic_rows(80)
-    frame = pd.DataFrame(rows).assign(id=[f"r{i}" for i in range(80)])
-    a = make_split(frame, frame["label"], DataOptions(seed=3))
-    b = make_split(frame.sample(frac=1, random_state=0), frame["label"], DataOptions(seed=3))
-    assert a.sort_values("id").equals(b.sort_values("id"))
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    clusters=st.lists(st.integers(0, 12), min_size=20, max_size=60),
-    seed=st.integers(0, 5),
-)
-def test_no_cluster_straddles_splits(clusters, seed):
-    n = len(clusters)
-    frame = pd.DataFrame(
-        {
-            "id": [f"r{i}" for i in range(n)],
-            "label": ["a" if i % 3 else "b" for i in range(n)],
-            "dup_cluster": pd.array([c if c < 8 else None for c in clusters], dtype="Int64"),
-        }
-    )
-    split = make_split(frame, frame["label"], DataOptions(seed=seed))
-    merged = split.merge(frame, on="id")
-    per_cluster = merged.dropna(subset=["dup_cluster"]).groupby("dup_cluster")["split"].nunique()
-    assert (per_cluster == 1).all()
-    assert len(split) == n
 
 
 def test_test_split_never_shares_a_cluster_with_train(project):

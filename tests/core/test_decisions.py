@@ -1,11 +1,11 @@
-"""review.decisions: one reading of the review, applied to Arrow data."""
+"""thresher.decisions: one reading of the review, applied to Arrow data."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from review.decisions import ReviewDecisions, apply_to_batch, load_decisions
+from thresher.decisions import ReviewDecisions, apply_to_batch, load_decisions
 from thresher.project import Project
 
 

@@ -162,7 +162,7 @@ class EmbeddingCache:
     def add(self, keys, vectors) -> None:
         import numpy as np
 
-        from thresher.project import _umask
+        from thresher.project import current_umask
 
         if len(keys) == 0:
             return
@@ -173,7 +173,7 @@ class EmbeddingCache:
         final = self.dir / f"shard-{shard_no:06d}-{os.getpid()}.npz"
         tmp = final.with_suffix(".tmp.npz")
         np.savez(tmp, keys=keys, vectors=vectors)
-        tmp.chmod(0o666 & ~_umask())
+        tmp.chmod(0o666 & ~current_umask())
         os.replace(tmp, final)
         self._shards.append(vectors)
         for row, key in enumerate(keys.tolist()):

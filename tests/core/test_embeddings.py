@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate import embeddings
-from curate.embeddings import cpu_has_bf16, embed_texts, load_encoder, resolve_precision
+from thresher import embeddings
+from thresher.embeddings import cpu_has_bf16, embed_texts, load_encoder, resolve_precision
 
 TEXTS = [
     "The film was a delight from start to finish.",

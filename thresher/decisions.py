@@ -31,14 +31,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from thresher.project import Project
 from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
-ANNOTATIONS = Path("review") / "annotations.parquet"
 REVIEWED, ORIGINAL = "reviewed", "original"
 CLUSTER_COLUMNS = ("id", "dup_cluster", "is_representative")
 
@@ -74,6 +72,22 @@ class ReviewDecisions:
             if by is not None and len(by) > 0 and not _is_null(n) and int(n) == 0:
                 discarded.add(rid)
         return cls(labels=labels, discarded=frozenset(discarded), present=True)
+
+    def best_labels(self, ids, given):
+        """The one "best label" rule: each record's reviewed consensus where reviewers reached
+        one, else its ``given`` label (pandas Series aligned with ``ids``; None = unlabelled).
+        Discarded records keep a label here; ``discarded_mask`` says which to leave out."""
+        import pandas as pd
+
+        given = given if isinstance(given, pd.Series) else pd.Series(given, dtype=object)
+        ids = pd.Series(list(ids), index=given.index, dtype=object).astype(str)
+        return ids.map(self.labels).where(ids.isin(self.labels.keys()), given)
+
+    def discarded_mask(self, ids):
+        """True for the records every reviewer discarded (pandas Series aligned with ``ids``)."""
+        import pandas as pd
+
+        return pd.Series(ids).astype(str).isin(self.discarded)
 
     def carried_to_representatives(self, table) -> ReviewDecisions:
         """These decisions plus the ones the representatives of ``table`` (pandas or Arrow with
@@ -148,7 +162,7 @@ def load_decisions(project: Project) -> ReviewDecisions:
     to the current dedup representatives when ``DIR/dedup`` exists."""
     import pyarrow.parquet as pq
 
-    path = project.root / ANNOTATIONS
+    path = project.annotations_path
     if not path.exists():
         return ReviewDecisions()
     names = set(pq.read_schema(path).names)
