@@ -146,6 +146,78 @@ def record_id(record: dict[str, Any]) -> str:
     return str(record.get("external_id") or record["id"])
 
 
+def _responses(rec: dict[str, Any], names: dict[str, str]):
+    """(submitted labels by annotator, notes by annotator, who discarded) of one record."""
+    labels: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    discarded: list[str] = []
+    for resp in rec.get("responses") or []:
+        who = names.get(resp["user_id"], resp["user_id"])
+        note = _value(resp.get("values"), NOTE_QUESTION)
+        if note:
+            notes[who] = str(note)
+        if resp["status"] == "submitted":
+            value = _value(resp.get("values"), LABEL_QUESTION)
+            if value is not None:
+                labels[who] = str(value)
+        elif resp["status"] == "discarded":
+            discarded.append(who)
+    return labels, notes, discarded
+
+
+def _annotation_row(rec: dict[str, Any], names: dict[str, str], src: dict[str, Any]):
+    """The annotations.parquet row of one record (``_labels`` kept for the summary), or None
+    when nobody submitted or discarded it."""
+    labels, notes, discarded = _responses(rec, names)
+    if not labels and not discarded:
+        return None
+    c = majority_consensus(list(labels.values()))
+    return {
+        "id": record_id(rec),
+        "text": (rec.get("fields") or {}).get(TEXT_FIELD),
+        "label": c.label,
+        "n_annotators": c.n_annotators,
+        "agreement": c.agreement,
+        "tie": c.tie,
+        "disagreement": c.disagreement,
+        "annotator_labels": json.dumps(labels, sort_keys=True),
+        "notes": json.dumps(notes, sort_keys=True),
+        "discarded_by": sorted(discarded),
+        "given_label": src.get("label"),
+        "predicted_label": src.get("predicted_label"),
+        "_labels": labels,
+    }
+
+
+def _agreement_summary(rows, pred, model_classes) -> dict[str, Any]:
+    """Dataset-level agreement (alpha, kappa, counts) and the per-annotator figures."""
+    order = sorted({a for row in rows for a in row["_labels"]})
+    table = [[row["_labels"].get(a) for a in order] for row in rows]
+    by_annotator = {
+        a: {row["id"]: row["_labels"][a] for row in rows if a in row["_labels"]} for a in order
+    }
+    consensus = {row["id"]: row["label"] for row in rows}
+    stats = annotator_agreement(by_annotator, consensus)
+    others = {o.annotator: o for o in agreement_with_others(by_annotator)}
+    quality, note = _add_cleanlab(rows, order, table, pred, model_classes)
+    annotators = []
+    for s in stats:
+        extra = {k: v for k, v in others[s.annotator].__dict__.items() if k != "annotator"}
+        annotators.append({**s.__dict__, **extra, "crowdlab_quality": quality.get(s.annotator)})
+    return {
+        "alpha": krippendorff_alpha_nominal(table),
+        "fleiss_kappa": fleiss_kappa(table),
+        "annotators": annotators,
+        "crowdlab_note": note,
+        "annotated": sum(1 for r in rows if r["n_annotators"] > 0),
+        "submitted": sum(r["n_annotators"] for r in rows),
+        "discarded": sum(len(r["discarded_by"]) for r in rows),
+        "consensus": sum(1 for r in rows if r["label"] is not None),
+        "ties": sum(1 for r in rows if r["tie"]),
+        "disagreements": sum(1 for r in rows if r["disagreement"]),
+    }
+
+
 def summarize(
     records: list[dict[str, Any]],
     names: dict[str, str],
@@ -159,71 +231,12 @@ def summarize(
     Per annotator: agreement with the consensus, with the others (leave-one-out, see
     ``review.agreement.OthersAgreement``) and CROWDLAB's ``crowdlab_quality`` (0..1, higher =
     better) where model probabilities exist; ``crowdlab_note`` says why it is absent."""
-    rows: list[dict[str, Any]] = []
-    annotators: set[str] = set()
-    for rec in records:
-        rid = record_id(rec)
-        labels: dict[str, str] = {}
-        notes: dict[str, str] = {}
-        discarded: list[str] = []
-        for resp in rec.get("responses") or []:
-            who = names.get(resp["user_id"], resp["user_id"])
-            note = _value(resp.get("values"), NOTE_QUESTION)
-            if note:
-                notes[who] = str(note)
-            if resp["status"] == "submitted":
-                value = _value(resp.get("values"), LABEL_QUESTION)
-                if value is not None:
-                    labels[who] = str(value)
-            elif resp["status"] == "discarded":
-                discarded.append(who)
-        if not labels and not discarded:
-            continue
-        annotators.update(labels)
-        c = majority_consensus(list(labels.values()))
-        src = pred.get(rid, {})
-        rows.append(
-            {
-                "id": rid,
-                "text": (rec.get("fields") or {}).get(TEXT_FIELD),
-                "label": c.label,
-                "n_annotators": c.n_annotators,
-                "agreement": c.agreement,
-                "tie": c.tie,
-                "disagreement": c.disagreement,
-                "annotator_labels": json.dumps(labels, sort_keys=True),
-                "notes": json.dumps(notes, sort_keys=True),
-                "discarded_by": sorted(discarded),
-                "given_label": src.get("label"),
-                "predicted_label": src.get("predicted_label"),
-                "_labels": labels,
-            }
-        )
-    order = sorted(annotators)
-    table = [[row["_labels"].get(a) for a in order] for row in rows]
-    by_annotator = {
-        a: {row["id"]: row["_labels"][a] for row in rows if a in row["_labels"]} for a in order
-    }
-    consensus = {row["id"]: row["label"] for row in rows}
-    stats = annotator_agreement(by_annotator, consensus)
-    others = {o.annotator: o for o in agreement_with_others(by_annotator)}
-    quality, note = _add_cleanlab(rows, order, table, pred, model_classes)
-    annotators = []
-    for s in stats:
-        extra = {k: v for k, v in others[s.annotator].__dict__.items() if k != "annotator"}
-        annotators.append({**s.__dict__, **extra, "crowdlab_quality": quality.get(s.annotator)})
-    summary = {
-        "alpha": krippendorff_alpha_nominal(table),
-        "fleiss_kappa": fleiss_kappa(table),
-        "annotators": annotators,
-        "crowdlab_note": note,
-        "annotated": sum(1 for r in rows if r["n_annotators"] > 0),
-        "submitted": sum(r["n_annotators"] for r in rows),
-        "discarded": sum(len(r["discarded_by"]) for r in rows),
-        "consensus": sum(1 for r in rows if r["label"] is not None),
-        "ties": sum(1 for r in rows if r["tie"]),
-        "disagreements": sum(1 for r in rows if r["disagreement"]),
-    }
+    rows = [
+        row
+        for rec in records
+        if (row := _annotation_row(rec, names, pred.get(record_id(rec), {}))) is not None
+    ]
+    summary = _agreement_summary(rows, pred, model_classes)
     for row in rows:
         del row["_labels"]
     return rows, summary
