@@ -80,7 +80,8 @@ bench: install server-install
 	$(BIN)/python benchmarks/active_learning.py --seeds 5 --out $(R)/active_learning.json
 	$(BIN)/python benchmarks/round_real.py --size 10000 > $(R)/round_real.json
 	$(BIN)/python benchmarks/tune_cpu.py --size 0 --epochs 1 --out $(R)/tune_cpu.json
-	$(BIN)/python benchmarks/curation_lift.py --steps 88 --out $(R)/curation_lift.json
+	$(BIN)/python benchmarks/curation_lift.py --size 2000 --steps 88 --lr 2e-3 --seeds 0 1 2 3 4 \
+		--variants raw oracle-exclude exclude exclude@0.6 --out $(R)/curation_lift.json
 
 # Streaming score at 1M records vs the in-memory engine and Ray at 100k (~15 min on 2 cores).
 bench-score-stream: install
@@ -88,7 +89,7 @@ bench-score-stream: install
 
 # Needs a CUDA GPU: the recipe's step (eager, compiled) vs HF Trainer + peft, with a profile.
 bench-gpu: install
-	$(BIN)/python benchmarks/tune_gpu.py --profile $(R)/tune_gpu_profile.txt --out $(R)/tune_gpu.json
+	$(BIN)/python benchmarks/tune_gpu.py --profile $(R)/tune_gpu_profile_eager.txt --out $(R)/tune_gpu.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache

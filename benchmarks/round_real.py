@@ -36,8 +36,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="margin")
     parser.add_argument(
         "--cache",
-        default="/work/wt-loop/benchmarks/out/al/rotten_tomatoes/.cache/embeddings",
-        help="embedding cache of the demo corpus (else embeddings are computed: slow)",
+        default="benchmarks/out/al/rotten_tomatoes/.cache/embeddings",
+        help="embedding cache of the demo corpus, as benchmarks/active_learning.py leaves it "
+        "(else embeddings are computed: slow)",
     )
     args = parser.parse_args()
 
