@@ -160,16 +160,12 @@ def oracle_labels(y: np.ndarray, k: int, noise: float, seed: int) -> np.ndarray:
 
 
 def split_test(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pool positions, test positions): a stratified split when every class has 2+ rows."""
-    from sklearn.model_selection import train_test_split
+    """(pool positions, test positions): the project's split rule (``thresher.split``) over
+    positions, stratified by gold label when every class has two rows."""
+    from thresher.split import stratified_split
 
-    positions = np.arange(len(y))
-    _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 else None
-    pool, test = train_test_split(
-        positions, test_size=fraction, random_state=seed, stratify=stratify
-    )
-    return np.sort(pool), np.sort(test)
+    pool, test = stratified_split(np.arange(len(y)).tolist(), y.tolist(), fraction, seed)
+    return np.sort(np.asarray(pool, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
 
 
 def _run_seed(
