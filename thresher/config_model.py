@@ -1,12 +1,12 @@
 """The type of every config key, checked after each layer (file, environment, flags).
 
-One typed model (pydantic v2) is built from ``thresher.config.DEFAULTS``: the keys declared in
-``KEYS`` get their type, range or choices from there; any other key (one added to the template
-later) is checked against its default's type (bool, int, float, str, list; a null default accepts
-anything until declared). Validation returns the typed values (``0.9`` from the environment is a
-float, ``[emb, svm]`` or ``emb,svm`` a list of strings), so callers never convert by hand. A bad
-value is one ``ConfigError`` line naming the key, its value, the layer it came from and the type
-expected.
+One typed model (pydantic v2) is built from ``thresher.config_defaults.DEFAULTS``: the keys
+declared in ``KEYS`` get their type, range or choices from there; any other key (one added to the
+template later) is checked against its default's type (bool, int, float, str, list; a null default
+accepts anything until declared). Validation returns the typed values (``0.9`` from the
+environment is a float, ``[emb, svm]`` or ``emb,svm`` a list of strings), so callers never convert
+by hand. A bad value is one ``ConfigError`` line naming the key, its value, the layer it came from
+and the type expected.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def build_model(defaults: Mapping[str, Any], prefix: str = "") -> type:
 
 @functools.cache
 def _default_model() -> type:
-    from thresher.config import DEFAULTS
+    from thresher.config_defaults import DEFAULTS
 
     return build_model(DEFAULTS)
 
@@ -302,10 +302,10 @@ def validate_config(
     """The typed copy of ``data`` (a full config mapping), or ``ConfigError``: one line naming
     each bad key, its value, where it came from (``origins``: dotted key → layer; the defaults
     when absent) and the type expected. ``defaults``: the mapping the model is built from
-    (``thresher.config.DEFAULTS`` when omitted)."""
+    (``thresher.config_defaults.DEFAULTS`` when omitted)."""
     from pydantic import ValidationError
 
-    from thresher.config import DEFAULTS
+    from thresher.config_defaults import DEFAULTS
 
     if defaults is None or defaults is DEFAULTS:
         model, defaults = _default_model(), DEFAULTS
