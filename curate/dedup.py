@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from curate import minhash as mh
-from curate.normalize import NormalizeOptions, normalized_bytes
+from curate.dedup_sketch import Corpus, sketch_batches
+from curate.normalize import NormalizeOptions
 from thresher.errors import InputError
 from thresher.project import Project, fingerprint, path_sha256, stage_output, upstream_input
 
@@ -84,6 +85,9 @@ class DedupOptions:
             rows=self.rows,
         )
 
+    def normalize(self) -> NormalizeOptions:
+        return NormalizeOptions(punctuation=self.punctuation)
+
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise InputError(f"--threshold must be in (0, 1], got {self.threshold}")
@@ -121,107 +125,6 @@ class DedupResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------- pass 1: sketches
-
-
-@dataclass
-class _Corpus:
-    sketch: mh.Sketch
-    label_codes: np.ndarray  # int32, -1 = no label
-    label_names: list[str]
-    lengths: np.ndarray  # int64 characters
-
-
-def _sketch_batches(
-    batches, opts: DedupOptions, progress, with_labels: bool = True, n_rows: int | None = None
-) -> _Corpus:
-    """Pass 1: sketch every batch. With ``n_rows`` known, signatures go straight into one
-    preallocated array (no concatenation copy)."""
-    import pyarrow as pa
-
-    norm = NormalizeOptions(punctuation=opts.punctuation)
-    mopts = opts.minhash()
-    parts, labels, lengths = [], [], []
-    sig_all = np.empty((n_rows, opts.num_perm), np.uint32) if n_rows is not None else None
-    row = 0
-    for batch in batches:
-        texts = batch.column("text")
-        data, offsets = normalized_bytes(texts, norm)
-        part = mh.sketch_batch(data, offsets, mopts)
-        if sig_all is not None:
-            sig_all[row : row + len(texts)] = part.signatures
-            part.signatures = np.empty((0, opts.num_perm), np.uint32)  # no view: frees it
-        row += len(texts)
-        parts.append(part)
-        lengths.append(_text_lengths(texts))
-        if with_labels and "label" in batch.schema.names:
-            labels.append(batch.column("label").cast(pa.string()))
-        else:
-            labels.append(pa.nulls(len(texts), pa.string()))
-        if progress is not None:
-            progress(len(texts))
-    sketch = mh.concat_sketches(parts, opts.num_perm)
-    if sig_all is not None:
-        sketch.signatures = sig_all[:row]
-    codes, names = _label_codes(labels)
-    length = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
-    return _Corpus(sketch, codes, names, length)
-
-
-def _text_lengths(texts) -> np.ndarray:
-    """Characters per text (0 for null), via buffers (``fill_null`` with a Python value would
-    import pandas)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    return _int_values(pc.utf8_length(texts), 0)
-
-
-def _label_codes(chunks) -> tuple[np.ndarray, list[str]]:
-    """Labels as int32 codes in alphabetical order of the label (-1 = null)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not chunks:
-        return np.zeros(0, np.int32), []
-    labels = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
-    uniq = pc.drop_null(pc.unique(labels))
-    uniq = uniq.take(pc.sort_indices(uniq))  # alphabetical codes (no pa.array: see _arrow)
-    codes = pc.index_in(labels, value_set=uniq)
-    return _int_values(codes, -1).astype(np.int32), [str(v) for v in uniq.to_pylist()]
-
-
-def _int_values(arr, fill: int) -> np.ndarray:
-    """An Arrow int32/int64 array as int64 numpy, nulls → ``fill`` (no ``pc.fill_null``: with a
-    Python fill value it imports pandas)."""
-    import pyarrow as pa
-
-    dtype = np.int32 if arr.type == pa.int32() else np.int64
-    values = np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
-    values = values.astype(np.int64)
-    if arr.null_count:
-        values[~_valid_mask(arr)] = fill
-    return values
-
-
-def _bits_to_bool(column) -> np.ndarray:
-    """An Arrow bool array (no nulls) as numpy bool, through its bitmap."""
-    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    bits = np.unpackbits(np.frombuffer(arr.buffers()[1], dtype=np.uint8), bitorder="little")
-    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
-
-
-def _valid_mask(arr) -> np.ndarray:
-    """Validity bitmap → bool numpy (``is_valid().to_numpy`` would import pandas)."""
-    bitmap = arr.buffers()[0]
-    if bitmap is None:
-        return np.ones(len(arr), dtype=bool)
-    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
-    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
 
 
 # --------------------------------------------------------------------------- clustering
@@ -303,7 +206,7 @@ def choose_representatives(
     return rep
 
 
-def cluster_corpus(corpus: _Corpus, opts: DedupOptions) -> tuple[Clusters, dict[str, Any]]:
+def cluster_corpus(corpus: Corpus, opts: DedupOptions) -> tuple[Clusters, dict[str, Any]]:
     """Exact + near clusters, representatives and label conflicts for a sketched corpus."""
     sk = corpus.sketch
     n = len(sk.exact)
@@ -455,7 +358,7 @@ def leakage_pairs(mine: mh.Sketch, theirs: mh.Sketch, opts: mh.MinHashOptions):
 
 
 def _against(
-    other: Path, corpus: _Corpus, ids: list[str], opts: DedupOptions, text_col: str, out: Path
+    other: Path, corpus: Corpus, ids: list[str], opts: DedupOptions, text_col: str, out: Path
 ) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -467,7 +370,7 @@ def _against(
             other_ids.extend(str(v) for v in batch.column("id").to_pylist())
             yield batch
 
-    theirs = _sketch_batches(batches(), opts, None, with_labels=False)
+    theirs = sketch_batches(batches(), opts.normalize(), opts.minhash(), None, with_labels=False)
     exact_hits, near = leakage_pairs(corpus.sketch, theirs.sketch, opts.minhash())
     rows = [(ids[a], other_ids[b], "exact", 1.0) for a, b in exact_hits]
     rows += [(ids[a], other_ids[b], "near", s) for a, b, s in near]
@@ -543,20 +446,10 @@ def dedup(
     """Run the dedup stage on ``project`` (a rerun with unchanged input and options is a no-op
     unless ``force``). ``against``: a project folder or file whose duplicates in this project are
     reported in ``leakage.parquet`` (train/test leakage)."""
-    import pyarrow.parquet as pq
-
     opts.validate()
     src = project.require("ingest", "thresher curate ingest SRC -p DIR")
-    inputs = [upstream_input(project, "ingest")]
-    if against is not None:
-        other = Path(against)
-        if not other.exists():
-            raise InputError(f"--against {other}: no such file or project folder")
-        inputs.append({"against": str(other), "sha256": path_sha256(_against_hash_target(other))})
-    config = asdict(opts)
-    config.pop("batch_size")
-    config.pop("keep_in_memory_mb")
-    config.pop("engine")  # both engines give the same output
+    inputs = _stage_inputs(project, against)
+    config = _fingerprint_config(opts)
     stage_fp = fingerprint({"inputs": inputs, "config": config})
     if not force and project.is_fresh(STAGE, stage_fp):
         manifest = project.read_manifest(STAGE) or {}
@@ -565,68 +458,131 @@ def dedup(
     with stage_output(
         project, STAGE, stage_fp, inputs=inputs, config=config, packages=("numpy", "pyarrow")
     ) as run:
-        parquet = pq.ParquetFile(src)
-        meta = parquet.metadata
-        in_memory = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) <= (
-            opts.keep_in_memory_mb << 20
-        )
-        kept: list | None = [] if in_memory and opts.engine == "local" else None
+        source = _Input(src, opts)
         with run.timed("sketch"):
-            if opts.engine == "ray":
-                from curate.dedup_ray import sketch_with_ray
-
-                corpus = sketch_with_ray(src, opts)
-            else:
-                columns = None if in_memory else ["text", "label"]
-                stream = parquet.iter_batches(opts.batch_size, columns=columns, use_threads=False)
-                corpus = _sketch_batches(
-                    _remember(stream, kept), opts, progress, n_rows=meta.num_rows
-                )
+            corpus = _sketch(source, opts, progress)
         with run.timed("cluster"):
             clusters, stats = cluster_corpus(corpus, opts)
         if opts.semantic:
             with run.timed("semantic"):
-                sem = _semantic(project, src, mh.exact_groups(corpus.sketch.exact), opts, None)
-                sem_conflict, _ = _conflicts(sem, corpus.label_codes)
-                clusters.semantic_cluster = sem
-                clusters.label_conflict |= sem_conflict
-                clusters.n_semantic = int(sem.max()) + 1 if len(sem) and sem.max() >= 0 else 0
+                _add_semantic(clusters, project, src, corpus, opts)
         leaked = None
         if against is not None:
             with run.timed("against"):
-                ids = pq.read_table(src, columns=["id"]).column("id").to_pylist()
-                leaked = _against(Path(against), corpus, ids, opts, text_col, run.path(LEAKAGE))
+                leaked = _leakage(src, Path(against), corpus, opts, text_col, run.path(LEAKAGE))
         # Signatures are not needed past this point: free them before pass 2 (peak memory).
         corpus.sketch.signatures = np.empty((0, opts.num_perm), np.uint32)
         with run.timed("write"):
-            batches = (
-                kept
-                if kept is not None
-                else parquet.iter_batches(opts.batch_size, use_threads=False)
-            )
-            _write(parquet.schema_arrow, batches, clusters, run.path("records.parquet"))
-        n = len(clusters.dup_cluster)
-        cluster_ids = clusters.dup_cluster
-        conflict_clusters = clusters.n_conflicts
-        run.counts = {
-            "rows": n,
-            "clusters": clusters.n_clusters,
-            "removed": int(n - clusters.is_representative.sum()),
-            "exact_clusters": clusters.n_exact_clusters,
-            "near_clusters": clusters.n_near_clusters,
-            "duplicate_rows": int((cluster_ids >= 0).sum()),
-            "label_conflicts": conflict_clusters,
-            "label_conflict_rows": int(clusters.label_conflict.sum()),
-            "semantic_clusters": clusters.n_semantic,
-            "leaked": leaked,
-            "against": str(against) if against is not None else None,
-            **stats,
-        }
+            _write(source.schema, source.second_pass(), clusters, run.path("records.parquet"))
+        run.counts = _counts(clusters, stats, leaked, against)
         run.extra["seed"] = opts.seed
         run.extra["memory_bytes_per_doc"] = 4 * opts.num_perm + 16 + 1 + 4 + 8
     result = _result(run.counts, project, noop=False)
     result.timings = dict(run.timings)
     return result
+
+
+def _stage_inputs(project: Project, against: str | Path | None) -> list[dict[str, Any]]:
+    """The stage's inputs for its fingerprint: the ingested records, and ``against`` if given."""
+    inputs = [upstream_input(project, "ingest")]
+    if against is not None:
+        other = Path(against)
+        if not other.exists():
+            raise InputError(f"--against {other}: no such file or project folder")
+        inputs.append({"against": str(other), "sha256": path_sha256(_against_hash_target(other))})
+    return inputs
+
+
+def _fingerprint_config(opts: DedupOptions) -> dict[str, Any]:
+    """The options that change the output (batching, memory and engine do not)."""
+    config = asdict(opts)
+    config.pop("batch_size")
+    config.pop("keep_in_memory_mb")
+    config.pop("engine")  # both engines give the same output
+    return config
+
+
+class _Input:
+    """The ingested records, read twice: pass 1 sketches, pass 2 writes. Pass 1's batches are
+    kept for pass 2 when the file fits in ``keep_in_memory_mb`` (local engine only)."""
+
+    def __init__(self, path: Path, opts: DedupOptions) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self.parquet = pq.ParquetFile(path)
+        self.schema = self.parquet.schema_arrow
+        self.rows = self.parquet.metadata.num_rows
+        self.batch_size = opts.batch_size
+        meta = self.parquet.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        self.in_memory = size <= (opts.keep_in_memory_mb << 20)
+        self.kept: list | None = [] if self.in_memory and opts.engine == "local" else None
+
+    def first_pass(self):
+        """Batches of ``text`` and ``label`` (every column when they are kept for pass 2)."""
+        columns = None if self.in_memory else ["text", "label"]
+        stream = self.parquet.iter_batches(self.batch_size, columns=columns, use_threads=False)
+        return _remember(stream, self.kept)
+
+    def second_pass(self):
+        """Batches of every column."""
+        if self.kept is not None:
+            return self.kept
+        return self.parquet.iter_batches(self.batch_size, use_threads=False)
+
+
+def _sketch(source: _Input, opts: DedupOptions, progress) -> Corpus:
+    """Pass 1 on the chosen engine."""
+    if opts.engine == "ray":
+        from curate.dedup_ray import sketch_with_ray
+
+        return sketch_with_ray(source.path, opts)
+    return sketch_batches(
+        source.first_pass(), opts.normalize(), opts.minhash(), progress, n_rows=source.rows
+    )
+
+
+def _add_semantic(
+    clusters: Clusters, project: Project, src: Path, corpus: Corpus, opts: DedupOptions
+) -> None:
+    """Semantic clusters, and the label conflicts they add, into ``clusters``."""
+    sem = _semantic(project, src, mh.exact_groups(corpus.sketch.exact), opts, None)
+    sem_conflict, _ = _conflicts(sem, corpus.label_codes)
+    clusters.semantic_cluster = sem
+    clusters.label_conflict |= sem_conflict
+    clusters.n_semantic = int(sem.max()) + 1 if len(sem) and sem.max() >= 0 else 0
+
+
+def _leakage(
+    src: Path, other: Path, corpus: Corpus, opts: DedupOptions, text_col: str, out: Path
+) -> int:
+    """``leakage.parquet`` against ``other``; returns how many of this project's rows leak."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(src, columns=["id"]).column("id").to_pylist()
+    return _against(other, corpus, ids, opts, text_col, out)
+
+
+def _counts(
+    clusters: Clusters, stats: dict[str, Any], leaked: int | None, against: str | Path | None
+) -> dict[str, Any]:
+    """The manifest's counts (also the result's fields)."""
+    n = len(clusters.dup_cluster)
+    return {
+        "rows": n,
+        "clusters": clusters.n_clusters,
+        "removed": int(n - clusters.is_representative.sum()),
+        "exact_clusters": clusters.n_exact_clusters,
+        "near_clusters": clusters.n_near_clusters,
+        "duplicate_rows": int((clusters.dup_cluster >= 0).sum()),
+        "label_conflicts": clusters.n_conflicts,
+        "label_conflict_rows": int(clusters.label_conflict.sum()),
+        "semantic_clusters": clusters.n_semantic,
+        "leaked": leaked,
+        "against": str(against) if against is not None else None,
+        **stats,
+    }
 
 
 def _against_hash_target(other: Path) -> Path:

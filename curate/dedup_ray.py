@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from curate import minhash as mh
+from curate.dedup_sketch import Corpus, bits_to_bool, empty_corpus, label_codes, text_lengths
 from curate.normalize import NormalizeOptions, normalized_bytes
 from curate.ray_support import import_ray
 
@@ -30,8 +31,6 @@ def _sketch_block(batch, opts):
     """The map_batches task (stateless, so no actor pool): Arrow batch of (text, label) →
     sketch columns."""
     import pyarrow as pa
-
-    from curate.dedup import _text_lengths
 
     texts = batch.column("text")
     data, offsets = normalized_bytes(texts, NormalizeOptions(punctuation=opts.punctuation))
@@ -48,7 +47,7 @@ def _sketch_block(batch, opts):
     has = pa.Array.from_buffers(
         pa.bool_(), n, [None, pa.py_buffer(np.packbits(sk.has_shingles, bitorder="little"))]
     )
-    lengths = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(_text_lengths(texts))])
+    lengths = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(text_lengths(texts))])
     label = (
         batch.column("label").cast(pa.string())
         if "label" in batch.column_names
@@ -64,12 +63,11 @@ def _fixed(column, width: int, dtype) -> np.ndarray:
     return raw.view(dtype).reshape(len(arr), -1)
 
 
-def sketch_with_ray(src: Path, opts):
-    """Pass 1 on Ray Data: a ``curate.dedup._Corpus`` for the records at ``src``."""
+def sketch_with_ray(src: Path, opts) -> Corpus:
+    """Pass 1 on Ray Data: the ``Corpus`` of the records at ``src`` (``opts``: the stage's
+    ``curate.dedup.DedupOptions``)."""
     ray = import_ray()
     import pyarrow as pa
-
-    from curate.dedup import _bits_to_bool, _Corpus, _label_codes
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -83,13 +81,12 @@ def sketch_with_ray(src: Path, opts):
             continue
         sigs.append(_fixed(batch.column("sig"), 4 * opts.num_perm, np.uint32))
         exacts.append(_fixed(batch.column("exact"), 16, np.uint64))
-        has.append(_bits_to_bool(batch.column("has")))
+        has.append(bits_to_bool(batch.column("has")))
         lengths.append(_fixed(batch.column("length"), 8, np.int64).ravel())
         labels.extend(batch.column("label").chunks)
     if not sigs:
-        sketch = mh.concat_sketches([], opts.num_perm)
-        return _Corpus(sketch, np.zeros(0, np.int32), [], np.zeros(0, np.int64))
+        return empty_corpus(opts.num_perm)
     sketch = mh.Sketch(np.concatenate(sigs), np.concatenate(exacts), np.concatenate(has))
-    codes, names = _label_codes([pa.concat_arrays(labels)] if labels else [])
+    codes, names = label_codes([pa.concat_arrays(labels)] if labels else [])
     log.info("ray: sketched %d documents", len(sketch.exact))
-    return _Corpus(sketch, codes, names, np.concatenate(lengths))
+    return Corpus(sketch, codes, names, np.concatenate(lengths))
