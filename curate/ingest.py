@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from curate.readers import (
     DEFAULT_MAX_LINE_BYTES,
@@ -312,83 +312,135 @@ def ingest(
     with stage_output(
         project, STAGE, stage_fp, inputs=inputs, config=config, packages=("pyarrow",)
     ) as run:
-        ids = _IdRegistry()
         writer = _RecordWriter(run.path("records.parquet"), opts.batch_size)
-        by_reason: Counter[str] = Counter()
-        labels: Counter[str] = Counter()
-        per_source: list[dict[str, Any]] = []
-        cleaned_total = 0
         with (
             run.timed("read_validate_write"),
-            open(run.path(REJECTED), "w", encoding="utf-8") as rej,
+            open(run.path(REJECTED), "w", encoding="utf-8") as rejected,
         ):
+            state = _IngestRun(opts, writer, rejected, progress)
             for source, id_col in zip(sources, source_ids, strict=True):
-                rows_in = kept = 0
-                objects = with_text_col = 0
-                skip = frozenset({opts.text_col, opts.label_col, id_col})
-                for row in read_rows(source, opts.batch_size, opts.max_line_bytes):
-                    rows_in += 1
-                    where = f"{source.name}:{row.row}"
-                    try:
-                        if row.error is not None:
-                            raise Rejection(*row.error)
-                        assert row.data is not None
-                        if id_col is _UNSET:  # JSON Lines: the first object decides
-                            id_col = opts.id_col if opts.id_col in row.data else None
-                            skip = frozenset({opts.text_col, opts.label_col, id_col})
-                        objects += 1
-                        with_text_col += opts.text_col in row.data
-                        text, label, raw_id, cleaned = validate_row(row.data, opts, id_col)
-                        meta = metadata_json(row.data, skip)
-                        rid = ids.assign(raw_id, text, where)
-                    except Rejection as rejection:
-                        by_reason[rejection.code] += 1
-                        entry = {
-                            "source": source.name,
-                            "row": row.row,
-                            "reason": rejection.code,
-                            "detail": rejection.detail,
-                            "raw": _raw_excerpt(row),
-                        }
-                        rej.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                        continue
-                    cleaned_total += cleaned
-                    kept += 1
-                    if label is not None:
-                        labels[label] += 1
-                    writer.add((rid, text, label, source.name, row.row, meta))
-                    if progress is not None and rows_in % 10_000 == 0:
-                        progress(10_000)
-                if objects and not with_text_col and source.format == "jsonl":
-                    raise InputError(
-                        f"{source.path}: no row has a {opts.text_col!r} field; pass --text-col NAME"
-                    )
-                per_source.append(
-                    {
-                        "source": source.name,
-                        "rows_in": rows_in,
-                        "kept": kept,
-                        "rejected": rows_in - kept,
-                        "id_col": None if id_col is _UNSET else id_col,
-                    }
-                )
-                log.info(
-                    "%s: %d rows, %d kept, %d rejected", source.name, rows_in, kept, rows_in - kept
-                )
+                state.read_source(source, id_col)
             writer.close()
-        rows_in_total = sum(s["rows_in"] for s in per_source)
-        kept_total = sum(s["kept"] for s in per_source)
-        run.counts = {
-            "rows_in": rows_in_total,
-            "kept": kept_total,
-            "rejected": rows_in_total - kept_total,
-            "by_reason": dict(sorted(by_reason.items())),
-            "control_chars_cleaned": cleaned_total,
-            "labels": dict(sorted(labels.items())),
-        }
-        run.extra["sources"] = per_source
+        run.counts = state.counts()
+        run.extra["sources"] = state.per_source
         run.extra["seed"] = seed
-    return _result(run.counts, per_source, project, noop=False)
+    return _result(run.counts, state.per_source, project, noop=False)
+
+
+@dataclass
+class _SourceTally:
+    """One source's running counts, and its id column once known (JSON Lines: its first row)."""
+
+    source: Source
+    id_col: Any
+    skip: frozenset[str | None]  # the fields that are not metadata
+    rows_in: int = 0
+    kept: int = 0
+    objects: int = 0
+    with_text_col: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The source's entry in the manifest's ``sources``."""
+        return {
+            "source": self.source.name,
+            "rows_in": self.rows_in,
+            "kept": self.kept,
+            "rejected": self.rows_in - self.kept,
+            "id_col": None if self.id_col is _UNSET else self.id_col,
+        }
+
+
+class _IngestRun:
+    """One run's state over all sources: the ids handed out, the kept-record writer, the
+    quarantine file, and the counts (per reason, per label, control characters cleaned)."""
+
+    def __init__(
+        self,
+        opts: IngestOptions,
+        writer: _RecordWriter,
+        rejected: TextIO,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.opts = opts
+        self.writer = writer
+        self.rejected = rejected
+        self.progress = progress
+        self.ids = _IdRegistry()
+        self.by_reason: Counter[str] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.cleaned = 0
+        self.per_source: list[dict[str, Any]] = []
+
+    def read_source(self, source: Source, id_col: Any) -> None:
+        """Every row of ``source``: kept (written) or quarantined with its reason."""
+        opts = self.opts
+        tally = _SourceTally(source, id_col, self._skip(id_col))
+        for row in read_rows(source, opts.batch_size, opts.max_line_bytes):
+            tally.rows_in += 1
+            try:
+                rid, text, label, meta, cleaned = self._validate(tally, row)
+            except Rejection as rejection:
+                self._reject(source, row, rejection)
+                continue
+            self.cleaned += cleaned
+            tally.kept += 1
+            if label is not None:
+                self.labels[label] += 1
+            self.writer.add((rid, text, label, source.name, row.row, meta))
+            if self.progress is not None and tally.rows_in % 10_000 == 0:
+                self.progress(10_000)
+        if tally.objects and not tally.with_text_col and source.format == "jsonl":
+            raise InputError(
+                f"{source.path}: no row has a {opts.text_col!r} field; pass --text-col NAME"
+            )
+        self.per_source.append(tally.summary())
+        kept, rejected = tally.kept, tally.rows_in - tally.kept
+        log.info("%s: %d rows, %d kept, %d rejected", source.name, tally.rows_in, kept, rejected)
+
+    def _validate(self, tally: _SourceTally, row: RawRow) -> tuple[str, str, str | None, str, bool]:
+        """(id, text, label, metadata JSON, control chars cleaned) of a row, or ``Rejection``."""
+        opts = self.opts
+        where = f"{tally.source.name}:{row.row}"
+        if row.error is not None:
+            raise Rejection(*row.error)
+        assert row.data is not None
+        if tally.id_col is _UNSET:  # JSON Lines: the first object decides
+            tally.id_col = opts.id_col if opts.id_col in row.data else None
+            tally.skip = self._skip(tally.id_col)
+        tally.objects += 1
+        tally.with_text_col += opts.text_col in row.data
+        text, label, raw_id, cleaned = validate_row(row.data, opts, tally.id_col)
+        meta = metadata_json(row.data, tally.skip)
+        rid = self.ids.assign(raw_id, text, where)
+        return rid, text, label, meta, cleaned
+
+    def _skip(self, id_col: Any) -> frozenset[str | None]:
+        return frozenset({self.opts.text_col, self.opts.label_col, id_col})
+
+    def _reject(self, source: Source, row: RawRow, rejection: Rejection) -> None:
+        """Count the reason and write the row's entry to ``rejected.jsonl``."""
+        self.by_reason[rejection.code] += 1
+        entry = {
+            "source": source.name,
+            "row": row.row,
+            "reason": rejection.code,
+            "detail": rejection.detail,
+            "raw": _raw_excerpt(row),
+        }
+        self.rejected.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def counts(self) -> dict[str, Any]:
+        """The manifest's counts."""
+        rows_in = sum(s["rows_in"] for s in self.per_source)
+        kept = sum(s["kept"] for s in self.per_source)
+        return {
+            "rows_in": rows_in,
+            "kept": kept,
+            "rejected": rows_in - kept,
+            "by_reason": dict(sorted(self.by_reason.items())),
+            "control_chars_cleaned": self.cleaned,
+            "labels": dict(sorted(self.labels.items())),
+        }
 
 
 def _result(
