@@ -423,58 +423,22 @@ def score_label_noise(
     ``pred_probs`` (n, k), e.g. from a fine-tuned model, replaces the ensemble when given (it must
     be out of sample). Raises ``InputError`` on degenerate input (one class, tiny classes, length
     mismatch)."""
-    if len(texts) != len(labels):
-        raise InputError(f"{len(texts)} texts but {len(labels)} labels")
-    y, names = encode_labels(labels, classes)
-    k = len(names)
-    y_fit = y if holdout is None else np.where(np.asarray(holdout, dtype=bool), -1, y)
-    folds = effective_folds(y_fit, opts.folds)
-    learners = tuple(opts.learners)
-    if "emb" in learners and embeddings is None:
-        raise InputError(
-            "learner 'emb' needs embeddings; pass them or drop 'emb' (--no-embeddings)"
-        )
-    if embeddings is not None and embeddings.shape[0] != len(texts):
-        raise InputError(f"{embeddings.shape[0]} embeddings for {len(texts)} texts")
-
+    y, names, y_fit, folds = _checked_labels(texts, labels, opts, embeddings, classes, holdout)
     per: dict[str, np.ndarray] = {}
     first_issues = 0
     if pred_probs is not None:
-        if pred_probs.shape != (len(texts), k):
-            raise InputError(f"pred_probs has shape {pred_probs.shape}, expected {(len(texts), k)}")
-        probs = pred_probs / pred_probs.sum(axis=1, keepdims=True)
+        probs = _normalized_external(pred_probs, len(texts), len(names))
     else:
-        feats = text_features(texts) if set(learners) & set(TEXT_LEARNERS) else None
-        split_sets = [
-            stratified_folds(y_fit, folds, opts.seed + r) for r in range(max(1, opts.repeats))
-        ]
-
-        def run(exclude=None):
-            runs = [
-                ensemble_probs(
-                    y_fit,
-                    k,
-                    learners,
-                    splits,
-                    feats,
-                    embeddings,
-                    exclude=exclude,
-                    seed=opts.seed,
-                    progress=progress,
-                )  # fmt: skip
-                for splits in split_sets
-            ]
-            mean = np.mean([p for p, _ in runs], axis=0)
-            each = {name: np.mean([d[name] for _, d in runs], axis=0) for name in learners}
-            return mean, each
-
-        probs, per = run()
+        ensemble = _RepeatedEnsemble.build(
+            texts, y_fit, len(names), folds, opts, embeddings, progress
+        )
+        probs, per = ensemble.probs()
         if opts.second_pass:
             flagged = issue_mask(y, probs, opts.filter_by, opts.ranking)
             first_issues = int(flagged.sum())
             log.info("first pass flagged %d records; retraining without them", first_issues)
             if 0 < first_issues:
-                probs, per = run(exclude=flagged)
+                probs, per = ensemble.probs(exclude=flagged)
     return noise_result(
         y,
         probs,
@@ -482,11 +446,96 @@ def score_label_noise(
         ranking=opts.ranking,
         filter_by=opts.filter_by,
         folds=folds,
-        learners=learners if pred_probs is None else ("external",),
+        learners=tuple(opts.learners) if pred_probs is None else ("external",),
         class_prior=opts.class_prior,
         first_pass_issues=first_issues,
         learner_probs=per,
     )
+
+
+def _checked_labels(
+    texts: Sequence[str],
+    labels: Sequence[str | None],
+    opts: NoiseOptions,
+    embeddings: np.ndarray | None,
+    classes: Sequence[str] | None,
+    holdout: np.ndarray | None,
+) -> tuple[np.ndarray, list[str], np.ndarray, int]:
+    """Validation for ``score_label_noise``: (label codes, class names, the codes the models may
+    learn from (held-out rows -1), fold count). Raises ``InputError``."""
+    if len(texts) != len(labels):
+        raise InputError(f"{len(texts)} texts but {len(labels)} labels")
+    y, names = encode_labels(labels, classes)
+    y_fit = y if holdout is None else np.where(np.asarray(holdout, dtype=bool), -1, y)
+    folds = effective_folds(y_fit, opts.folds)
+    if "emb" in opts.learners and embeddings is None:
+        raise InputError(
+            "learner 'emb' needs embeddings; pass them or drop 'emb' (--no-embeddings)"
+        )
+    if embeddings is not None and embeddings.shape[0] != len(texts):
+        raise InputError(f"{embeddings.shape[0]} embeddings for {len(texts)} texts")
+    return y, names, y_fit, folds
+
+
+def _normalized_external(pred_probs: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Given probabilities, shape-checked, rows rescaled to sum to 1."""
+    if pred_probs.shape != (n, k):
+        raise InputError(f"pred_probs has shape {pred_probs.shape}, expected {(n, k)}")
+    return pred_probs / pred_probs.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class _RepeatedEnsemble:
+    """The learners' out-of-fold probabilities, averaged over ``repeats`` differently shuffled
+    K-fold splits of the labels they may learn (``y_fit``)."""
+
+    y_fit: np.ndarray
+    n_classes: int
+    learners: tuple[str, ...]
+    split_sets: list[list[tuple[np.ndarray, np.ndarray]]]
+    feats: TextFeatures | None
+    embeddings: np.ndarray | None
+    seed: int
+    progress: Callable[[str], None] | None
+
+    @classmethod
+    def build(
+        cls,
+        texts: Sequence[str],
+        y_fit: np.ndarray,
+        n_classes: int,
+        folds: int,
+        opts: NoiseOptions,
+        embeddings: np.ndarray | None,
+        progress: Callable[[str], None] | None,
+    ) -> _RepeatedEnsemble:
+        learners = tuple(opts.learners)
+        feats = text_features(texts) if set(learners) & set(TEXT_LEARNERS) else None
+        split_sets = [
+            stratified_folds(y_fit, folds, opts.seed + r) for r in range(max(1, opts.repeats))
+        ]
+        return cls(y_fit, n_classes, learners, split_sets, feats, embeddings, opts.seed, progress)
+
+    def probs(self, exclude: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(n, k) ensemble probabilities and each learner's own; ``exclude`` (bool, n): rows
+        left out of training (still predicted)."""
+        runs = [
+            ensemble_probs(
+                self.y_fit,
+                self.n_classes,
+                self.learners,
+                splits,
+                self.feats,
+                self.embeddings,
+                exclude=exclude,
+                seed=self.seed,
+                progress=self.progress,
+            )
+            for splits in self.split_sets
+        ]
+        mean = np.mean([p for p, _ in runs], axis=0)
+        each = {name: np.mean([d[name] for _, d in runs], axis=0) for name in self.learners}
+        return mean, each
 
 
 def noise_result(
