@@ -18,6 +18,7 @@ from typing import Any
 
 from thresher.errors import ThresherError
 from thresher.metrics import accuracy, expected_calibration_error, macro_f1, per_class_f1
+from tune.runtime import read_run_config, trained_on_pairs
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +199,7 @@ def _test_predictions(run_dir: Path):
 
 
 def _is_pairs_run(run_dir: Path) -> bool:
-    config = run_dir / "config.json"
-    if not config.exists():
-        return False
-    options = json.loads(config.read_text()).get("options", {})
-    return bool(options.get("data", {}).get("response_column"))
+    return (run_dir / "config.json").exists() and trained_on_pairs(read_run_config(run_dir))
 
 
 def evaluate_run(

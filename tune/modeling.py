@@ -523,7 +523,7 @@ def weighted_loss(logits, labels, weights, task: str, answer=None):
     return _answer_loss(logits[:, :-1], labels[:, 1:], weights)
 
 
-def _fast_sft_ok(model) -> bool:
+def fast_sft_ok(model) -> bool:
     """The decoder + LM head can be called apart (no logit scaling/soft-capping in between)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config
@@ -534,6 +534,9 @@ def _fast_sft_ok(model) -> bool:
         1,
     )
     return plain and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
+
+
+_fast_sft_ok = fast_sft_ok  # the name benchmarks/tune_gpu.py imports
 
 
 def forward_loss(model, batch: Batch, task: str, fast_sft: bool):
@@ -707,7 +710,8 @@ def _has_triton() -> bool:
 # ---- scoring ----------------------------------------------------------------------------------
 
 
-def _order_by_length(lengths):
+def order_by_length(lengths):
+    """Indices of ``lengths``, shortest first (batches of similar length pad little)."""
     return sorted(range(len(lengths)), key=lambda i: lengths[i])
 
 
@@ -736,7 +740,7 @@ def score_texts(
     with torch.no_grad(), autocast(device, amp_dtype):
         if task == "classify":
             ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-            order = _order_by_length([len(x) for x in ids])
+            order = order_by_length([len(x) for x in ids])
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 x, m, _ = collate([ids[i] for i in idx], [0] * len(idx), pad, "classify")
@@ -746,7 +750,7 @@ def score_texts(
         answers = [answer_ids(tokenizer, str(label)) for label in labels]
         longest = max(len(a) for a in answers)
         prompts = _prompt_ids(tokenizer, texts, template, max(8, max_length - longest))
-        order = _order_by_length([len(p) for p in prompts])
+        order = order_by_length([len(p) for p in prompts])
         per_batch = max(1, batch_size // len(labels))
         for s in range(0, len(order), per_batch):
             idx = order[s : s + per_batch]

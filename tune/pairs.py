@@ -34,6 +34,7 @@ from tune.data import (
     slices_of,
 )
 from tune.options import DataOptions
+from tune.runtime import default_device, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,14 @@ def answer_nll(
     import numpy as np
     import torch
 
-    from tune.modeling import _order_by_length, answer_logprob, autocast, collate, encode_sft
+    from tune.modeling import answer_logprob, autocast, collate, encode_sft, order_by_length
 
     n = len(texts)
     nll, tokens = np.zeros(n, dtype="float64"), np.zeros(n, dtype="int64")
     if n == 0:
         return nll, tokens
     enc = encode_sft(tokenizer, texts, responses, [1.0] * n, template, max_length)
-    order = _order_by_length([len(x) for x in enc.input_ids])
+    order = order_by_length([len(x) for x in enc.input_ids])
     model.eval()
     with torch.no_grad(), autocast(device, amp_dtype):
         for s in range(0, n, batch_size):
@@ -254,16 +255,13 @@ def evaluate_pairs_run(run_dir: Path, against: str = "baseline", n_boot: int = 1
 
 def _base_model_nll(run_dir: Path, test):
     """Answer NLL of the test pairs under the run's base model, without the adapter."""
-    import torch
-
     from thresher.assets import ModelRef
     from tune.modeling import load_base, load_tokenizer
-    from tune.predict import _run_config
 
-    config = _run_config(run_dir)
+    config = read_run_config(run_dir)
     ref = ModelRef(**config["base"])
     options = config["options"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     tok = load_tokenizer(ref)
     # The base the adapter was trained on (4-bit for a QLoRA run), so the comparison is fair.
     model = load_base(ref, "sft", [], tok, qlora=options.get("qlora", False), device=device)

@@ -7,7 +7,6 @@ can call ``predict_proba`` every round without reloading.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from thresher.assets import ModelRef
 from thresher.errors import ThresherError
 from tune.options import TuneOptions
+from tune.runtime import amp_dtype, default_device, read_run_config, trained_on_pairs
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,9 @@ class LoadedRun:
     amp: Any
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise ThresherError(f"{path} not found; is {run_dir} a finished `thresher tune train` run?")
-    return json.loads(path.read_text())
-
-
 def _require_classifier(run_dir: str | Path) -> None:
     """Runs trained on instruction/response pairs have no classes to predict."""
-    if _run_config(Path(run_dir)).get("options", {}).get("data", {}).get("response_column"):
+    if trained_on_pairs(read_run_config(Path(run_dir))):
         raise ThresherError(
             f"{run_dir} was trained on instruction/response pairs: it writes text, it does not "
             "classify; export it (thresher tune export --merged) and call generate() on it"
@@ -56,23 +49,21 @@ def load_run(
 ) -> LoadedRun:
     """Load base + adapter of ``run_dir`` (cached per process). A QLoRA run's base is loaded in
     4-bit as it was trained, unless ``quantized`` is False (full precision, e.g. for merging)."""
-    import torch
     from peft import PeftModel
 
     from tune.modeling import load_base, load_tokenizer
-    from tune.train import _amp_dtype
 
     run_dir = Path(run_dir).resolve()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     key = (str(run_dir), str(dev), quantized)
     if key in _LOADED:
         return _LOADED[key]
-    config = _run_config(run_dir)
+    config = read_run_config(run_dir)
     opts = TuneOptions.from_dict(config["options"])
     ref = ModelRef(**config["base"])
     adapter = run_dir / "adapter"
     tok = load_tokenizer(ModelRef(ref.name, str(adapter)))
-    amp = _amp_dtype(opts.precision, dev)
+    amp = amp_dtype(opts.precision, dev)
     base = load_base(
         ref,
         opts.task,

@@ -40,7 +40,6 @@ from tune.distributed import (
 from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
     StaticShapes,
-    _fast_sft_ok,
     adapter_weights,
     add_lora,
     autocast,
@@ -48,6 +47,7 @@ from tune.modeling import (
     compile_graphs,
     encode_classify,
     encode_sft,
+    fast_sft_ok,
     forward_loss,
     init_from_adapter,
     is_compile_error,
@@ -62,6 +62,7 @@ from tune.modeling import (
     uncompile,
 )
 from tune.options import TuneOptions
+from tune.runtime import amp_dtype, training_device
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +93,6 @@ class State:
 
 
 # ---- setup ------------------------------------------------------------------------------------
-
-
-def _device(d: Dist):
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
-
-
-def _amp_dtype(precision: str, device):
-    """Autocast dtype: bf16 where the GPU supports it, else fp16; none (fp32) on CPU."""
-    import torch
-
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 def _seed_everything(seed: int) -> None:
@@ -208,8 +189,8 @@ def train(
             if d.main:
                 shutil.rmtree(work, ignore_errors=True)
             return done
-    device = _device(d)
-    amp = _amp_dtype(opts.precision, device)
+    device = training_device(d)
+    amp = amp_dtype(opts.precision, device)
     tok = load_tokenizer(ref)
     label_map = data.label_map()
     model = _build_model(ref, opts, data.labels, tok, device, amp, d)
@@ -232,7 +213,7 @@ def train(
         state, best = _load_checkpoint(checkpoint, model, optim, sched, scaler, d)
         log.info("resumed %s at step %d/%d", opts.run, state.step, total)
     eval_every = opts.eval_steps or steps_per_epoch
-    fast_sft = opts.task == "sft" and d.world == 1 and _fast_sft_ok(model)
+    fast_sft = opts.task == "sft" and d.world == 1 and fast_sft_ok(model)
     # graphs mode: static shapes and the whole training forward compiled (CUDA graphs on a GPU);
     # eval and predict keep using the uncompiled ``model``
     static = loss_fn = None

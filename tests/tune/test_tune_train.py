@@ -241,7 +241,7 @@ def test_fast_sft_loss_matches_full_logits(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tune.modeling import _fast_sft_ok, add_lora, encode_sft, forward_loss, make_batch
+    from tune.modeling import add_lora, encode_sft, fast_sft_ok, forward_loss, make_batch
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), "sft", 4, 8, 0.0)
@@ -254,7 +254,7 @@ def test_fast_sft_loss_matches_full_logits(tiny_llama):
         32,
     )
     batch = make_batch(enc.input_ids, enc.labels, enc.weights, tok.pad_token_id, "sft")
-    assert _fast_sft_ok(model)
+    assert fast_sft_ok(model)
     fast = forward_loss(model, batch, "sft", fast_sft=True)
     full = forward_loss(model, batch, "sft", fast_sft=False)
     assert torch.allclose(fast, full, atol=1e-5)
@@ -480,12 +480,12 @@ def test_a_planted_pickle_checkpoint_is_refused_and_never_run(project, tiny_bert
 def test_autocast_dtype_follows_the_gpus_bf16_support(monkeypatch, gpu_bf16):
     import torch
 
-    from tune.train import _amp_dtype
+    from tune.runtime import amp_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert _amp_dtype("auto", cuda) == (torch.bfloat16 if gpu_bf16 else torch.float16)
-    assert _amp_dtype("auto", cpu) is None
-    assert _amp_dtype("fp32", cuda) is None
-    assert _amp_dtype("bf16", cuda) == torch.bfloat16
-    assert _amp_dtype("fp16", cuda) == torch.float16
+    assert amp_dtype("auto", cuda) == (torch.bfloat16 if gpu_bf16 else torch.float16)
+    assert amp_dtype("auto", cpu) is None
+    assert amp_dtype("fp32", cuda) is None
+    assert amp_dtype("bf16", cuda) == torch.bfloat16
+    assert amp_dtype("fp16", cuda) == torch.float16
