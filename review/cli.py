@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from thresher.cli_common import ThresherGroup, emit, json_option, progress_bar, project_option
+from thresher.cli_overrides import config_for
 
 
 @click.group(cls=ThresherGroup)
@@ -50,9 +51,8 @@ def server_up_command(port: int | None, project_dir: str, as_json: bool) -> None
       thresher review server up
     """
     from review.server import ServerOptions, server_up
-    from thresher.config import load_config
 
-    config = load_config(project_dir).with_overrides({"review.port": port})
+    config = config_for(project_dir, "review server up")
     status = server_up(ServerOptions(port=config.get("review.port")))
     emit(status.to_dict(), as_json, _status_lines(status))
 
@@ -164,11 +164,10 @@ def users_add_command(
     """
     from review.server import connection
     from review.users import add_user
-    from thresher.config import load_config
     from thresher.names import validate_name
 
     validate_name(name, "user")  # before asking the server: the name is refused either way
-    config = load_config(project_dir).with_overrides({"review.workspace": workspace})
+    config = config_for(project_dir, "review users add")
     info = add_user(connection(), name, role=role, workspace=config.get("review.workspace"))
     verb = "created" if info.created else "exists:"
     emit(
@@ -205,17 +204,10 @@ def push_command(
     """
     from review.push import push, push_options_from_config
     from review.server import connection
-    from thresher.config import load_config
     from thresher.project import Project
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "review.dataset": dataset,
-            "review.priority": priority,
-            "review.vectors": False if no_vectors else None,
-        }
-    )
+    config = config_for(project.root, "review push")
     opts = push_options_from_config(config, limit=limit)
     with progress_bar(desc="push", unit="records") as bar:
         result = push(project, connection(), opts, progress=bar.update)
@@ -243,11 +235,10 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
     """
     from review.pull import PullOptions, pull
     from review.server import connection
-    from thresher.config import load_config
     from thresher.project import Project
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides({"review.dataset": dataset})
+    config = config_for(project.root, "review pull")
     result = pull(
         project,
         connection(),

@@ -103,3 +103,36 @@ def test_real_subprocess_and_lazy_imports(tmp_path):
         [sys.executable, "-m", "thresher", "--version"], capture_output=True, text=True, check=True
     )
     assert "thresher" in version.stdout
+
+
+def _command(path: str):
+    command = main
+    for word in path.split():
+        command = command.commands[word]
+    return command
+
+
+def test_every_override_names_a_flag_of_its_command_and_a_config_key():
+    from thresher.cli_overrides import OVERRIDES, TurnsOff
+    from thresher.config import load_config
+
+    config = load_config(None)
+    for path, table in OVERRIDES.items():
+        params = {p.name for p in _command(path).params}
+        assert set(table) <= params, f"{path}: no such flags {set(table) - params}"
+        for target in table.values():
+            config.get(target.key if isinstance(target, TurnsOff) else target)
+
+
+def test_unset_flags_fall_through_and_no_flags_turn_keys_off(tmp_path):
+    from thresher.cli_overrides import config_for, overrides_for
+
+    unset = dict.fromkeys(["dataset", "priority"]) | {"no_vectors": False}
+    assert overrides_for("review push", unset) == dict.fromkeys(
+        ["review.dataset", "review.priority", "review.vectors"]
+    )
+    given = {"dataset": "d", "priority": None, "no_vectors": True}
+    config = config_for(tmp_path, "review push", given, extra={"review.priority": "p"})
+    assert config.get("review.dataset") == "d" and config.get("review.vectors") is False
+    assert config.get("review.priority") == "p" and config.sources[-1] == "flags"
+    assert config_for(tmp_path, "review push", unset).sources == ("defaults",)
