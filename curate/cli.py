@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
 from thresher.cli_common import (
@@ -12,6 +15,16 @@ from thresher.cli_common import (
     progress_bar,
     project_option,
 )
+from thresher.cli_overrides import config_for
+
+if TYPE_CHECKING:
+    from curate.ingest import IngestOptions, IngestResult
+    from curate.score import ScoreOptions, ScoreResult
+    from thresher.config import Config
+    from thresher.project import Project
+
+# The demo corpus's own columns, whatever the config or the flags say.
+_DEMO_COLUMNS = {"columns.text": "text", "columns.label": "label"}
 
 
 @click.group(cls=ThresherGroup)
@@ -71,53 +84,59 @@ def ingest_command(
       thresher curate ingest export.jsonl -p proj --no-id-col
       thresher curate ingest --demo -p proj
     """
-    from pathlib import Path
-
-    from curate.ingest import IngestOptions, ingest
-    from thresher.assets import DEMO_LABELS, write_demo_corpus
-    from thresher.config import load_config
+    from curate.ingest import ingest
     from thresher.project import Project
 
     if id_col is not None and no_id_col:
         raise click.UsageError("--id-col and --no-id-col exclude each other")
     project = Project.at(project_dir)
-    overrides = {
-        "columns.text": text_col,
-        "columns.label": label_col,
-        "columns.id": id_col,
-        "ingest.format": fmt,
-        "ingest.max_text_chars": max_text_chars,
-        "ingest.max_line_bytes": max_line_bytes,
-    }
-    paths = list(sources)
+    paths = _ingest_paths(project, sources, demo)
+    config = config_for(project.root, "curate ingest", extra=_DEMO_COLUMNS if demo else None)
+    # the demo corpus has no ids: text-hash ids whatever the config says
+    opts = _ingest_options(
+        config, demo=demo, hash_ids=no_id_col or demo, id_required=id_col is not None
+    )
+    with progress_bar(desc="ingest") as bar:
+        result = ingest(
+            paths, project, opts, force=force, seed=config.get("seed"), progress=bar.update
+        )
+    emit(result.to_dict(), as_json, _ingest_lines(result, project))
+
+
+def _ingest_paths(project: Project, sources: tuple[str, ...], demo: bool) -> list[Path]:
+    """The input paths: SOURCES, and with --demo the demo corpus written into the project."""
+    from thresher.assets import write_demo_corpus
+
+    paths = [Path(p) for p in sources]
     if demo:
-        paths.append(str(write_demo_corpus(project.root / "demo" / "rotten_tomatoes.csv")))
-        overrides.update({"columns.text": "text", "columns.label": "label"})
-        no_id_col = True  # the demo corpus has no ids: text-hash ids whatever the config says
+        paths.append(Path(write_demo_corpus(project.root / "demo" / "rotten_tomatoes.csv")))
     if not paths:
         raise click.UsageError("give one or more SOURCES, or --demo")
-    config = load_config(project.root).with_overrides(overrides)
-    labels = tuple(config.get("labels") or (DEMO_LABELS if demo else ()))
-    opts = IngestOptions(
+    return paths
+
+
+def _ingest_options(
+    config: Config, *, demo: bool, hash_ids: bool, id_required: bool
+) -> IngestOptions:
+    """Ingest options from the config; ``hash_ids``: text-hash ids even where an id column
+    exists; ``id_required``: the id column was named by a flag, so every input must have it."""
+    from curate.ingest import IngestOptions
+    from thresher.assets import DEMO_LABELS
+
+    return IngestOptions(
         text_col=config.get("columns.text"),
         label_col=config.get("columns.label"),
-        id_col=None if no_id_col else config.get("columns.id"),
-        id_required=True if id_col is not None else None,
+        id_col=None if hash_ids else config.get("columns.id"),
+        id_required=True if id_required else None,
         format=config.get("ingest.format"),
         max_text_chars=config.get("ingest.max_text_chars"),
         max_line_bytes=config.get("ingest.max_line_bytes"),
         batch_size=config.get("ingest.batch_size"),
-        labels=labels,
+        labels=tuple(config.get("labels") or (DEMO_LABELS if demo else ())),
     )
-    with progress_bar(desc="ingest") as bar:
-        result = ingest(
-            [Path(p) for p in paths],
-            project,
-            opts,
-            force=force,
-            seed=config.get("seed"),
-            progress=bar.update,
-        )
+
+
+def _ingest_lines(result: IngestResult, project: Project) -> list[str]:
     lines = []
     if result.noop:
         lines.append("ingest is up to date (inputs and config unchanged); --force redoes it")
@@ -141,7 +160,7 @@ def ingest_command(
         lines.append("labels: " + ", ".join(f"{k}={v}" for k, v in result.labels.items()))
     if result.control_chars_cleaned:
         lines.append(f"control characters removed from {result.control_chars_cleaned} texts")
-    emit(result.to_dict(), as_json, lines)
+    return lines
 
 
 @curate.command("score")
@@ -211,23 +230,21 @@ def score_command(
       thresher curate score -p big-proj --engine stream
       thresher curate score -p proj --class-prior uniform --force
     """
-    from curate.score import ScoreOptions, score
-    from thresher.config import load_config
+    from curate.score import score
     from thresher.project import Project
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "score.folds": folds,
-            "models.embedding": model,
-            "score.embeddings": False if no_embeddings else None,
-            "score.learners": learners,  # the typed config splits "emb,svm"
-            "score.engine": engine,
-            "score.class_prior": class_prior,
-        }
-    )
+    opts = _score_options(config_for(project.root, "curate score"), probs_from)
+    with progress_bar(desc="score") as bar:
+        result = score(project, opts, force=force, progress=bar.update)
+    emit(result.to_dict(), as_json, _score_lines(result))
+
+
+def _score_options(config: Config, probs_from: str | None) -> ScoreOptions:
+    from curate.score import ScoreOptions
+
     section = config.section("score")
-    opts = ScoreOptions(
+    return ScoreOptions(
         folds=section["folds"],
         repeats=section["repeats"],
         learners=tuple(section["learners"]),
@@ -245,8 +262,9 @@ def score_command(
         batch_size=section["batch_size"],
         class_prior=section["class_prior"],
     )
-    with progress_bar(desc="score") as bar:
-        result = score(project, opts, force=force, progress=bar.update)
+
+
+def _score_lines(result: ScoreResult) -> list[str]:
     lines = []
     if result.noop:
         lines.append("score is up to date (inputs and config unchanged); --force redoes it")
@@ -265,7 +283,7 @@ def score_command(
         )
     lines.append(f"→ {result.path}")
     lines.append(f"report: {result.report}")
-    emit(result.to_dict(), as_json, lines)
+    return lines
 
 
 @curate.command("report")

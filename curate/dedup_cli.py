@@ -1,17 +1,24 @@
 """``thresher curate dedup`` and ``thresher curate export`` (thin: parse, call the library, print).
 
-Only click and thresher.cli_common are imported here; numpy/pyarrow load inside the commands, and
-torch/sentence-transformers only with ``--semantic``.
+Only click and the CLI helpers (thresher.cli_common, thresher.cli_overrides) are imported here;
+numpy/pyarrow load inside the commands, and torch/sentence-transformers only with ``--semantic``.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from thresher.cli_common import emit, force_option, json_option, progress_bar, project_option
+from thresher.cli_overrides import config_for
+
+if TYPE_CHECKING:
+    from curate.dedup import DedupOptions, DedupResult
+    from thresher.config import Config
+    from thresher.project import Project
 
 
 @click.command("dedup")
@@ -69,26 +76,33 @@ def dedup_command(
       thresher curate dedup -p proj --threshold 0.7 --semantic
       thresher curate dedup -p proj --against eval.jsonl --json
     """
-    from curate.dedup import DedupOptions, dedup
-    from thresher.config import load_config
+    from curate.dedup import dedup
     from thresher.project import Project
 
     _tune_allocator()
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "dedup.threshold": threshold,
-            "dedup.shingle": shingle,
-            "dedup.ngram": ngram,
-            "dedup.num_perm": num_perm,
-            "dedup.punctuation": punctuation,
-            "dedup.semantic": semantic,
-            "dedup.semantic_threshold": semantic_threshold,
-            "dedup.engine": engine,
-        }
+    config = config_for(project.root, "curate dedup")
+    run = functools.partial(
+        dedup,
+        project,
+        _dedup_options(config),
+        force=force,
+        against=against,
+        text_col=config.get("columns.text"),
     )
+    if sys.stderr.isatty():
+        with progress_bar(desc="dedup") as bar:
+            result = run(progress=bar.update)
+    else:  # no bar to show: skip importing tqdm (start-up time counts on large batch jobs)
+        result = run()
+    emit(result.to_dict(), as_json, _dedup_lines(result, project))
+
+
+def _dedup_options(config: Config) -> DedupOptions:
+    from curate.dedup import DedupOptions
+
     section = config.section("dedup")
-    opts = DedupOptions(
+    return DedupOptions(
         threshold=section["threshold"],
         num_perm=section["num_perm"],
         shingle=section["shingle"],
@@ -101,14 +115,9 @@ def dedup_command(
         engine=section["engine"],
         seed=config.get("seed"),
     )
-    run = functools.partial(
-        dedup, project, opts, force=force, against=against, text_col=config.get("columns.text")
-    )
-    if sys.stderr.isatty():
-        with progress_bar(desc="dedup") as bar:
-            result = run(progress=bar.update)
-    else:  # no bar to show: skip importing tqdm (start-up time counts on large batch jobs)
-        result = run()
+
+
+def _dedup_lines(result: DedupResult, project: Project) -> list[str]:
     lines = []
     if result.noop:
         lines.append("dedup is up to date (input and config unchanged); --force redoes it")
@@ -128,7 +137,7 @@ def dedup_command(
             f"leakage: {result.leaked} rows duplicate {result.against}"
             f" (see {project.stage_dir('dedup')}/leakage.parquet)"
         )
-    emit(result.to_dict(), as_json, lines)
+    return lines
 
 
 @click.command("export")

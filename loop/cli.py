@@ -1,11 +1,18 @@
-"""``thresher simulate`` (thin: parse, call the library, print). ``thresher round`` is wired by
-the lead once review/tune land (see docs/loop.md)."""
+"""``thresher simulate`` (thin: parse, call the library, print); ``thresher round`` is in
+``loop.round_cli``."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 
 from thresher.cli_common import emit, force_option, json_option, progress_bar, project_option
+from thresher.cli_overrides import config_for
+
+if TYPE_CHECKING:
+    from loop.simulate import SimulateOptions, SimulationResult
+    from thresher.config import Config
 
 
 @click.command("simulate")
@@ -53,25 +60,21 @@ def simulate_command(
       thresher curate ingest --demo -p proj
       thresher simulate -p proj --rounds 10 --size 50 --strategies margin,entropy,random --seeds 3
     """
-    from loop.simulate import SimulateOptions, run_simulation
-    from thresher.config import load_config
+    from loop.simulate import run_simulation
     from thresher.project import Project
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "simulate.rounds": rounds,
-            "simulate.size": size,
-            "simulate.seed_size": seed_size,
-            "simulate.strategies": strategies,
-            "simulate.seeds": seeds,
-            "simulate.learner": learner,
-            "simulate.noise": noise,
-            "simulate.test_fraction": test_fraction,
-        }
-    )
+    opts = _simulate_options(config_for(project.root, "simulate"))
+    with progress_bar(len(opts.strategies) * opts.seeds, desc="simulate", unit="runs") as bar:
+        result = run_simulation(project, opts, force=force, progress=bar.update)
+    emit(result.to_dict(), as_json, _simulate_lines(result, opts))
+
+
+def _simulate_options(config: Config) -> SimulateOptions:
+    from loop.simulate import SimulateOptions
+
     section = config.section("simulate")
-    opts = SimulateOptions(
+    return SimulateOptions(
         rounds=section["rounds"],
         size=section["size"],
         seed_size=section["seed_size"],
@@ -85,8 +88,9 @@ def simulate_command(
         target=section["target"],
         diversity_factor=config.get("loop.diversity_factor"),
     )
-    with progress_bar(len(opts.strategies) * opts.seeds, desc="simulate", unit="runs") as bar:
-        result = run_simulation(project, opts, force=force, progress=bar.update)
+
+
+def _simulate_lines(result: SimulationResult, opts: SimulateOptions) -> list[str]:
     lines = []
     if result.noop:
         lines.append("simulate is up to date (inputs and options unchanged); --force redoes it")
@@ -102,4 +106,4 @@ def simulate_command(
             f"   {opts.target:.0%} of full F1: {reach}"
         )
     lines.append(f"curves and plot in {result.path}")
-    emit(result.to_dict(), as_json, lines)
+    return lines

@@ -4,9 +4,15 @@ The wiring (which steps, which learner) is in ``loop.round_wiring.build_runner``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from thresher.cli_common import emit, json_option, project_option
+from thresher.cli_overrides import config_for
+
+if TYPE_CHECKING:
+    from loop.rounds import RoundResult
 
 
 @click.command("round")
@@ -53,26 +59,22 @@ def round_command(
     """
     from loop.round_wiring import build_runner
     from review.server import connection
-    from thresher.config import load_config
     from thresher.project import Project
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "loop.strategy": strategy,
-            "loop.size": size,
-            "loop.learner": learner,
-            "loop.labels": labels,
-        }
-    )
+    config = config_for(project.root, "round")
     runner = build_runner(project, config, connect=connection)
     result = runner.run(new=new)
     summary = result.to_dict()
+    emit(summary, as_json, _round_lines(result, summary))
+
+
+def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
     ev = result.outputs("eval")
     reb = result.outputs("rebuild")
     sel = result.outputs("select")
     push = result.outputs("push")
-    lines = [
+    return [
         f"round {result.round}: "
         + (
             "already finished (no new annotations; --next starts the next round)"
@@ -88,4 +90,3 @@ def round_command(
         "  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()),
         f"  → {summary['path']}/manifest.json",
     ]
-    emit(summary, as_json, lines)

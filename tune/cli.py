@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from thresher.cli_common import (
@@ -12,6 +15,12 @@ from thresher.cli_common import (
     progress_bar,
     project_option,
 )
+from thresher.cli_overrides import config_for
+
+if TYPE_CHECKING:
+    from thresher.project import Project
+    from tune.crossfit import CrossfitResult
+    from tune.options import TuneOptions
 
 
 @click.group(cls=ThresherGroup)
@@ -132,40 +141,39 @@ def train_command(
       thresher tune train -p proj --run run-1 --resume
       thresher tune train -p proj --run run-2 --init-adapter run-1
     """
-    import json
-
-    from thresher.config import load_config
     from thresher.project import Project
-    from tune.options import options_from_config
-    from tune.train import train
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "tune.task": task,
-            "tune.epochs": epochs,
-            "tune.max_steps": max_steps,
-            "tune.data": data_mode,
-            "tune.batch_size": batch_size,
-            "tune.grad_accum": grad_accum,
-            "tune.lr": lr,
-            "tune.max_length": max_length,
-            "tune.label_issues": label_issues,
-            "tune.response_column": response_col,
-            "tune.issue_min_prob": issue_min_prob,
-            "tune.curate_val": curate_val,
-            "tune.precision": precision,
-            "tune.qlora": qlora,
-            "tune.gradient_checkpointing": gradient_checkpointing,
-            "tune.compile": compile_mode,
-            "tune.strategy": strategy,
-        }
-    )
+    opts = _train_options(project, project_dir, base=base, run=run, init_adapter=init_adapter)
+    run_dir = _train_with_progress(project, opts, resume=resume, force=force)
+    metrics = _read_metrics(run_dir)
+    emit(_train_summary(run_dir, metrics), as_json, _train_lines(run_dir, metrics, project_dir))
+
+
+def _train_options(
+    project: Project,
+    project_dir: str,
+    *,
+    base: str | None,
+    run: str | None,
+    init_adapter: str | None,
+) -> TuneOptions:
+    """The recipe from the config and train's flags. --base names the model of the task that
+    results (models.sft for sft, models.classifier otherwise), so it is applied after the rest."""
+    from tune.options import options_from_config
+
+    config = config_for(project.root, "tune train")
     if base is not None:
         kind = "models.sft" if config.get("tune.task") == "sft" else "models.classifier"
         config = config.with_overrides({kind: base})
     init = str(_run_dir(project_dir, init_adapter, "--init-adapter")) if init_adapter else None
-    opts = options_from_config(config, run=run, init_adapter=init)
+    return options_from_config(config, run=run, init_adapter=init)
+
+
+def _train_with_progress(project: Project, opts: TuneOptions, *, resume: bool, force: bool) -> Path:
+    """Train with a progress bar of optimizer steps (loss and tokens/s); the run's folder."""
+    from tune.train import train
+
     with progress_bar(desc="tune train", unit="steps") as bar:
 
         def progress(info: dict) -> None:
@@ -173,36 +181,44 @@ def train_command(
             bar.set_postfix(loss=f"{info['loss']:.4f}", tok_s=f"{info['tokens_per_s']:.0f}")
             bar.update(1)
 
-        run_dir = train(project, opts, resume=resume, force=force, progress=progress)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    test, tr = metrics.get("test", {}), metrics["train"]
-    summary = {
+        return train(project, opts, resume=resume, force=force, progress=progress)
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _train_summary(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    test = metrics.get("test", {})
+    return {
         "run": run_dir.name,
         "path": str(run_dir),
         "macro_f1": test.get("macro_f1"),
         "loss": test.get("loss"),
         "accuracy": test.get("accuracy"),
         "val_macro_f1": metrics.get("val", {}).get("macro_f1"),
-        "train": tr,
+        "train": metrics["train"],
         "data": metrics.get("data"),
     }
-    emit(
-        summary,
-        as_json,
-        [
-            f"run {run_dir.name}: {tr['steps']} steps ({tr['epochs']} epochs) "
-            f"in {tr['seconds']} s, "
-            f"{tr['tokens_per_s']} tokens/s on {tr['device']} ({tr['precision']})",
-            (
-                f"test answer loss {test.get('loss') or float('nan'):.4f}  perplexity "
-                f"{test.get('perplexity') or float('nan'):.2f}  (n={test.get('n')} pairs)"
-                if "loss" in test
-                else f"test macro-F1 {test.get('macro_f1', float('nan')):.4f}  accuracy "
-                f"{test.get('accuracy', float('nan')):.4f}  (n={test.get('n')})"
-            ),
-            f"→ {run_dir}; compare: thresher tune eval -p {project_dir} --run {run_dir.name}",
-        ],
-    )
+
+
+def _train_lines(run_dir: Path, metrics: dict[str, Any], project_dir: str) -> list[str]:
+    test, tr = metrics.get("test", {}), metrics["train"]
+    return [
+        f"run {run_dir.name}: {tr['steps']} steps ({tr['epochs']} epochs) "
+        f"in {tr['seconds']} s, "
+        f"{tr['tokens_per_s']} tokens/s on {tr['device']} ({tr['precision']})",
+        (
+            f"test answer loss {test.get('loss') or float('nan'):.4f}  perplexity "
+            f"{test.get('perplexity') or float('nan'):.2f}  (n={test.get('n')} pairs)"
+            if "loss" in test
+            else f"test macro-F1 {test.get('macro_f1', float('nan')):.4f}  accuracy "
+            f"{test.get('accuracy', float('nan')):.4f}  (n={test.get('n')})"
+        ),
+        f"→ {run_dir}; compare: thresher tune eval -p {project_dir} --run {run_dir.name}",
+    ]
 
 
 @tune.command("crossfit")
@@ -246,25 +262,13 @@ def crossfit_command(
       thresher tune crossfit -p proj --folds 5
       thresher curate score -p proj --probs-from crossfit --force
     """
-    from thresher.config import load_config
     from thresher.project import Project
     from tune.crossfit import CrossfitOptions, crossfit
     from tune.options import options_from_config
 
     project = Project.at(project_dir)
-    config = load_config(project.root).with_overrides(
-        {
-            "tune.task": "classify",
-            "tune.epochs": epochs,
-            "tune.max_steps": max_steps,
-            "tune.batch_size": batch_size,
-            "tune.lr": lr,
-            "tune.max_length": max_length,
-            "tune.precision": precision,
-            "tune.qlora": qlora,
-            "models.classifier": base,
-        }
-    )
+    # the fold models score class probabilities: always classifiers, whatever tune.task says
+    config = config_for(project.root, "tune crossfit", extra={"tune.task": "classify"})
     recipe = options_from_config(config)
     with progress_bar(desc="tune crossfit", unit="steps") as bar:
 
@@ -276,19 +280,19 @@ def crossfit_command(
         result = crossfit(
             project, recipe, CrossfitOptions(folds=folds, name=name), force=force, progress=progress
         )
-    emit(
-        result.to_dict(),
-        as_json,
-        [
-            f"crossfit {result.name}: up to date, nothing to do"
-            if result.noop
-            else f"crossfit {result.name}: {result.folds} folds in {result.seconds} s",
-            f"{result.out_of_fold} records scored out of fold, {result.averaged} by the mean "
-            f"of the fold models; fold macro-F1 {result.fold_macro_f1}",
-            f"→ {result.path}/predictions.parquet; flag label errors with it: "
-            f"thresher curate score -p {project_dir} --probs-from {result.name} --force",
-        ],
-    )
+    emit(result.to_dict(), as_json, _crossfit_lines(result, project_dir))
+
+
+def _crossfit_lines(result: CrossfitResult, project_dir: str) -> list[str]:
+    return [
+        f"crossfit {result.name}: up to date, nothing to do"
+        if result.noop
+        else f"crossfit {result.name}: {result.folds} folds in {result.seconds} s",
+        f"{result.out_of_fold} records scored out of fold, {result.averaged} by the mean "
+        f"of the fold models; fold macro-F1 {result.fold_macro_f1}",
+        f"→ {result.path}/predictions.parquet; flag label errors with it: "
+        f"thresher curate score -p {project_dir} --probs-from {result.name} --force",
+    ]
 
 
 @tune.command("eval")
@@ -314,23 +318,27 @@ def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, a
         against if against == "baseline" else str(_run_dir(project_dir, against, "--against"))
     )
     result = evaluate_run(run_dir, against=against_arg, n_boot=n_boot)
+    lines = _pair_eval_lines(result) if "loss" in result else _eval_lines(result)
+    emit(result, as_json, lines)
+
+
+def _pair_eval_lines(result: dict[str, Any]) -> list[str]:
+    """The report of a run on instruction/response pairs: answer loss and perplexity."""
     cmp = result["comparison"]
-    if "loss" in result:  # instruction/response pairs
-        other = result.get("baseline") or result.get("other_run") or {}
-        emit(
-            result,
-            as_json,
-            [
-                f"run {result['run']} on {result['n']} test pairs "
-                f"({result['tokens']} answer tokens)",
-                f"{'model':<26}{'loss':>8}{'perplexity':>12}",
-                f"{result['run'][:25]:<26}{result['loss']:>8.4f}{result['perplexity']:>12.2f}",
-                f"{cmp['against'][:25]:<26}{other['loss']:>8.4f}{other['perplexity']:>12.2f}",
-                f"loss difference vs {cmp['against']}: {cmp['diff']:+.4f} nats/token "
-                f"(95% CI {cmp['ci_low']:+.4f} .. {cmp['ci_high']:+.4f}; lower is better)",
-            ],
-        )
-        return
+    other = result.get("baseline") or result.get("other_run") or {}
+    return [
+        f"run {result['run']} on {result['n']} test pairs ({result['tokens']} answer tokens)",
+        f"{'model':<26}{'loss':>8}{'perplexity':>12}",
+        f"{result['run'][:25]:<26}{result['loss']:>8.4f}{result['perplexity']:>12.2f}",
+        f"{cmp['against'][:25]:<26}{other['loss']:>8.4f}{other['perplexity']:>12.2f}",
+        f"loss difference vs {cmp['against']}: {cmp['diff']:+.4f} nats/token "
+        f"(95% CI {cmp['ci_low']:+.4f} .. {cmp['ci_high']:+.4f}; lower is better)",
+    ]
+
+
+def _eval_lines(result: dict[str, Any]) -> list[str]:
+    """The report of a classifier run: metrics against the baselines or the other run."""
+    cmp = result["comparison"]
     lines = [
         f"run {result['run']} on {result['n']} test records",
         f"{'model':<16}{'macro-F1':>10}{'accuracy':>10}{'ECE':>8}",
@@ -355,7 +363,7 @@ def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, a
             "slices: "
             + ", ".join(f"{k} (n={v['n']}) F1={v['macro_f1']:.3f}" for k, v in small.items())
         )
-    emit(result, as_json, lines)
+    return lines
 
 
 @tune.command("predict")
