@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import click
 
-from thresher import __version__
+import thresher
 from thresher.cli_common import ThresherGroup, force_option
 from thresher.quiet import configure_output
 
 
 @click.group(cls=ThresherGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="thresher")
+@click.version_option(thresher.__version__, prog_name="thresher")
 @click.option(
     "-v",
     "--verbose",
