@@ -1,11 +1,11 @@
 """The training recipe, top to bottom: setup → train → evaluate → save.
 
-One readable loop (no Trainer): seeded; bf16/fp16 autocast on GPU; dynamic padding with
-length-grouped batches; gradient accumulation; optional gradient checkpointing; early stopping on
-validation macro-F1; a checkpoint every ``save_steps`` optimizer steps in ``DIR/tune/.work/<run>/``
-so ``resume=True`` continues after a kill and ends with the same result; DDP when started under
-``torchrun``/``accelerate launch`` (rank 0 evaluates and writes). Outputs go to ``DIR/tune/<run>/``
-atomically (see ``_save_outputs``).
+One readable loop (no Trainer), held by ``TuneRecipe``: seeded; bf16/fp16 autocast on GPU; dynamic
+padding with length-grouped batches; gradient accumulation; optional gradient checkpointing; early
+stopping on validation macro-F1; a checkpoint every ``save_steps`` optimizer steps in
+``DIR/tune/.work/<run>/`` (``tune/checkpoint.py``) so ``resume=True`` continues after a kill and
+ends with the same result; DDP when started under ``torchrun``/``accelerate launch`` (rank 0
+evaluates and writes). Outputs go to ``DIR/tune/<run>/`` atomically (see ``TuneRecipe.save``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from thresher.assets import ModelRef
 from thresher.errors import ConfigError, ThresherError
 from thresher.names import contained, validate_name
 from thresher.project import Project, file_sha256, fingerprint, stage_output
+from tune.checkpoint import State, checkpoint_path, read_checkpoint, restore_rng, save_checkpoint
 from tune.data import TuneData, build_dataset
 from tune.distributed import (
     Dist,
@@ -39,6 +41,7 @@ from tune.distributed import (
 )
 from tune.evaluate import classification_metrics, error_table, slice_metrics
 from tune.modeling import (
+    Encoded,
     StaticShapes,
     adapter_weights,
     add_lora,
@@ -62,13 +65,12 @@ from tune.modeling import (
     uncompile,
 )
 from tune.options import TuneOptions
+from tune.pairs import answer_nll, build_pairs_dataset, pairs_error_table, pairs_metrics
 from tune.runtime import amp_dtype, training_device
 
 log = logging.getLogger(__name__)
 
 WORK = ".work"
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: tensors + JSON text, read with weights_only=True
 LOSS_READ_EVERY = 10  # optimizer steps between reads of the loss (each read waits for the GPU)
 
 
@@ -76,23 +78,618 @@ class Interrupted(Exception):
     """Raised by the ``stop_after`` test hook to simulate a kill between checkpoints."""
 
 
-@dataclass
-class State:
-    """Everything a resumed run needs besides the weights and optimizer."""
+def train(
+    project: Project | str | Path,
+    options: TuneOptions | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: Callable[[dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+    data: TuneData | None = None,
+    runs_dir: Path | None = None,
+) -> Path:
+    """Train one run and return its folder ``DIR/tune/<run>/``.
 
-    step: int = 0
-    epoch: int = 0
-    best_f1: float = -1.0
-    best_step: int = 0
-    bad_evals: int = 0
-    stopped_early: bool = False
-    tokens: int = 0
-    train_seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
+    ``resume`` continues the named (or most recent unfinished) run from its last checkpoint.
+    A finished run with the same data and options is not redone unless ``force``.
+    ``progress`` gets ``{step, total, loss, tokens_per_s}`` after each optimizer step.
+    ``stop_after`` (tests) raises ``Interrupted`` after that many optimizer steps.
+    ``data`` replaces the project's train/val/test split and ``runs_dir`` the ``DIR/tune`` folder
+    (cross-fitting, ``tune/crossfit.py``: one run per fold on its own split)."""
+    recipe = TuneRecipe(
+        project,
+        options,
+        resume=resume,
+        force=force,
+        progress=progress,
+        stop_after=stop_after,
+        data=data,
+        runs_dir=runs_dir,
+    )
+    finished = recipe.setup()
+    if finished is not None:
+        return finished
+    recipe.train()
+    return recipe.save()
 
 
-# ---- setup ------------------------------------------------------------------------------------
+# ---- the recipe -------------------------------------------------------------------------------
+
+
+class TuneRecipe:
+    """One training run: ``setup()`` → ``train()`` (which calls ``evaluate()``) → ``save()``.
+
+    The run's state lives here, set by ``setup``: the options (config as data: ``TuneOptions``),
+    the project and data, the process group, device and autocast dtype, the model, tokenizer,
+    optimizer, scheduler and grad scaler, the step ``state`` and the ``best`` evaluation's
+    weights. ``train(...)`` above runs it; the arguments mean the same there."""
+
+    # where the run goes and what it learns from (setup)
+    dist: Dist
+    work: Path  # DIR/tune/.work/<run>/: options.json and the checkpoint
+    final: Path  # DIR/tune/<run>/
+    ref: ModelRef
+    run_fp: str
+    # what trains, and how (setup)
+    device: Any
+    amp: Any  # autocast dtype, None = fp32
+    tok: Any
+    model: Any  # the peft model; ``ddp`` wraps it under DDP, ``loss_fn`` in graphs mode
+    ddp: Any
+    train_set: Encoded
+    trainable: list[Any]
+    optim: Any
+    sched: Any
+    scaler: Any
+    steps_per_epoch: int
+    total: int  # planned optimizer steps
+    eval_every: int
+    checkpoint: Path
+    fast_sft: bool
+    static: StaticShapes | None
+    loss_fn: Any
+    # where training stands (setup; a resumed run reads them from the checkpoint)
+    state: State
+    best: dict[str, Any] | None  # {"weights", "step"} of the best evaluation so far
+
+    def __init__(
+        self,
+        project: Project | str | Path,
+        options: TuneOptions | None = None,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        progress: Callable[[dict[str, float]], None] | None = None,
+        stop_after: int | None = None,
+        data: TuneData | None = None,
+        runs_dir: Path | None = None,
+    ) -> None:
+        self.project = project if isinstance(project, Project) else Project.at(project)
+        self.opts = options or TuneOptions()
+        self.named = options is not None and bool(options.run)  # the caller named the run
+        self.resume, self.force = resume, force
+        self.progress, self.stop_after = progress, stop_after
+        self.data = data
+        self.tune_dir = Path(runs_dir) if runs_dir is not None else self.project.root / "tune"
+
+    # ---- setup --------------------------------------------------------------------------------
+
+    def setup(self) -> Path | None:
+        """Run folder, data, model, optimizer and schedule; on resume, the last checkpoint.
+        Returns the folder of a finished run with the same data and options (nothing to do,
+        unless ``force`` or ``resume``), else None."""
+        self._setup_run()
+        self._setup_data()
+        if not self.resume and not self.force:
+            done = _finished_run(self.tune_dir, str(self.opts.run), self.run_fp, self.named)
+            if done is not None:
+                log.info("%s is up to date (same data and options); force redoes it", done)
+                if self.dist.main:
+                    shutil.rmtree(self.work, ignore_errors=True)
+                return done
+        self._setup_model()
+        self._setup_optimizer()
+        if self.resume and self.checkpoint.exists():
+            self._load_checkpoint()
+            log.info("resumed %s at step %d/%d", self.opts.run, self.state.step, self.total)
+        self._setup_compile()
+        return None
+
+    def _setup_run(self) -> None:
+        """The process group, the run's name and work folder (on resume its saved options), and
+        the seeds."""
+        opts = self.opts
+        if opts.run is not None:  # it names DIR/tune/<run>/, which a rerun replaces
+            validate_name(opts.run, "--run")
+        self.dist = init_distributed(opts.strategy)
+        if self.dist.world > 1 and opts.run is None:  # every rank must agree on the run name
+            opts = replace(opts, run=_rank0_run_name())
+        self.work, self.opts = _work_dir(self.tune_dir, opts, self.resume)
+        _seed_everything(self.opts.seed)
+
+    def _setup_data(self) -> None:
+        """The train/val/test data (rank 0 first: it may create the project's split), the base
+        model and the run's fingerprint."""
+        if self.data is None:
+            self.data = _rank0_first(self.dist, lambda: _dataset(self.project, self.opts))
+        self.ref = resolve_base(self.opts.base, self.opts.task)
+        self.run_fp = _fingerprint(self.opts, self.data, self.ref)
+        self.final = self.tune_dir / str(self.opts.run)
+
+    def _setup_model(self) -> None:
+        """The device, autocast dtype, tokenizer, model and the encoded training set."""
+        self.device = training_device(self.dist)
+        self.amp = amp_dtype(self.opts.precision, self.device)
+        self.tok = load_tokenizer(self.ref)
+        self.model = self._build_model()
+        self.train_set = self._encode_train()
+
+    def _build_model(self):
+        """Base (frozen; bf16/fp16 on GPU) + LoRA; trainable parameters are kept in fp32. Under
+        FSDP the base stays fp32 too (sharded; gathered in ``amp`` precision for compute),
+        uncompiled."""
+        opts, d, device = self.opts, self.dist, self.device
+        base_dtype = self.amp if device.type == "cuda" and not d.fsdp else None
+        if opts.qlora and d.fsdp:
+            raise ConfigError("--qlora cannot be sharded with --strategy fsdp; use --strategy ddp")
+        model = load_base(
+            self.ref,
+            opts.task,
+            self.data.labels,
+            self.tok,
+            dtype=base_dtype,
+            qlora=opts.qlora,
+            device=device,
+        )
+        if opts.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.enable_input_require_grads()
+        model = add_lora(
+            model, opts.task, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.target_modules
+        )
+        if opts.init_adapter:
+            label2id = self.data.label_map() if opts.task == "classify" else None
+            init_from_adapter(model, opts.init_adapter, label2id)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("base %s: %d trainable parameters", self.ref.name, n_train)
+        model = model.to(device)
+        if d.fsdp:
+            shard_model(model, repeated_blocks(model), device, self.amp)
+            return model
+        mode = opts.compile
+        if mode == "graphs" and d.world > 1:
+            log.warning("compile graphs runs in one process only; compiling the blocks instead")
+            mode = "on"
+        compiled = compile_blocks(model, device, mode)
+        if compiled:
+            log.info("compiling %d transformer blocks (the first steps wait for it)", compiled)
+        return model
+
+    def _encode_train(self) -> Encoded:
+        """Token ids, targets and loss weights of the training rows."""
+        frame, opts = self.data.train, self.opts
+        texts, labels, weights = list(frame["text"]), list(frame["label"]), list(frame["weight"])
+        if opts.task == "classify":
+            label_map = self.data.label_map()
+            ids = [label_map[x] for x in labels]
+            return encode_classify(self.tok, texts, ids, weights, opts.max_length)
+        return encode_sft(self.tok, texts, labels, weights, opts.prompt_template, opts.max_length)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the trainable (LoRA + head) weights, the linear schedule over the planned
+        steps, the fp16 grad scaler (a no-op otherwise), the DDP wrapper, a fresh ``state``."""
+        import torch
+
+        opts = self.opts
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optim = torch.optim.AdamW(
+            self.trainable,
+            lr=opts.lr,
+            weight_decay=opts.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        batches = _rank_batches(self.train_set.lengths(), opts, 0, self.dist)
+        self.steps_per_epoch = math.ceil(len(batches) / opts.grad_accum)
+        self.total = planned_steps(opts, self.steps_per_epoch)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, _linear_schedule(self.total, opts.warmup_ratio)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.ddp = wrap_ddp(self.model, self.dist, self.device)
+        self.state, self.best = State(), None
+        self.checkpoint = checkpoint_path(self.work, self.dist)
+        self.eval_every = opts.eval_steps or self.steps_per_epoch
+
+    def _setup_compile(self) -> None:
+        """The answer-positions-only SFT loss where it applies, and graphs mode: static shapes
+        and the whole training forward compiled (CUDA graphs on a GPU); eval and predict keep
+        using the uncompiled ``model``."""
+        opts = self.opts
+        self.fast_sft = opts.task == "sft" and self.dist.world == 1 and fast_sft_ok(self.model)
+        self.static = self.loss_fn = None
+        if opts.compile == "graphs" and self.dist.world == 1:
+            self.static = StaticShapes.for_options(opts.batch_size, opts.max_length)
+            self.loss_fn = loss_module(self.model, opts.task, self.fast_sft)
+            if compile_graphs(self.loss_fn, self.device):
+                log.info(
+                    "graphs mode: lengths padded to %s (CUDA graphs on a GPU)", self.static.buckets
+                )
+
+    # ---- train --------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Optimizer steps, epoch after epoch, until ``total`` steps or early stopping; the last
+        step is evaluated too."""
+        self.model.train()  # from_pretrained returns eval mode (dropout off)
+        while self.state.step < self.total and not self.state.stopped_early:
+            if not self._train_epoch():
+                break
+            self.state.epoch += 1
+        if not self.state.evals or self.state.evals[-1]["step"] != self.state.step:
+            self.evaluate()
+        _read_losses(self.state)
+
+    def _train_epoch(self) -> bool:
+        """This rank's micro-batches of the current epoch from where it stands (a resumed run
+        skips the steps done), ``grad_accum`` per optimizer step. False when the run ends
+        inside the epoch (steps spent, or stopped early)."""
+        accum = self.opts.grad_accum
+        batches = _rank_batches(self.train_set.lengths(), self.opts, self.state.epoch, self.dist)
+        done_in_epoch = self.state.step - self.state.epoch * self.steps_per_epoch
+        for start in range(done_in_epoch * accum, len(batches), accum):
+            if self.state.step >= self.total:
+                return False
+            self._train_step(batches[start : start + accum])
+            if self.state.stopped_early:
+                return False
+        return True
+
+    def _train_step(self, micro_indices: list[list[int]]) -> None:
+        """One optimizer step over the micro-batches of these row indices, then what is due
+        after it: progress, evaluation, checkpoint."""
+        t0 = time.perf_counter()
+        micro = [self._batch(idx) for idx in micro_indices]
+        loss_sum, tokens = _eager_on_compile_error(
+            self.loss_fn if self.loss_fn is not None else self.model,
+            lambda: train_step(
+                self.ddp,
+                micro,
+                self.optim,
+                self.sched,
+                self.scaler,
+                self.trainable,
+                self.opts.task,
+                self.device,
+                self.amp,
+                self.fast_sft,
+                loss_fn=self.loss_fn,
+            ),
+            before_retry=lambda: self.optim.zero_grad(set_to_none=True),
+        )
+        state = self.state
+        state.step += 1
+        state.tokens += tokens * self.dist.world
+        state.train_seconds += time.perf_counter() - t0
+        state.history.append(
+            {"step": state.step, "loss": loss_sum, "lr": self.sched.get_last_lr()[0]}
+        )
+        self._after_step()
+
+    def _batch(self, idx: list[int]):
+        """The ``Batch`` (CPU tensors) of these training rows."""
+        data = self.train_set
+        return make_batch(
+            [data.input_ids[i] for i in idx],
+            [data.labels[i] for i in idx],
+            [data.weights[i] for i in idx],
+            self.tok.pad_token_id,
+            self.opts.task,
+            multiple=8 if self.device.type == "cuda" else 1,
+            static=self.static,
+        )
+
+    def _after_step(self) -> None:
+        """Read the losses when due, report progress, evaluate every ``eval_every`` steps (and at
+        the last), checkpoint every ``save_steps``; ``stop_after`` raises ``Interrupted``."""
+        state = self.state
+        evaluate = state.step % self.eval_every == 0 or state.step == self.total
+        save = state.step % self.opts.save_steps == 0 and self.dist.evaluates
+        if evaluate or save or state.step % LOSS_READ_EVERY == 0 or self.stop_after is not None:
+            _read_losses(state)
+        if self.progress is not None and self.dist.main:
+            self.progress(
+                {
+                    "step": state.step,
+                    "total": self.total,
+                    "loss": _last_read_loss(state),
+                    "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+                }
+            )
+        if evaluate:
+            self.evaluate()
+        if save:
+            self._save_checkpoint()
+        if self.stop_after is not None and state.step >= self.stop_after:
+            raise Interrupted(f"stopped after step {state.step}")
+
+    # ---- evaluate -----------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Validation score (macro-F1, or minus the answer loss for pairs) on rank 0 (on every
+        rank under FSDP, whose forward needs them all); keep the best weights; stop after
+        ``patience`` evaluations without gain. Rank 0 decides and tells the others."""
+        import torch
+
+        d, data, state = self.dist, self.data, self.state
+        flags = torch.zeros(2)  # improved, stop
+        score = float("nan")
+        if d.evaluates and len(data.val):
+            score = self._val_score()
+            if d.main:
+                improved = state.best_step == 0 or score > state.best_f1
+                flags[0] = float(improved)
+                flags[1] = float(not improved and state.bad_evals + 1 >= self.opts.patience)
+        if d.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(flags, 0)
+        # every rank records the eval step, so all agree on whether a final eval is due
+        value = -score if data.pairs else score
+        state.evals.append({"step": state.step, _val_key(data): value if d.main else float("nan")})
+        if d.main and len(data.val):
+            if flags[0]:
+                state.best_f1, state.best_step, state.bad_evals = score, state.step, 0
+            else:
+                state.bad_evals += 1
+        if flags[0] and d.evaluates:  # gathering the shards is collective under FSDP
+            self.best = {"weights": trainable_state(self.model), "step": state.step}
+        state.stopped_early = bool(flags[1])
+        self.model.train()
+
+    def _val_score(self) -> float:
+        """Validation macro-F1, or minus the answer loss for pairs: higher is better for both."""
+        data = self.data
+        if data.pairs:
+            return -self._pairs_scores(data.val)["loss"]
+        probs = self._predict(data.val)
+        gold = data.val["label"].map(data.label_map()).to_numpy()
+        return classification_metrics(gold, probs, data.labels)["macro_f1"]
+
+    def _predict(self, frame):
+        """Class probabilities (rows of ``frame``, columns in label order) from the model now."""
+        opts = self.opts
+        return _eager_on_compile_error(
+            self.model,
+            lambda: score_texts(
+                self.model,
+                self.tok,
+                list(frame["text"]),
+                task=opts.task,
+                labels=self.data.labels,
+                template=opts.prompt_template,
+                max_length=opts.max_length,
+                batch_size=opts.eval_batch_size,
+                device=self.device,
+                amp_dtype=self.amp,
+            ),
+        )
+
+    def _pairs_scores(self, frame, keep: bool = False) -> dict[str, Any]:
+        """Answer loss metrics of ``frame``'s pairs (+ the per-pair ``nll``/``tokens`` if
+        ``keep``)."""
+        opts = self.opts
+        nll, tokens = _eager_on_compile_error(
+            self.model,
+            lambda: answer_nll(
+                self.model,
+                self.tok,
+                list(frame["text"]),
+                list(frame["label"]),
+                template=opts.prompt_template,
+                max_length=opts.max_length,
+                batch_size=opts.eval_batch_size,
+                device=self.device,
+                amp_dtype=self.amp,
+            ),
+        )
+        out = pairs_metrics(nll, tokens)
+        return {**out, "nll": nll, "tokens": tokens} if keep else out
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        """Trainable weights, optimizer, schedule, scaler, state and best evaluation."""
+        save_checkpoint(
+            self.checkpoint,
+            {
+                "weights": trainable_state(self.model, full=not self.dist.fsdp),
+                "optim": optimizer_state(self.optim),
+                "sched": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(),
+            },
+            self.state,
+            self.best,
+        )
+
+    def _load_checkpoint(self) -> None:
+        """Everything ``_save_checkpoint`` wrote, the RNG states included (same result)."""
+        blob = read_checkpoint(self.checkpoint)
+        load_trainable(self.model, blob["weights"], full=not self.dist.fsdp)
+        load_optimizer_state(self.optim, blob["optim"])
+        self.sched.load_state_dict(blob["sched"])
+        self.scaler.load_state_dict(blob["scaler"])
+        self.state, self.best = restore_rng(blob), blob["best"]
+
+    # ---- save ---------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """The best evaluation's weights, scored and written to ``DIR/tune/<run>/`` (by rank 0;
+        every rank takes part under FSDP), then the work folder goes. Returns the run folder."""
+        if self.best is not None:
+            load_trainable(self.model, self.best["weights"])
+        if self.dist.evaluates:
+            self._write_outputs()
+        barrier(self.dist)
+        if self.dist.main:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return self.final
+
+    def _write_outputs(self) -> None:
+        """DIR/tune/<run>/: adapter/ (+ tokenizer, label map), label_map.json, config.json,
+        metrics.json, predictions.parquet, errors.parquet, train_data.parquet, history.json,
+        loss_curve.png, manifest.json."""
+        import pandas as pd
+
+        data, state = self.data, self.state
+        # Under FSDP every rank runs this far (gathering and the forward passes are collective).
+        adapter_state = trainable_state(self.model) if self.dist.fsdp else None
+        metrics, frames = self._score_splits()
+        if not self.dist.main:
+            return
+        predictions = pd.concat(frames, ignore_index=True)
+        metrics["train"] = self._train_metrics()
+        metrics["data"] = data.counts
+        config = self._run_config()
+        label_map = json.dumps({"labels": data.labels, "label2id": data.label_map()}, indent=2)
+        with stage_output(
+            Project(self.final.parent),
+            str(self.opts.run),
+            self.run_fp,
+            config=config,
+            packages=("torch", "transformers", "peft"),
+        ) as out:
+            adapter = out.path("adapter")
+            self.model.save_pretrained(adapter, state_dict=adapter_state)
+            self.tok.save_pretrained(adapter)
+            (adapter / "label_map.json").write_text(label_map)
+            out.path("label_map.json").write_text(label_map)
+            out.path("config.json").write_text(json.dumps(config, indent=2, default=str))
+            out.path("metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+            predictions.to_parquet(out.path("predictions.parquet"), index=False)
+            errors = self._errors(predictions)
+            errors.to_parquet(out.path("errors.parquet"), index=False)
+            data.train[["id", "text", "label", "weight"]].to_parquet(
+                out.path("train_data.parquet"), index=False
+            )
+            history = {"loss": state.history, "evals": state.evals}
+            out.path("history.json").write_text(json.dumps(history, indent=2))
+            _loss_curve(state, out.path("loss_curve.png"))
+            out.counts = {**data.counts, "errors": len(errors)}
+            key = "loss" if data.pairs else "macro_f1"
+            out.extra["metrics"] = {k: metrics[k].get(key) for k in ("val", "test")}
+        log.info("wrote %s (test %s %s)", self.final, key, metrics["test"].get(key))
+
+    def _score_splits(self) -> tuple[dict[str, Any], list[Any]]:
+        """Metrics and prediction rows of the val and test splits."""
+        metrics: dict[str, Any] = {}
+        frames = []
+        for split in ("val", "test"):
+            frame = getattr(self.data, split)
+            score = self._score_pairs if self.data.pairs else self._score_labels
+            metrics[split], rows = score(split, frame)
+            frames.append(rows)
+        return metrics, frames
+
+    def _score_pairs(self, split: str, frame) -> tuple[dict[str, Any], Any]:
+        """Answer loss metrics and ``id, text, gold, slice, split, nll, tokens`` rows."""
+        scored = self._pairs_scores(frame, keep=True)
+        metrics = {k: v for k, v in scored.items() if k not in ("nll", "tokens")}
+        rows = (
+            frame[["id", "text", "label", "slice"]]
+            .rename(columns={"label": "gold"})
+            .assign(split=split, nll=scored["nll"], tokens=scored["tokens"])
+        )
+        return metrics, rows
+
+    def _score_labels(self, split: str, frame) -> tuple[dict[str, Any], Any]:
+        """Classification metrics (+ per slice) and ``id, text, split, gold, predicted, prob,
+        probs, slice`` rows."""
+        import pandas as pd
+
+        data = self.data
+        probs = self._predict(frame)
+        gold = frame["label"].map(data.label_map()).to_numpy()
+        metrics = classification_metrics(gold, probs, data.labels) if len(frame) else {"n": 0}
+        if len(frame):
+            metrics["slices"] = slice_metrics(gold, probs, list(frame["slice"]), data.labels)
+        rows = pd.DataFrame(
+            {
+                "id": frame["id"],
+                "text": frame["text"],
+                "split": split,
+                "gold": frame["label"],
+                "predicted": [data.labels[i] for i in probs.argmax(axis=1)] if len(frame) else [],
+                "prob": probs.max(axis=1) if len(frame) else [],
+                "probs": list(probs.astype("float32")),
+                "slice": frame["slice"],
+            }
+        )
+        return metrics, rows
+
+    def _train_metrics(self) -> dict[str, Any]:
+        """``metrics.json`` → ``train``: steps, epochs, the best evaluation, time and speed."""
+        state, amp = self.state, self.amp
+        epochs_done = state.step / max(1, self.steps_per_epoch)
+        best = (
+            {"best_val_loss": -state.best_f1}
+            if self.data.pairs
+            else {"best_val_macro_f1": state.best_f1}
+        )
+        return {
+            "steps": state.step,
+            "epochs": round(epochs_done, 4),
+            "best_step": state.best_step,
+            **best,
+            "stopped_early": state.stopped_early,
+            "seconds": round(state.train_seconds, 3),
+            "seconds_per_epoch": round(state.train_seconds / max(epochs_done, 1e-9), 3),
+            "tokens": state.tokens,
+            "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+            "world_size": self.dist.world,
+            "device": str(self.device),
+            "precision": str(amp).replace("torch.", "") if amp is not None else "fp32",
+        }
+
+    def _run_config(self) -> dict[str, Any]:
+        """``config.json``: what ``tune predict``/``eval``/``export`` load the run with."""
+        ref = self.ref
+        return {
+            "run": self.opts.run,
+            "task": self.opts.task,
+            "base": {"name": ref.name, "path": ref.path, "gguf_file": ref.gguf_file},
+            "labels": self.data.labels,
+            "source_stage": self.data.source_stage,
+            "options": self.opts.to_dict(),
+        }
+
+    def _errors(self, predictions):
+        """``errors.parquet``: the val/test rows to send back for review."""
+        import numpy as np
+
+        frame = predictions.rename(columns={"gold": "label"})
+        if self.data.pairs:
+            nll, tokens = predictions["nll"].to_numpy(), predictions["tokens"].to_numpy()
+            return pairs_error_table(frame, nll, tokens)
+        probs = np.stack(predictions["probs"].to_numpy()) if len(predictions) else np.zeros((0, 1))
+        return error_table(frame, probs, self.data.labels, self.opts.low_confidence)
+
+
+# ---- setup helpers ----------------------------------------------------------------------------
+
+
+def _rank0_run_name() -> str:
+    """A timestamped run name, rank 0's, broadcast to every rank."""
+    import torch.distributed as dist
+
+    names = [time.strftime("run-%Y%m%d-%H%M%S")]
+    dist.broadcast_object_list(names, 0)
+    return names[0]
 
 
 def _seed_everything(seed: int) -> None:
@@ -102,6 +699,114 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:
+    """The run's checkpoint folder; on resume the saved options win (same recipe, same result)."""
+    root = tune_dir / WORK
+    if resume:
+        if opts.run is None:
+            unfinished = sorted(root.glob("*/options.json"), key=lambda p: p.stat().st_mtime)
+            if not unfinished:
+                raise ThresherError(f"nothing to resume under {root}; start a run without --resume")
+            run = unfinished[-1].parent.name
+        else:
+            run = opts.run
+        work = contained(root, validate_name(run, "--run"), "--run")
+        saved = work / "options.json"
+        if saved.exists():
+            opts = TuneOptions.from_dict(json.loads(saved.read_text()))
+        return work, replace(opts, run=run)
+    run = opts.run or time.strftime("run-%Y%m%d-%H%M%S")
+    opts = replace(opts, run=run)
+    work = contained(root, validate_name(run, "--run"), "--run")  # removed and rewritten below
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under DDP
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "options.json").write_text(json.dumps(opts.to_dict(), indent=2))
+    return work, opts
+
+
+def _dataset(project: Project, opts: TuneOptions) -> TuneData:
+    """Labelled records (classify, or sft with the label as the answer), or instruction/response
+    pairs when ``data.response_column`` is set (sft only)."""
+    if opts.data.response_column is None:
+        return build_dataset(project, opts.data)
+    if opts.task != "sft":
+        raise ThresherError(
+            "instruction/response pairs (--response-col) train a causal LM: add --task sft"
+        )
+    return build_pairs_dataset(project, opts.data)
+
+
+def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0, then on the other ranks (for steps that write shared files)."""
+    if d.world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    if d.main:
+        result = fn()
+        dist.barrier()
+    else:
+        dist.barrier()
+        result = fn()
+    return result
+
+
+def _finished_run(tune_dir: Path, run: str, run_fp: str, named: bool) -> Path | None:
+    """A finished run with this fingerprint: the named one, or (no name given) any."""
+    tune_project = Project(tune_dir)
+    if tune_project.is_fresh(run, run_fp):
+        return tune_dir / run
+    if named:
+        return None
+    for manifest in sorted(tune_dir.glob("*/manifest.json")):
+        if not manifest.parent.name.startswith(".") and tune_project.is_fresh(
+            manifest.parent.name, run_fp
+        ):
+            return manifest.parent
+    return None
+
+
+def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
+    def rows(frame):
+        return list(zip(frame["id"], frame["label"], frame["weight"], strict=True))
+
+    return fingerprint(
+        {
+            "options": {**opts.to_dict(), "run": None},
+            "base": ref.path,
+            "init_adapter": file_sha256(adapter_weights(opts.init_adapter))
+            if opts.init_adapter
+            else None,
+            "train": rows(data.train),
+            "val": rows(data.val),
+            "test": rows(data.test),
+        }
+    )
+
+
+# ---- training steps ---------------------------------------------------------------------------
+
+
+def planned_steps(opts: TuneOptions, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run: ``max_steps`` when set, else ``epochs`` worth of steps but at
+    least ``min_steps`` (small sets under-train in a few epochs); early stopping may end sooner."""
+    if opts.max_steps > 0:
+        return opts.max_steps
+    return max(1, math.ceil(opts.epochs * steps_per_epoch), opts.min_steps)
+
+
+def _linear_schedule(total: int, warmup_ratio: float):
+    warmup = int(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
 
 
 def length_grouped_batches(
@@ -133,251 +838,6 @@ def _rank_batches(lengths, opts: TuneOptions, epoch: int, d: Dist) -> list[list[
     n = max(1, len(batches) // d.world) if len(batches) >= d.world else 1
     mine = batches[d.rank :: d.world][:n]
     return mine or batches[:1]
-
-
-# ---- the recipe -------------------------------------------------------------------------------
-
-
-def train(
-    project: Project | str | Path,
-    options: TuneOptions | None = None,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: Callable[[dict[str, float]], None] | None = None,
-    stop_after: int | None = None,
-    data: TuneData | None = None,
-    runs_dir: Path | None = None,
-) -> Path:
-    """Train one run and return its folder ``DIR/tune/<run>/``.
-
-    ``resume`` continues the named (or most recent unfinished) run from its last checkpoint.
-    A finished run with the same data and options is not redone unless ``force``.
-    ``progress`` gets ``{step, total, loss, tokens_per_s}`` after each optimizer step.
-    ``stop_after`` (tests) raises ``Interrupted`` after that many optimizer steps.
-    ``data`` replaces the project's train/val/test split and ``runs_dir`` the ``DIR/tune`` folder
-    (cross-fitting, ``tune/crossfit.py``: one run per fold on its own split)."""
-    import torch
-
-    project = project if isinstance(project, Project) else Project.at(project)
-    opts = options or TuneOptions()
-    if opts.run is not None:  # it names DIR/tune/<run>/, which a rerun replaces
-        validate_name(opts.run, "--run")
-    tune_dir = Path(runs_dir) if runs_dir is not None else project.root / "tune"
-    d = init_distributed(opts.strategy)
-    if d.world > 1 and opts.run is None:  # every rank must agree on the run name
-        import torch.distributed as dist
-
-        names = [time.strftime("run-%Y%m%d-%H%M%S")]
-        dist.broadcast_object_list(names, 0)
-        opts = replace(opts, run=names[0])
-    work, opts = _work_dir(tune_dir, opts, resume)
-    _seed_everything(opts.seed)
-
-    # -- setup: data (rank 0 first: it may create the project's split), model, optimizer
-    if data is None:
-        data = _rank0_first(d, lambda: _dataset(project, opts))
-    ref = resolve_base(opts.base, opts.task)
-    run_fp = _fingerprint(opts, data, ref)
-    final = tune_dir / str(opts.run)
-    if not resume and not force:
-        done = _finished_run(
-            tune_dir, str(opts.run), run_fp, named=options is not None and bool(options.run)
-        )
-        if done is not None:
-            log.info("%s is up to date (same data and options); force redoes it", done)
-            if d.main:
-                shutil.rmtree(work, ignore_errors=True)
-            return done
-    device = training_device(d)
-    amp = amp_dtype(opts.precision, device)
-    tok = load_tokenizer(ref)
-    label_map = data.label_map()
-    model = _build_model(ref, opts, data.labels, tok, device, amp, d)
-    train_set = _encode(tok, data.train, label_map, opts)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(
-        trainable, lr=opts.lr, weight_decay=opts.weight_decay, fused=device.type == "cuda"
-    )
-    steps_per_epoch = math.ceil(
-        len(_rank_batches(train_set.lengths(), opts, 0, d)) / opts.grad_accum
-    )
-    total = planned_steps(opts, steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(total, opts.warmup_ratio))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ddp = wrap_ddp(model, d, device)
-    state = State()
-    best: dict[str, Any] | None = None
-    checkpoint = _checkpoint_path(work, d)
-    if resume and checkpoint.exists():
-        state, best = _load_checkpoint(checkpoint, model, optim, sched, scaler, d)
-        log.info("resumed %s at step %d/%d", opts.run, state.step, total)
-    eval_every = opts.eval_steps or steps_per_epoch
-    fast_sft = opts.task == "sft" and d.world == 1 and fast_sft_ok(model)
-    # graphs mode: static shapes and the whole training forward compiled (CUDA graphs on a GPU);
-    # eval and predict keep using the uncompiled ``model``
-    static = loss_fn = None
-    if opts.compile == "graphs" and d.world == 1:
-        static = StaticShapes.for_options(opts.batch_size, opts.max_length)
-        loss_fn = loss_module(model, opts.task, fast_sft)
-        if compile_graphs(loss_fn, device):
-            log.info("graphs mode: lengths padded to %s (CUDA graphs on a GPU)", static.buckets)
-
-    # -- train
-    model.train()  # from_pretrained returns eval mode (dropout off)
-    while state.step < total and not state.stopped_early:
-        batches = _rank_batches(train_set.lengths(), opts, state.epoch, d)
-        done_in_epoch = state.step - _steps_before_epoch(state, steps_per_epoch)
-        for start in range(done_in_epoch * opts.grad_accum, len(batches), opts.grad_accum):
-            if state.step >= total:
-                break
-            t0 = time.perf_counter()
-            micro = [
-                make_batch(
-                    [train_set.input_ids[i] for i in idx],
-                    [train_set.labels[i] for i in idx],
-                    [train_set.weights[i] for i in idx],
-                    tok.pad_token_id,
-                    opts.task,
-                    multiple=8 if device.type == "cuda" else 1,
-                    static=static,
-                )
-                for idx in batches[start : start + opts.grad_accum]
-            ]
-            loss_sum, tokens = _eager_on_compile_error(
-                loss_fn if loss_fn is not None else model,
-                lambda micro=micro: train_step(
-                    ddp,
-                    micro,
-                    optim,
-                    sched,
-                    scaler,
-                    trainable,
-                    opts.task,
-                    device,
-                    amp,
-                    fast_sft,
-                    loss_fn=loss_fn,
-                ),
-                before_retry=lambda: optim.zero_grad(set_to_none=True),
-            )
-            state.step += 1
-            state.tokens += tokens * d.world
-            state.train_seconds += time.perf_counter() - t0
-            state.history.append(
-                {"step": state.step, "loss": loss_sum, "lr": sched.get_last_lr()[0]}
-            )
-            evaluate = state.step % eval_every == 0 or state.step == total
-            save = state.step % opts.save_steps == 0 and d.evaluates
-            if evaluate or save or state.step % LOSS_READ_EVERY == 0 or stop_after is not None:
-                _read_losses(state)
-            if progress is not None and d.main:
-                progress(
-                    {
-                        "step": state.step,
-                        "total": total,
-                        "loss": _last_read_loss(state),
-                        "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
-                    }
-                )
-            if evaluate:
-                best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
-            if save:
-                _save_checkpoint(checkpoint, model, optim, sched, scaler, state, best, d)
-            if stop_after is not None and state.step >= stop_after:
-                raise Interrupted(f"stopped after step {state.step}")
-            if state.stopped_early:
-                break
-        else:
-            state.epoch += 1
-            continue
-        if state.step >= total or state.stopped_early:
-            break
-    if not state.evals or state.evals[-1]["step"] != state.step:
-        best = _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state, best, d)
-
-    _read_losses(state)
-    # -- evaluate (best state) and save
-    if best is not None:
-        load_trainable(model, best["weights"])
-    if d.evaluates:
-        _save_outputs(
-            project,
-            final,
-            run_fp,
-            model,
-            tok,
-            data,
-            opts,
-            ref,
-            device,
-            amp,
-            state,
-            steps_per_epoch,
-            d,
-        )
-    barrier(d)
-    if d.main:
-        shutil.rmtree(work, ignore_errors=True)
-    return final
-
-
-def _dataset(project: Project, opts: TuneOptions) -> TuneData:
-    """Labelled records (classify, or sft with the label as the answer), or instruction/response
-    pairs when ``data.response_column`` is set (sft only)."""
-    if opts.data.response_column is None:
-        return build_dataset(project, opts.data)
-    if opts.task != "sft":
-        raise ThresherError(
-            "instruction/response pairs (--response-col) train a causal LM: add --task sft"
-        )
-    from tune.pairs import build_pairs_dataset
-
-    return build_pairs_dataset(project, opts.data)
-
-
-def _eager_on_compile_error(module, fn: Callable[[], Any], before_retry=None) -> Any:
-    """``fn()``; if torch.compile fails inside it, undo every compilation in ``module`` (compiled
-    blocks, or the graphs-mode loss module) and run it eagerly."""
-    try:
-        return fn()
-    except Exception as err:
-        if not (is_compile_error(err) and uncompile(module)):
-            raise
-        log.warning("torch.compile failed (%s); continuing uncompiled", str(err)[:200])
-        if before_retry is not None:
-            before_retry()
-        return fn()
-
-
-def _read_losses(state: State) -> None:
-    """Turn the device-side losses in ``state.history`` into floats (waits for the GPU)."""
-    for entry in reversed(state.history):
-        if isinstance(entry["loss"], float):
-            break
-        entry["loss"] = float(entry["loss"])
-
-
-def _last_read_loss(state: State) -> float:
-    for entry in reversed(state.history):
-        if isinstance(entry["loss"], float):
-            return entry["loss"]
-    return float("nan")
-
-
-def _rank0_first(d: Dist, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0, then on the other ranks (for steps that write shared files)."""
-    if d.world == 1:
-        return fn()
-    import torch.distributed as dist
-
-    if d.main:
-        result = fn()
-        dist.barrier()
-    else:
-        dist.barrier()
-        result = fn()
-    return result
 
 
 def train_step(
@@ -425,135 +885,6 @@ def train_step(
     return loss_sum, tokens
 
 
-def _work_dir(tune_dir: Path, opts: TuneOptions, resume: bool) -> tuple[Path, TuneOptions]:
-    """The run's checkpoint folder; on resume the saved options win (same recipe, same result)."""
-    root = tune_dir / WORK
-    if resume:
-        if opts.run is None:
-            unfinished = sorted(root.glob("*/options.json"), key=lambda p: p.stat().st_mtime)
-            if not unfinished:
-                raise ThresherError(f"nothing to resume under {root}; start a run without --resume")
-            run = unfinished[-1].parent.name
-        else:
-            run = opts.run
-        work = contained(root, validate_name(run, "--run"), "--run")
-        saved = work / "options.json"
-        if saved.exists():
-            opts = TuneOptions.from_dict(json.loads(saved.read_text()))
-        return work, replace(opts, run=run)
-    run = opts.run or time.strftime("run-%Y%m%d-%H%M%S")
-    opts = replace(opts, run=run)
-    work = contained(root, validate_name(run, "--run"), "--run")  # removed and rewritten below
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer under DDP
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "options.json").write_text(json.dumps(opts.to_dict(), indent=2))
-    return work, opts
-
-
-def _finished_run(tune_dir: Path, run: str, run_fp: str, named: bool) -> Path | None:
-    """A finished run with this fingerprint: the named one, or (no name given) any."""
-    tune_project = Project(tune_dir)
-    if tune_project.is_fresh(run, run_fp):
-        return tune_dir / run
-    if named:
-        return None
-    for manifest in sorted(tune_dir.glob("*/manifest.json")):
-        if not manifest.parent.name.startswith(".") and tune_project.is_fresh(
-            manifest.parent.name, run_fp
-        ):
-            return manifest.parent
-    return None
-
-
-def _fingerprint(opts: TuneOptions, data: TuneData, ref) -> str:
-    def rows(frame):
-        return list(zip(frame["id"], frame["label"], frame["weight"], strict=True))
-
-    return fingerprint(
-        {
-            "options": {**opts.to_dict(), "run": None},
-            "base": ref.path,
-            "init_adapter": file_sha256(adapter_weights(opts.init_adapter))
-            if opts.init_adapter
-            else None,
-            "train": rows(data.train),
-            "val": rows(data.val),
-            "test": rows(data.test),
-        }
-    )
-
-
-def _build_model(ref, opts: TuneOptions, labels, tok, device, amp, d: Dist):
-    """Base (frozen; bf16/fp16 on GPU) + LoRA; trainable parameters are kept in fp32. Under FSDP
-    the base stays fp32 too (sharded; gathered in ``amp`` precision for compute), uncompiled."""
-    import torch
-
-    base_dtype = amp if device.type == "cuda" and not d.fsdp else None
-    if opts.qlora and d.fsdp:
-        raise ConfigError("--qlora cannot be sharded with --strategy fsdp; use --strategy ddp")
-    model = load_base(
-        ref, opts.task, labels, tok, dtype=base_dtype, qlora=opts.qlora, device=device
-    )
-    if opts.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = add_lora(
-        model, opts.task, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.target_modules
-    )
-    if opts.init_adapter:
-        label2id = {name: i for i, name in enumerate(labels)} if opts.task == "classify" else None
-        init_from_adapter(model, opts.init_adapter, label2id)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("base %s: %d trainable parameters", ref.name, n_train)
-    model = model.to(device)
-    if d.fsdp:
-        shard_model(model, repeated_blocks(model), device, amp)
-        return model
-    mode = opts.compile
-    if mode == "graphs" and d.world > 1:
-        log.warning("compile graphs runs in one process only; compiling the blocks instead")
-        mode = "on"
-    compiled = compile_blocks(model, device, mode)
-    if compiled:
-        log.info("compiling %d transformer blocks (the first steps wait for it)", compiled)
-    del torch
-    return model
-
-
-def _encode(tok, frame, label_map, opts: TuneOptions):
-    texts, labels, weights = list(frame["text"]), list(frame["label"]), list(frame["weight"])
-    if opts.task == "classify":
-        return encode_classify(tok, texts, [label_map[x] for x in labels], weights, opts.max_length)
-    return encode_sft(tok, texts, labels, weights, opts.prompt_template, opts.max_length)
-
-
-def planned_steps(opts: TuneOptions, steps_per_epoch: int) -> int:
-    """Optimizer steps of a run: ``max_steps`` when set, else ``epochs`` worth of steps but at
-    least ``min_steps`` (small sets under-train in a few epochs); early stopping may end sooner."""
-    if opts.max_steps > 0:
-        return opts.max_steps
-    return max(1, math.ceil(opts.epochs * steps_per_epoch), opts.min_steps)
-
-
-def _linear_schedule(total: int, warmup_ratio: float):
-    warmup = int(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def _steps_before_epoch(state: State, steps_per_epoch: int) -> int:
-    return state.epoch * steps_per_epoch
-
-
 class _no_sync:
     """DDP's ``no_sync`` for accumulation micro-steps (a no-op without DDP)."""
 
@@ -567,306 +898,40 @@ class _no_sync:
         return self.ctx.__exit__(*exc) if self.ctx is not None else False
 
 
-# ---- evaluation during training ---------------------------------------------------------------
-
-
-def _predict(model, tok, frame, data: TuneData, opts: TuneOptions, device, amp):
-    return _eager_on_compile_error(
-        model,
-        lambda: score_texts(
-            model,
-            tok,
-            list(frame["text"]),
-            task=opts.task,
-            labels=data.labels,
-            template=opts.prompt_template,
-            max_length=opts.max_length,
-            batch_size=opts.eval_batch_size,
-            device=device,
-            amp_dtype=amp,
-        ),
-    )
-
-
-def _val_key(data: TuneData) -> str:
-    return "val_loss" if data.pairs else "val_macro_f1"
-
-
-def _pairs_scores(model, tok, frame, opts: TuneOptions, device, amp, keep: bool = False):
-    """Answer loss metrics of ``frame``'s pairs (+ the per-pair ``nll``/``tokens`` if ``keep``)."""
-    from tune.pairs import answer_nll, pairs_metrics
-
-    nll, tokens = _eager_on_compile_error(
-        model,
-        lambda: answer_nll(
-            model,
-            tok,
-            list(frame["text"]),
-            list(frame["label"]),
-            template=opts.prompt_template,
-            max_length=opts.max_length,
-            batch_size=opts.eval_batch_size,
-            device=device,
-            amp_dtype=amp,
-        ),
-    )
-    out = pairs_metrics(nll, tokens)
-    return {**out, "nll": nll, "tokens": tokens} if keep else out
-
-
-def _evaluate_and_maybe_stop(model, tok, data, opts, device, amp, state: State, best, d: Dist):
-    """Validation score (macro-F1, or minus the answer loss for pairs) on rank 0 (on every rank
-    under FSDP, whose forward needs them all); keep the best weights; stop after ``patience``
-    evaluations without gain. Rank 0 decides and tells the others."""
-    import torch
-
-    flags = torch.zeros(2)  # improved, stop
-    score = float("nan")
-    if d.evaluates and len(data.val):
-        if data.pairs:  # minus the validation loss: higher is better, like macro-F1
-            score = -_pairs_scores(model, tok, data.val, opts, device, amp)["loss"]
-        else:
-            probs = _predict(model, tok, data.val, data, opts, device, amp)
-            gold = data.val["label"].map(data.label_map()).to_numpy()
-            score = classification_metrics(gold, probs, data.labels)["macro_f1"]
-        if d.main:
-            improved = state.best_step == 0 or score > state.best_f1
-            flags[0] = float(improved)
-            flags[1] = float(not improved and state.bad_evals + 1 >= opts.patience)
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.broadcast(flags, 0)
-    # every rank records the eval step, so all agree on whether a final eval is due
-    value = -score if data.pairs else score
-    state.evals.append({"step": state.step, _val_key(data): value if d.main else float("nan")})
-    if d.main and len(data.val):
-        if flags[0]:
-            state.best_f1, state.best_step, state.bad_evals = score, state.step, 0
-        else:
-            state.bad_evals += 1
-    if flags[0] and d.evaluates:  # gathering the shards is collective under FSDP
-        best = {"weights": trainable_state(model), "step": state.step}
-    state.stopped_early = bool(flags[1])
-    model.train()
-    return best
-
-
-# ---- checkpoints ------------------------------------------------------------------------------
-
-
-def _checkpoint_path(work: Path, d: Dist) -> Path:
-    """One checkpoint per run; under FSDP one per rank (each holds its shard)."""
-    return work / (f"checkpoint-rank{d.rank}-of-{d.world}.pt" if d.fsdp else CHECKPOINT)
-
-
-def _save_checkpoint(path: Path, model, optim, sched, scaler, state: State, best, d: Dist) -> None:
-    """Tensors and plain containers only, so ``read_checkpoint`` loads it with
-    ``weights_only=True``; the step counters and the Python/numpy RNG states go as JSON text."""
-    import numpy as np
-    import torch
-
-    numpy_rng = np.random.get_state()
-    meta = {
-        "state": state.__dict__,
-        "rng_python": random.getstate(),
-        "rng_numpy": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
-    }
-    blob = {
-        "format": CHECKPOINT_FORMAT,
-        "weights": trainable_state(model, full=not d.fsdp),
-        "optim": optimizer_state(optim),
-        "sched": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "best": best,
-        "meta": json.dumps(meta, default=float),
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by ``_save_checkpoint``, loaded with ``weights_only=True``: a file
-    that would need code to load (any other pickle) is refused with a one-line error, never run.
-    ``meta`` comes back decoded (``state``, ``rng_python``, ``rng_numpy``)."""
-    import pickle
-
-    import torch
-
+def _eager_on_compile_error(module, fn: Callable[[], Any], before_retry=None) -> Any:
+    """``fn()``; if torch.compile fails inside it, undo every compilation in ``module`` (compiled
+    blocks, or the graphs-mode loss module) and run it eagerly."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ThresherError(
-            f"{path} is not a checkpoint thresher can load safely (only tensors and plain data "
-            f"are read, never code); remove {path.parent} and train without --resume"
-        ) from err
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ThresherError(
-            f"{path} was written by another thresher version; remove {path.parent} and train "
-            "without --resume"
-        )
-    return {**blob, "meta": json.loads(blob["meta"])}
+        return fn()
+    except Exception as err:
+        if not (is_compile_error(err) and uncompile(module)):
+            raise
+        log.warning("torch.compile failed (%s); continuing uncompiled", str(err)[:200])
+        if before_retry is not None:
+            before_retry()
+        return fn()
 
 
-def _load_checkpoint(path: Path, model, optim, sched, scaler, d: Dist):
-    import numpy as np
-    import torch
+def _read_losses(state: State) -> None:
+    """Turn the device-side losses in ``state.history`` into floats (waits for the GPU)."""
+    for entry in reversed(state.history):
+        if isinstance(entry["loss"], float):
+            break
+        entry["loss"] = float(entry["loss"])
 
-    blob = read_checkpoint(path)
-    load_trainable(model, blob["weights"], full=not d.fsdp)
-    load_optimizer_state(optim, blob["optim"])
-    sched.load_state_dict(blob["sched"])
-    scaler.load_state_dict(blob["scaler"])
-    meta = blob["meta"]
-    version, internal, gauss = meta["rng_python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(tuple(meta["rng_numpy"]))
-    torch.set_rng_state(blob["rng_torch"])
-    if blob["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng_cuda"])
-    return State(**meta["state"]), blob["best"]
+
+def _last_read_loss(state: State) -> float:
+    for entry in reversed(state.history):
+        if isinstance(entry["loss"], float):
+            return entry["loss"]
+    return float("nan")
 
 
 # ---- outputs ----------------------------------------------------------------------------------
 
 
-def _save_outputs(
-    project,
-    final: Path,
-    run_fp,
-    model,
-    tok,
-    data: TuneData,
-    opts,
-    ref,
-    device,
-    amp,
-    state: State,
-    steps_per_epoch: int,
-    d: Dist,
-) -> None:
-    """DIR/tune/<run>/: adapter/ (+ tokenizer, label map), label_map.json, config.json,
-    metrics.json, predictions.parquet, errors.parquet, train_data.parquet, history.json,
-    loss_curve.png, manifest.json."""
-    import numpy as np
-    import pandas as pd
-
-    tune_project = Project(final.parent)
-    label_map = {"labels": data.labels, "label2id": data.label_map()}
-    # Under FSDP every rank runs this far (gathering and the forward passes are collective).
-    adapter_state = trainable_state(model) if d.fsdp else None
-    metrics: dict[str, Any] = {}
-    frames = []
-    for split in ("val", "test") if data.pairs else ():
-        frame = getattr(data, split)
-        scored = _pairs_scores(model, tok, frame, opts, device, amp, keep=True)
-        metrics[split] = {k: v for k, v in scored.items() if k not in ("nll", "tokens")}
-        frames.append(
-            frame[["id", "text", "label", "slice"]]
-            .rename(columns={"label": "gold"})
-            .assign(split=split, nll=scored["nll"], tokens=scored["tokens"])
-        )
-    for split in () if data.pairs else ("val", "test"):
-        frame = getattr(data, split)
-        probs = _predict(model, tok, frame, data, opts, device, amp)
-        gold = frame["label"].map(data.label_map()).to_numpy()
-        m = classification_metrics(gold, probs, data.labels) if len(frame) else {"n": 0}
-        if len(frame):
-            m["slices"] = slice_metrics(gold, probs, list(frame["slice"]), data.labels)
-        metrics[split] = m
-        frames.append(
-            pd.DataFrame(
-                {
-                    "id": frame["id"],
-                    "text": frame["text"],
-                    "split": split,
-                    "gold": frame["label"],
-                    "predicted": [data.labels[i] for i in probs.argmax(axis=1)]
-                    if len(frame)
-                    else [],
-                    "prob": probs.max(axis=1) if len(frame) else [],
-                    "probs": list(probs.astype("float32")),
-                    "slice": frame["slice"],
-                }
-            )
-        )
-    if not d.main:
-        return
-    predictions = pd.concat(frames, ignore_index=True)
-    epochs_done = state.step / max(1, steps_per_epoch)
-    metrics["train"] = {
-        "steps": state.step,
-        "epochs": round(epochs_done, 4),
-        "best_step": state.best_step,
-        **(
-            {"best_val_loss": -state.best_f1}
-            if data.pairs
-            else {"best_val_macro_f1": state.best_f1}
-        ),
-        "stopped_early": state.stopped_early,
-        "seconds": round(state.train_seconds, 3),
-        "seconds_per_epoch": round(state.train_seconds / max(epochs_done, 1e-9), 3),
-        "tokens": state.tokens,
-        "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-        "world_size": d.world,
-        "device": str(device),
-        "precision": str(amp).replace("torch.", "") if amp is not None else "fp32",
-    }
-    metrics["data"] = data.counts
-    config = {
-        "run": opts.run,
-        "task": opts.task,
-        "base": {"name": ref.name, "path": ref.path, "gguf_file": ref.gguf_file},
-        "labels": data.labels,
-        "source_stage": data.source_stage,
-        "options": opts.to_dict(),
-    }
-    with stage_output(
-        tune_project,
-        str(opts.run),
-        run_fp,
-        config=config,
-        packages=("torch", "transformers", "peft"),
-    ) as out:
-        adapter = out.path("adapter")
-        model.save_pretrained(adapter, state_dict=adapter_state)
-        tok.save_pretrained(adapter)
-        (adapter / "label_map.json").write_text(json.dumps(label_map, indent=2))
-        (out.path("label_map.json")).write_text(json.dumps(label_map, indent=2))
-        (out.path("config.json")).write_text(json.dumps(config, indent=2, default=str))
-        (out.path("metrics.json")).write_text(json.dumps(metrics, indent=2, default=float))
-        predictions.to_parquet(out.path("predictions.parquet"), index=False)
-        if data.pairs:
-            from tune.pairs import pairs_error_table
-
-            errors = pairs_error_table(
-                predictions.rename(columns={"gold": "label"}),
-                predictions["nll"].to_numpy(),
-                predictions["tokens"].to_numpy(),
-            )
-        else:
-            errors = error_table(
-                predictions.rename(columns={"gold": "label"}),
-                np.stack(predictions["probs"].to_numpy()) if len(predictions) else np.zeros((0, 1)),
-                data.labels,
-                opts.low_confidence,
-            )
-        errors.to_parquet(out.path("errors.parquet"), index=False)
-        data.train[["id", "text", "label", "weight"]].to_parquet(
-            out.path("train_data.parquet"), index=False
-        )
-        (out.path("history.json")).write_text(
-            json.dumps({"loss": state.history, "evals": state.evals}, indent=2)
-        )
-        _loss_curve(state, out.path("loss_curve.png"))
-        out.counts = {**data.counts, "errors": len(errors)}
-        key = "loss" if data.pairs else "macro_f1"
-        out.extra["metrics"] = {k: metrics[k].get(key) for k in ("val", "test")}
-    log.info("wrote %s (test %s %s)", final, key, metrics["test"].get(key))
+def _val_key(data: TuneData) -> str:
+    return "val_loss" if data.pairs else "val_macro_f1"
 
 
 def _loss_curve(state: State, path: Path) -> None:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from tune import TuneOptions, train
-from tune.train import Interrupted, read_checkpoint
+from tune.checkpoint import read_checkpoint
+from tune.train import Interrupted
 
 project, base = sys.argv[1], sys.argv[2]
 common = dict(
