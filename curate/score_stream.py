@@ -25,8 +25,10 @@ import json
 import logging
 import os
 import pickle
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,9 +303,6 @@ def score_passes(
 ) -> StreamScores:
     """Passes 1 and 2 and the cleanlab scoring of the representatives of the records at
     ``path``. ``engine``: ``stream`` (this process) or ``ray`` (Ray Data)."""
-    import time
-
-    from curate.bias import merge_word_counts
     from curate.noise import effective_folds, encode_labels, noise_result, parse_class_prior
 
     rep_labels = [lab for lab, r in zip(index.labels, index.rep, strict=True) if r]
@@ -318,27 +317,63 @@ def score_passes(
         lexicon=tuple((g, tuple(t)) for g, t in sorted(lexicon.items())), dedup=index.dedup,
         held_out=frozenset(held_out),
     )  # fmt: skip
+    runner = _runner(engine, path, ctx, batch_size, progress)
+    timings: dict[str, float] = {}
+    with _timed(timings, "pass1_counts"):
+        model, words = _pass1(runner, ctx, len(y), path)
+    with _timed(timings, "pass2_scores"):
+        scores, groups, terms = _pass2(runner, model, ctx, rep_ids, engine, path)
+    with _timed(timings, "calibrate_cleanlab"):
+        cal = ns.calibrate(scores, y_fit, alphas=alphas, seed=seed)  # held-out labels unused
+        del scores
+        res = noise_result(
+            y, cal.probs, classes, ranking=ranking, filter_by=filter_by, folds=k_folds,
+            learners=(ns.LEARNER,), class_prior=class_prior,
+        )  # fmt: skip
+    return StreamScores(res, *groups, *terms, words, cal.alpha, cal.log_loss, timings)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Seconds (3 decimals) the block took, into ``timings[step]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - t0, 3)
+
+
+def _runner(engine: str, path: Path, ctx: BatchContext, batch_size: int, progress):
+    """The executor of both passes: this process (``stream``) or Ray Data (``ray``)."""
     runner_cls = {"stream": LocalRunner, "ray": RayRunner}.get(engine)
     if runner_cls is None:
         raise InputError(f"unknown streaming engine {engine!r}; choose stream or ray")
-    runner = runner_cls(path, ctx, batch_size, progress)
-    timings: dict[str, float] = {}
+    return runner_cls(path, ctx, batch_size, progress)
 
-    t0 = time.perf_counter()
-    stats = ns.NBStats.zeros(k_folds, len(classes), 2 * n_features)
+
+def _pass1(
+    runner, ctx: BatchContext, expected: int, path: Path
+) -> tuple[ns.NBModel, dict[str, Counter[str]]]:
+    """Pass 1: the summed NB statistics (→ the per-fold models) and the word counts."""
+    from curate.bias import merge_word_counts
+
+    stats = ns.NBStats.zeros(ctx.folds, len(ctx.classes), 2 * ctx.n_features)
     words: dict[str, Counter[str]] = {}
     seen = 0
     for part in runner.pass1():
         stats.add(part.counts)
         merge_word_counts(words, part.words, cap=WORD_CAP)
         seen += part.rows
-    if seen != len(y):
-        raise InputError(f"{path}: read {seen} representatives in pass 1, expected {len(y)}")
-    model = ns.NBModel.from_stats(stats, alphas)
-    timings["pass1_counts"] = round(time.perf_counter() - t0, 3)
+    if seen != expected:
+        raise InputError(f"{path}: read {seen} representatives in pass 1, expected {expected}")
+    return ns.NBModel.from_stats(stats, ctx.alphas), words
 
-    t0 = time.perf_counter()
-    scores = np.zeros((len(y), len(alphas), len(classes)))
+
+def _pass2(
+    runner, model: ns.NBModel, ctx: BatchContext, rep_ids: np.ndarray, engine: str, path: Path
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Pass 2: every representative's out-of-sample scores (n, alphas, classes), in input
+    order, and its sparse lexicon group and term memberships."""
+    n_all, n_alphas, n_classes = len(rep_ids), len(ctx.alphas), len(ctx.classes)
+    scores = np.zeros((n_all, n_alphas, n_classes))
     groups: list[tuple[np.ndarray, np.ndarray]] = []
     terms: list[tuple[np.ndarray, np.ndarray]] = []
     pos = 0
@@ -348,28 +383,13 @@ def score_passes(
         if got != list(rep_ids[pos : pos + n]):
             raise RuntimeError(f"{engine}: pass 2 rows out of input order at row {pos}")
         flat = table.column("scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        scores[pos : pos + n] = flat.reshape(n, len(alphas), len(classes))
+        scores[pos : pos + n] = flat.reshape(n, n_alphas, n_classes)
         groups.append(_sparse(table.column("groups"), pos))
         terms.append(_sparse(table.column("terms"), pos))
         pos += n
-    if pos != len(y):
-        raise InputError(f"{path}: scored {pos} representatives in pass 2, expected {len(y)}")
-    timings["pass2_scores"] = round(time.perf_counter() - t0, 3)
-
-    t0 = time.perf_counter()
-    cal = ns.calibrate(scores, y_fit, alphas=alphas, seed=seed)  # held-out labels unused
-    del scores
-    probs = cal.probs
-    res = noise_result(
-        y, probs, classes, ranking=ranking, filter_by=filter_by, folds=k_folds,
-        learners=(ns.LEARNER,), class_prior=class_prior,
-    )  # fmt: skip
-    timings["calibrate_cleanlab"] = round(time.perf_counter() - t0, 3)
-    g_rows, g_names = _concat(groups)
-    t_rows, t_names = _concat(terms)
-    return StreamScores(
-        res, g_rows, g_names, t_rows, t_names, words, cal.alpha, cal.log_loss, timings
-    )
+    if pos != n_all:
+        raise InputError(f"{path}: scored {pos} representatives in pass 2, expected {n_all}")
+    return scores, _concat(groups), _concat(terms)
 
 
 def _sparse(column, offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -449,54 +469,77 @@ def write_records(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    offsets, values = groups
-    classes = res.classes
-    k = len(classes)
     writer = None
     start = 0
     try:
         for batch in pq.ParquetFile(path_in).iter_batches(batch_size=batch_size):
-            n = batch.num_rows
-            sl = slice(start, start + n)
-            r = row_of[sl]
-            probs = res.pred_probs[r]
-            pred = np.asarray(res.predicted_label, dtype=object)[r]
-            lens = offsets[r + 1] - offsets[r]
-            starts = np.repeat(offsets[r], lens) + (
-                np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-            )
+            sl = slice(start, start + batch.num_rows)
             cols = dict(zip(batch.schema.names, batch.columns, strict=True))
-            cols["label_quality"] = pa.array(quality[sl], type=pa.float64(), from_pandas=True)
-            cols["label_issue"] = pa.array(issue[sl], type=pa.bool_())
-            cols["predicted_label"] = pa.array(pred.tolist(), type=pa.string())
-            cols["predicted_prob"] = pa.array(res.predicted_prob[r], type=pa.float64())
-            cols["pred_probs"] = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
-                pa.array(probs.reshape(-1), type=pa.float64()),
-            )
-            cols["outlier_score"] = pa.nulls(n, pa.float64())
-            cols["near_ood"] = pa.nulls(n, pa.bool_())
-            cols["bias_groups"] = pa.ListArray.from_arrays(
-                pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)),
-                pa.array(values[starts].tolist(), type=pa.string()),
-            )
+            cols.update(_score_columns(row_of[sl], quality[sl], issue[sl], res, groups))
             if consensus is not None:
-                ids = index.ids[sl]
-                hit = [consensus.get(str(i)) for i in ids]
-                for j, (name, kind) in enumerate(
-                    (("consensus_label", pa.string()), ("consensus_quality", pa.float64()),
-                     ("annotator_agreement", pa.float64()))
-                ):  # fmt: skip
-                    cols[name] = pa.array([h[j] if h else None for h in hit], kind)
+                cols.update(_consensus_columns(index.ids[sl], consensus))
             table = pa.table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(path_out, table.schema, compression="zstd")
             writer.write_table(table.cast(writer.schema))
-            start += n
+            start += batch.num_rows
     finally:
         if writer is not None:
             writer.close()
     return start
+
+
+def _score_columns(
+    r: np.ndarray,
+    quality: np.ndarray,
+    issue: np.ndarray,
+    res,
+    groups: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """The score columns of one batch's rows, whose representatives are ``r`` (positions);
+    ``quality`` and ``issue`` are the rows' own. No outliers on this engine: null columns."""
+    import pyarrow as pa
+
+    n, k = len(r), len(res.classes)
+    offsets, values = groups
+    probs = res.pred_probs[r]
+    pred = np.asarray(res.predicted_label, dtype=object)[r]
+    lens = offsets[r + 1] - offsets[r]
+    starts = np.repeat(offsets[r], lens) + (
+        np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    )
+    return {
+        "label_quality": pa.array(quality, type=pa.float64(), from_pandas=True),
+        "label_issue": pa.array(issue, type=pa.bool_()),
+        "predicted_label": pa.array(pred.tolist(), type=pa.string()),
+        "predicted_prob": pa.array(res.predicted_prob[r], type=pa.float64()),
+        "pred_probs": pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+            pa.array(probs.reshape(-1), type=pa.float64()),
+        ),
+        "outlier_score": pa.nulls(n, pa.float64()),
+        "near_ood": pa.nulls(n, pa.bool_()),
+        "bias_groups": pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)),
+            pa.array(values[starts].tolist(), type=pa.string()),
+        ),
+    }
+
+
+def _consensus_columns(
+    ids: np.ndarray, consensus: dict[str, tuple[str, float, float]]
+) -> dict[str, Any]:
+    """consensus_label, consensus_quality and annotator_agreement of one batch's rows (null
+    for rows no annotator labelled)."""
+    import pyarrow as pa
+
+    hit = [consensus.get(str(i)) for i in ids]
+    kinds = (("consensus_label", pa.string()), ("consensus_quality", pa.float64()),
+             ("annotator_agreement", pa.float64()))  # fmt: skip
+    return {
+        name: pa.array([h[j] if h else None for h in hit], kind)
+        for j, (name, kind) in enumerate(kinds)
+    }
 
 
 def take_rows(path: Path, rows: np.ndarray, columns: list[str], batch_size: int) -> dict[int, dict]:
