@@ -165,6 +165,37 @@ def test_stream_and_local_engines_write_the_same_columns_via_cli(tmp_path):
         assert bias["local"][key] == bias["stream"][key], key
 
 
+def test_both_engines_report_the_same_outputs_and_manifest_fields(tmp_path):
+    """One writer (curate.score_outputs) reports for both engines: the same files (the map is
+    the local engine's alone), manifest keys, counts, summary fields and annotator qualities."""
+    rows, _ = _rows(n=120)
+    project = _write_project(tmp_path, rows)
+    ann = pd.DataFrame(
+        {"id": [r["uid"] for r in rows[:20]],
+         "annotator_labels": [json.dumps({"a": r["label"], "b": r["label"]}) for r in rows[:20]]}
+    )  # fmt: skip
+    (project.root / "review").mkdir()
+    ann.to_parquet(project.root / "review" / "annotations.parquet")
+    seen = {}
+    for opts in (LOCAL, STREAM):
+        result = score(project, opts)
+        folder = project.stage_dir("score")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        annotators = json.loads((folder / "annotators.json").read_text())
+        seen[opts.engine] = (
+            sorted(p.name for p in folder.iterdir() if p.name != "map.parquet"),
+            sorted(manifest), manifest["counts"], manifest["summary"], sorted(annotators),
+        )  # fmt: skip
+        assert manifest["summary"]["engine"] == result.engine == opts.engine
+        assert manifest["counts"]["rows_in"] == result.records == len(rows)
+        assert (folder / "map.parquet").exists() == (opts.engine == "local")
+    (files_l, keys_l, counts_l, summary_l, ann_l) = seen["local"]
+    (files_s, keys_s, counts_s, summary_s, ann_s) = seen["stream"]
+    assert files_l == files_s and "annotators.json" in files_l and "report.html" in files_l
+    assert keys_l == keys_s and ann_l == ann_s == ["annotator_quality"]
+    assert list(counts_l) == list(counts_s) and list(summary_l) == list(summary_s)
+
+
 def test_degenerate_inputs_match_the_local_engine(tmp_path):
     one_class = [{"text": f"text {i}", "label": "pos", "uid": f"a{i}"} for i in range(20)]
     project = _write_project(tmp_path, one_class, "one")
