@@ -154,6 +154,15 @@ def _fold_data(pool, held_rows, k: int, labels: list[str], val_fraction: float, 
     )
 
 
+@dataclass
+class _Parts:
+    """The cross-fit's records by role, and the class order of every probability column."""
+
+    pool: Any  # labelled records that may be trained on, with their ``fold``
+    others: Any  # never trained on (test/held, unlabelled, discarded): every fold model scores them
+    labels: list[str]
+
+
 def crossfit(
     project: Project,
     recipe: TuneOptions | None = None,
@@ -164,12 +173,6 @@ def crossfit(
 ) -> CrossfitResult:
     """Cross-fit ``recipe`` over the project's records (see the module docstring).
     ``progress`` gets ``{fold, step, total, loss, tokens_per_s}`` after each optimizer step."""
-    import numpy as np
-    import pandas as pd
-
-    from tune.predict import predict_proba, unload_run
-    from tune.train import WORK, train
-
     recipe = recipe or TuneOptions()
     opts = opts or CrossfitOptions()
     validate_name(opts.name, "--name")  # DIR/tune/<name>/ and .folds/<name>/ are replaced
@@ -178,56 +181,17 @@ def crossfit(
     t0 = time.perf_counter()
     tune_dir = project.root / "tune"
     records = crossfit_records(project)
-    pool = records[records["role"] == "pool"].reset_index(drop=True)
-    _check(pool, opts)
-    labels = sorted(pool["label"].astype(str).unique())
-    pool = pool.assign(fold=assign_folds(pool["label"], opts.folds, recipe.seed))
-    others = records[records["role"] != "pool"].reset_index(drop=True)
-    stage_in, _ = project.latest_records(["dedup", "ingest"])
-    config = {"recipe": {**recipe.to_dict(), "run": None}, "crossfit": asdict(opts)}
-    rows = list(zip(records["id"], records["label"], records["role"], strict=True))
-    inputs = [upstream_input(project, stage_in)]
-    stage_fp = fingerprint({"inputs": inputs, "config": config, "records": rows})
+    parts = _parts(records, opts, recipe.seed)
+    inputs, config, stage_fp = _stage_key(project, records, recipe, opts)
     if not force and Project(tune_dir).is_fresh(opts.name, stage_fp):
         summary = json.loads((tune_dir / opts.name / "crossfit.json").read_text())["summary"]
         return CrossfitResult(**{**summary, "noop": True})
 
-    folds_dir = contained(tune_dir / FOLDS_DIR, opts.name, "--name")
-    probs = np.zeros((len(pool), len(labels)))
-    other_probs = np.zeros((len(others), len(labels)))
-    fold_runs = []
-    for k in range(opts.folds):
-        data = _fold_data(pool, others, k, labels, opts.val_fraction, recipe.seed)
-        fold_opts = replace(recipe, run=f"fold-{k}")
-        resume = (folds_dir / WORK / f"fold-{k}" / "options.json").exists() and not force
-        run_dir = train(
-            project,
-            fold_opts,
-            resume=resume,
-            force=force,
-            progress=None if progress is None else lambda info, k=k: progress({"fold": k, **info}),
-            data=data,
-            runs_dir=folds_dir,
-        )
-        preds = pd.read_parquet(run_dir / "predictions.parquet")
-        preds = preds[preds["split"] == "test"].set_index("id")
-        in_fold = (pool["fold"] == k).to_numpy()
-        probs[in_fold] = np.stack(preds.loc[pool["id"][in_fold], "probs"].to_numpy())
-        if len(others):
-            other_probs += predict_proba(run_dir, others["text"].tolist()) / opts.folds
-        unload_run(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        test = metrics["test"]
-        fold_runs.append({"fold": k, "run": str(run_dir), **data.counts, "metrics": test})
-        log.info("crossfit fold %d/%d: test macro-F1 %s", k + 1, opts.folds, test.get("macro_f1"))
-
-    out = pd.concat(
-        [
-            _prediction_frame(pool, probs, labels, pool["fold"].to_numpy(), "oof"),
-            _prediction_frame(others, other_probs, labels, -1, None),
-        ],
-        ignore_index=True,
+    probs, other_probs, fold_runs = _fit_folds(
+        project, parts, recipe, opts, force=force, progress=progress
     )
+    out = _predictions(parts, probs, other_probs)
+    pool, others = parts.pool, parts.others
     result = CrossfitResult(
         name=opts.name,
         path=str(tune_dir / opts.name),
@@ -249,10 +213,93 @@ def crossfit(
         out.to_parquet(run.path("predictions.parquet"), index=False)
         summary = {k: v for k, v in result.to_dict().items() if k != "noop"}
         run.path("crossfit.json").write_text(
-            json.dumps({"summary": summary, "labels": labels, "folds": fold_runs}, indent=2) + "\n"
+            json.dumps({"summary": summary, "labels": parts.labels, "folds": fold_runs}, indent=2)
+            + "\n"
         )
         run.counts = {"out_of_fold": len(pool), "averaged": len(others), "records": len(out)}
     return result
+
+
+def _parts(records, opts: CrossfitOptions, seed: int) -> _Parts:
+    """The trainable pool (checked, and split into stratified folds) and the other records."""
+    pool = records[records["role"] == "pool"].reset_index(drop=True)
+    _check(pool, opts)
+    labels = sorted(pool["label"].astype(str).unique())
+    pool = pool.assign(fold=assign_folds(pool["label"], opts.folds, seed))
+    others = records[records["role"] != "pool"].reset_index(drop=True)
+    return _Parts(pool, others, labels)
+
+
+def _stage_key(project: Project, records, recipe: TuneOptions, opts: CrossfitOptions):
+    """(inputs, config, fingerprint) of the output: the upstream records, the recipe and the
+    cross-fit options, and every record's id, label and role."""
+    stage_in, _ = project.latest_records(["dedup", "ingest"])
+    config = {"recipe": {**recipe.to_dict(), "run": None}, "crossfit": asdict(opts)}
+    rows = list(zip(records["id"], records["label"], records["role"], strict=True))
+    inputs = [upstream_input(project, stage_in)]
+    return inputs, config, fingerprint({"inputs": inputs, "config": config, "records": rows})
+
+
+def _fit_folds(
+    project: Project,
+    parts: _Parts,
+    recipe: TuneOptions,
+    opts: CrossfitOptions,
+    *,
+    force: bool,
+    progress: Callable[[dict[str, float]], None] | None,
+):
+    """One run per fold (a finished one is reused, an unfinished one resumed). Returns the
+    pool's out-of-fold probabilities, the other records' mean over the fold models, and each
+    fold's run, counts and test metrics."""
+    import numpy as np
+    import pandas as pd
+
+    from tune.predict import predict_proba, unload_run
+    from tune.train import WORK, train
+
+    pool, others, labels = parts.pool, parts.others, parts.labels
+    folds_dir = contained(project.root / "tune" / FOLDS_DIR, opts.name, "--name")
+    probs = np.zeros((len(pool), len(labels)))
+    other_probs = np.zeros((len(others), len(labels)))
+    fold_runs = []
+    for k in range(opts.folds):
+        data = _fold_data(pool, others, k, labels, opts.val_fraction, recipe.seed)
+        resume = (folds_dir / WORK / f"fold-{k}" / "options.json").exists() and not force
+        run_dir = train(
+            project,
+            replace(recipe, run=f"fold-{k}"),
+            resume=resume,
+            force=force,
+            progress=None if progress is None else lambda info, k=k: progress({"fold": k, **info}),
+            data=data,
+            runs_dir=folds_dir,
+        )
+        preds = pd.read_parquet(run_dir / "predictions.parquet")
+        preds = preds[preds["split"] == "test"].set_index("id")
+        in_fold = (pool["fold"] == k).to_numpy()
+        probs[in_fold] = np.stack(preds.loc[pool["id"][in_fold], "probs"].to_numpy())
+        if len(others):
+            other_probs += predict_proba(run_dir, others["text"].tolist()) / opts.folds
+        unload_run(run_dir)
+        test = json.loads((run_dir / "metrics.json").read_text())["test"]
+        fold_runs.append({"fold": k, "run": str(run_dir), **data.counts, "metrics": test})
+        log.info("crossfit fold %d/%d: test macro-F1 %s", k + 1, opts.folds, test.get("macro_f1"))
+    return probs, other_probs, fold_runs
+
+
+def _predictions(parts: _Parts, probs, other_probs):
+    """``predictions.parquet``: the pool's out-of-fold rows, then the other records'."""
+    import pandas as pd
+
+    pool, labels = parts.pool, parts.labels
+    return pd.concat(
+        [
+            _prediction_frame(pool, probs, labels, pool["fold"].to_numpy(), "oof"),
+            _prediction_frame(parts.others, other_probs, labels, -1, None),
+        ],
+        ignore_index=True,
+    )
 
 
 def _prediction_frame(part, probs, labels, fold, split):

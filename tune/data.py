@@ -146,11 +146,47 @@ def one_per_cluster(part, is_rep, group):
     return part.drop_duplicates("_g").drop(columns=["_rep", "_g"])
 
 
+@dataclass
+class _Labelled:
+    """The project's records and what the curation rules read, one row per record (aligned)."""
+
+    frame: Any  # the records with their ``split`` and ``group``
+    base: Any  # ``id, text, weight, slice``: the rows a split frame is cut from
+    raw_label: Any  # the input label (None = unlabelled)
+    best: Any  # the best label known: reviewers' consensus over the input label
+    discarded: Any  # every reviewer discarded it
+    is_rep: Any  # a dedup representative, or in no duplicate cluster
+    issue: Any  # a suspected label error the policy acts on
+    relabel_to: Any  # its label under ``relabel``
+
+
 def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     """Train/val/test frames for ``opts.mode`` (see the module docstring); counts say what was
     dropped, relabelled and why."""
-    import pandas as pd
+    _check_options(opts)
+    stage, rec, counts = _labelled_records(project, opts)
+    # Evaluation splits: the same test records and gold labels for raw and curated runs; val too,
+    # unless curate_val applies the curated policy to it (curated mode only).
+    evals = {name: _eval_frame(rec, name, opts, counts) for name in ("val", "test")}
+    counts["held_out_duplicates"] = int(rec.frame["split"].eq("held").sum())
+    if opts.mode == "raw":
+        stage, train = "ingest", _raw_train(rec)
+    else:
+        train = _curated_train(rec, opts, counts)
+    labels = sorted(set(train["label"]) | set(evals["val"]["label"]) | set(evals["test"]["label"]))
+    counts.update(train=len(train), val=len(evals["val"]), test=len(evals["test"]))
+    _check_trainable(project, opts, train, counts)
+    return TuneData(
+        train=train.reset_index(drop=True),
+        val=evals["val"].reset_index(drop=True),
+        test=evals["test"].reset_index(drop=True),
+        labels=labels,
+        counts=counts,
+        source_stage=stage,
+    )
 
+
+def _check_options(opts: DataOptions) -> None:
     if opts.label_issues not in POLICIES:
         raise ThresherError(
             f"unknown label_issues policy {opts.label_issues!r}; use {'|'.join(POLICIES)}"
@@ -158,23 +194,28 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
     if opts.mode not in ("raw", "curated"):
         raise ThresherError(f"unknown data mode {opts.mode!r}; use raw or curated")
 
+
+def _labelled_records(project: Project, opts: DataOptions) -> tuple[str, _Labelled, dict[str, int]]:
+    """(stage, records, counts) of the most downstream records, split (``thresher.split``: made
+    on first use from the best labels) and judged by the reviewers' decisions and the policy."""
+    import pandas as pd
+
     stage, frame = load_records(project, "curated")
     frame = cluster_info(project, frame).copy()
     frame["id"] = frame["id"].astype(str)
     raw_label = frame["label"].where(frame["label"].notna(), None)
     decisions = load_decisions(project)
-    reviewed = decisions.labels
     split = ensure_split(
         project, frame, decisions.best_labels(frame["id"], raw_label), opts.split_spec()
     )
     frame = frame.merge(split[["id", "split", "group"]], on="id", how="left")
     best = decisions.best_labels(frame["id"], frame["label"])
+    discarded = decisions.discarded_mask(frame["id"])
     counts: dict[str, int] = {
         "records": len(frame),
-        "reviewed": int(frame["id"].isin(reviewed.keys()).sum()),
+        "reviewed": int(frame["id"].isin(decisions.labels.keys()).sum()),
+        "discarded": int(discarded.sum()),
     }
-    discarded = decisions.discarded_mask(frame["id"])
-    counts["discarded"] = int(discarded.sum())
     base = pd.DataFrame(
         {
             "id": frame["id"],
@@ -183,52 +224,57 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
             "slice": slices_of(frame),
         }
     )
-    is_rep = representatives(frame)
-    issue, relabel_to = _issues(frame, best, reviewed, opts)
-
-    # Evaluation splits: the same test records and gold labels for raw and curated runs; val too,
-    # unless curate_val applies the curated policy to it (curated mode only).
-    eval_frames = {}
-    for name in ("val", "test"):
-        rows = frame["split"].eq(name) & best.notna() & ~discarded
-        label = best
-        if name == "val" and opts.mode == "curated" and opts.curate_val:
-            counts["val_label_issues"] = int((rows & issue).sum())
-            if opts.label_issues == "relabel":
-                label = best.where(~issue, relabel_to)
-                counts["val_relabelled"] = int((rows & issue).sum())
-            elif opts.label_issues in ("exclude", "downweight"):
-                rows &= ~issue
-        eval_frames[name] = one_per_cluster(
-            base[rows].assign(label=label[rows].astype(str)), is_rep[rows], frame["group"][rows]
-        )
-    counts["held_out_duplicates"] = int(frame["split"].eq("held").sum())
-
-    rows = frame["split"].eq("train")
-    if opts.mode == "raw":
-        stage = "ingest"
-        rows &= raw_label.notna()
-        train = base[rows].assign(label=raw_label[rows].astype(str))
-    elif opts.mode == "curated":
-        rows &= ~discarded
-        counts["dropped_duplicates"] = int((rows & ~is_rep).sum())
-        rows &= is_rep
-        counts["unlabelled"] = int((rows & best.isna()).sum())
-        rows &= best.notna()
-        counts["label_issues"] = int((rows & issue).sum())
-        if opts.label_issues == "exclude":
-            rows &= ~issue
-        label = best.where(~issue, relabel_to) if opts.label_issues == "relabel" else best
-        train = base[rows].assign(label=label[rows].astype(str))
-        if opts.label_issues == "downweight":
-            train.loc[issue[rows].to_numpy(), "weight"] = float(opts.issue_weight)
-        elif opts.label_issues == "relabel":
-            counts["relabelled"] = int((rows & issue).sum())
-
-    labels = sorted(
-        set(train["label"]) | set(eval_frames["val"]["label"]) | set(eval_frames["test"]["label"])
+    issue, relabel_to = _issues(frame, best, decisions.labels, opts)
+    rec = _Labelled(
+        frame, base, raw_label, best, discarded, representatives(frame), issue, relabel_to
     )
-    counts.update(train=len(train), val=len(eval_frames["val"]), test=len(eval_frames["test"]))
+    return stage, rec, counts
+
+
+def _eval_frame(rec: _Labelled, name: str, opts: DataOptions, counts: dict[str, int]):
+    """The ``name`` (val/test) frame: its labelled, kept records, one per cluster, best labels;
+    with ``curate_val`` the validation split gets the curated policy too."""
+    rows = rec.frame["split"].eq(name) & rec.best.notna() & ~rec.discarded
+    label = rec.best
+    if name == "val" and opts.mode == "curated" and opts.curate_val:
+        counts["val_label_issues"] = int((rows & rec.issue).sum())
+        if opts.label_issues == "relabel":
+            label = rec.best.where(~rec.issue, rec.relabel_to)
+            counts["val_relabelled"] = int((rows & rec.issue).sum())
+        elif opts.label_issues in ("exclude", "downweight"):
+            rows &= ~rec.issue
+    part = rec.base[rows].assign(label=label[rows].astype(str))
+    return one_per_cluster(part, rec.is_rep[rows], rec.frame["group"][rows])
+
+
+def _raw_train(rec: _Labelled):
+    """Every labelled training-split record with its input label (discarded ones included)."""
+    rows = rec.frame["split"].eq("train") & rec.raw_label.notna()
+    return rec.base[rows].assign(label=rec.raw_label[rows].astype(str))
+
+
+def _curated_train(rec: _Labelled, opts: DataOptions, counts: dict[str, int]):
+    """The training split's kept representatives with their best labels, the label-issue
+    policy applied; ``counts`` gets what was dropped or relabelled."""
+    rows = rec.frame["split"].eq("train") & ~rec.discarded
+    counts["dropped_duplicates"] = int((rows & ~rec.is_rep).sum())
+    rows &= rec.is_rep
+    counts["unlabelled"] = int((rows & rec.best.isna()).sum())
+    rows &= rec.best.notna()
+    counts["label_issues"] = int((rows & rec.issue).sum())
+    if opts.label_issues == "exclude":
+        rows &= ~rec.issue
+    relabel = opts.label_issues == "relabel"
+    label = rec.best.where(~rec.issue, rec.relabel_to) if relabel else rec.best
+    train = rec.base[rows].assign(label=label[rows].astype(str))
+    if opts.label_issues == "downweight":
+        train.loc[rec.issue[rows].to_numpy(), "weight"] = float(opts.issue_weight)
+    elif relabel:
+        counts["relabelled"] = int((rows & rec.issue).sum())
+    return train
+
+
+def _check_trainable(project: Project, opts: DataOptions, train, counts: dict[str, int]) -> None:
     if len(train) == 0:
         raise EmptyDataError(
             f"no labelled training records in {project.root} ({opts.mode} set; counts {counts}); "
@@ -239,11 +285,3 @@ def build_dataset(project: Project, opts: DataOptions) -> TuneData:
             f"the {opts.mode} training set in {project.root} has one label only "
             f"({sorted(set(train['label']))}); a classifier needs two or more"
         )
-    return TuneData(
-        train=train.reset_index(drop=True),
-        val=eval_frames["val"].reset_index(drop=True),
-        test=eval_frames["test"].reset_index(drop=True),
-        labels=labels,
-        counts=counts,
-        source_stage=stage,
-    )

@@ -240,21 +240,10 @@ def evaluate_run(
         other_pred, other_name = base["tfidf_logreg"].argmax(axis=1), "tfidf_logreg"
         cmp = bootstrap_diff(gold, pred, other_pred, len(labels), n_boot, seed)
     else:
-        other_dir = Path(against) if Path(against).exists() else run_dir.parent / against
-        other, other_probs, other_labels = _test_predictions(other_dir)
-        if list(other_labels) != list(labels):
-            raise ThresherError(f"{other_dir} has labels {other_labels}, {run_dir} has {labels}")
-        joined = (
-            test[["id"]]
-            .reset_index()
-            .merge(other[["id"]].reset_index(), on="id", suffixes=("", "_o"))
-        )
-        if joined.empty:
-            raise ThresherError(f"{run_dir} and {other_dir} share no test records")
-        a, b = joined["index"].to_numpy(), joined["index_o"].to_numpy()
+        other_dir, a, b, other_probs = _shared_test_rows(run_dir, test, labels, against)
         other_pred, other_name = other_probs[b].argmax(axis=1), other_dir.name
         cmp = bootstrap_diff(gold[a], pred[a], other_pred, len(labels), n_boot, seed)
-        cmp["n_shared"] = int(len(joined))
+        cmp["n_shared"] = int(len(a))
         result["other_run"] = classification_metrics(gold[a], other_probs[b], labels)
     result["comparison"] = {"against": other_name, **cmp}
     from thresher.project import atomic_write_json
@@ -268,6 +257,22 @@ def evaluate_run(
         cmp["diff"],
     )
     return _round(result)
+
+
+def _shared_test_rows(run_dir: Path, test, labels: list[str], against: str):
+    """The run ``against`` names (a folder, or a run next to ``run_dir``) and the test records
+    both scored: (its folder, their rows in ``test``, their rows in its test predictions, its
+    test probabilities)."""
+    other_dir = Path(against) if Path(against).exists() else run_dir.parent / against
+    other, other_probs, other_labels = _test_predictions(other_dir)
+    if list(other_labels) != list(labels):
+        raise ThresherError(f"{other_dir} has labels {other_labels}, {run_dir} has {labels}")
+    joined = (
+        test[["id"]].reset_index().merge(other[["id"]].reset_index(), on="id", suffixes=("", "_o"))
+    )
+    if joined.empty:
+        raise ThresherError(f"{run_dir} and {other_dir} share no test records")
+    return other_dir, joined["index"].to_numpy(), joined["index_o"].to_numpy(), other_probs
 
 
 def _round(obj: Any) -> Any:
