@@ -22,9 +22,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "review"))
-
-from conftest import LABELS, make_project  # noqa: E402
 
 from review.pull import PullOptions, pull  # noqa: E402
 from review.push import PushOptions, ensure_dataset, push, record_payload  # noqa: E402
@@ -38,6 +35,7 @@ from review.server import (  # noqa: E402
     server_down,
     server_up,
 )
+from tests.helpers.scored_project import LABELS, make_project  # noqa: E402
 from thresher.project import Project  # noqa: E402
 
 

@@ -77,7 +77,7 @@ def test_hide_library_noise_filters_warnings_and_library_log_lines(clean_env):
 def test_tune_train_prints_only_its_own_lines_unless_verbose(tmp_path):
     """A fresh classifier head makes transformers print its LOAD REPORT table and a "Loading
     weights" bar; bitsandbytes (imported by peft) looks up its CPU kernel on the hub."""
-    from tests.tune.conftest import make_project, synthetic_rows
+    from tests.helpers.labelled_project import make_project, synthetic_rows
 
     project = make_project(tmp_path / "proj", synthetic_rows(40, seed=1))
     env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}

@@ -6,7 +6,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.tune.conftest import synthetic_rows
+from tests.helpers.labelled_project import synthetic_rows
 from thresher.project import Project
 from thresher.split import (
     SplitSpec,

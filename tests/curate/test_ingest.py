@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.ingest import IngestOptions, ingest
-from tests.curate.conftest import write_jsonl
+from tests.helpers.files import write_jsonl
 from thresher.errors import InputError
 from thresher.project import Project
 from thresher.records import text_id

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from curate import noise
 from curate.noise import NoiseOptions, score_label_noise
-from tests.curate.score_synth import make_corpus
+from tests.helpers.score_corpus import make_corpus
 from thresher.errors import InputError
 
 

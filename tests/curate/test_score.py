@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from curate.ingest import IngestOptions, ingest
 from curate.score import ScoreOptions, score
-from tests.curate.score_synth import make_corpus
+from tests.helpers.score_corpus import make_corpus
 from thresher.cli import main
 from thresher.errors import InputError, InvalidNameError, StageMissingError
 from thresher.project import Project

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from curate import noise_stream as ns
 from curate.ingest import IngestOptions, ingest
 from curate.score import ScoreOptions, resolve_engine, score
-from tests.curate.score_synth import make_corpus
+from tests.helpers.score_corpus import make_corpus
 from thresher.cli import main
 from thresher.errors import InputError
 from thresher.project import Project

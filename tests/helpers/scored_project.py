@@ -1,5 +1,5 @@
-"""Helpers of the review tests. The session's real Argilla server (fixture ``argilla``) lives in
-tests/conftest.py, shared with the loop's integration tests (one server per test session)."""
+"""A project folder shaped like the score stage's output, and a deterministic stand-in embedder,
+for the review tests (the real Argilla server fixture ``argilla`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 

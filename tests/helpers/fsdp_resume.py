@@ -1,4 +1,4 @@
-"""Run under torchrun with 2 processes (tests/tune/test_tune_train.py): an FSDP run, the same
+"""Run under torchrun with 2 processes (tests/tune/test_train.py): an FSDP run, the same
 run interrupted after step 5 (last shard checkpoints at step 3), and its resumption."""
 
 from __future__ import annotations

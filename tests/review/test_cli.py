@@ -40,7 +40,7 @@ def test_users_add_refuses_names_that_leave_the_users_folder(tmp_path, monkeypat
     """`users add ../owner` used to overwrite the owner's credentials with the new user's."""
     from review.server import Connection, ServerPaths
     from review.users import add_user, read_credentials
-    from tests.core.test_names import HOSTILE
+    from tests.helpers.names import HOSTILE
     from thresher.errors import InvalidNameError
 
     home = tmp_path / "home"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.tune.conftest import make_project, synthetic_rows
+from tests.helpers.labelled_project import make_project, synthetic_rows
 from thresher.errors import ThresherError
 from thresher.project import Project
 from tune.crossfit import CrossfitOptions, assign_folds, crossfit, crossfit_records
@@ -163,7 +163,7 @@ def test_crossfit_names_leaving_the_tune_folder_are_refused_untouched(tmp_path):
     """`--name ../ingest` would have replaced the project's ingest stage with the cross-fit."""
     from click.testing import CliRunner
 
-    from tests.core.test_names import HOSTILE
+    from tests.helpers.names import HOSTILE
     from thresher.cli import main
 
     root = make_project(tmp_path / "p", synthetic_rows(40, seed=0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.tune.conftest import make_project, synthetic_rows
+from tests.helpers.labelled_project import make_project, synthetic_rows
 from thresher.errors import ThresherError
 from thresher.project import Project
 from tune.data import EmptyDataError, build_dataset

@@ -1,4 +1,4 @@
-"""Against the real embedded Argilla server (session fixture in conftest.py)."""
+"""Against the real embedded Argilla server (session fixture ``argilla`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from review.pull import PullOptions, pull, reviewed_labels
 from review.push import PushError, PushOptions, push
 from review.server import PROCESSES, _read_pid, server_status, server_up
 from review.users import add_user
-from tests.review.conftest import LABELS, fake_embed, make_project
+from tests.helpers.scored_project import LABELS, fake_embed, make_project
 from thresher.project import Project
 
 pytestmark = pytest.mark.integration

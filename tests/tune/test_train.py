@@ -206,7 +206,7 @@ def test_fsdp_two_processes_gloo_saves_the_gathered_adapter(project, tiny_llama)
 def test_fsdp_resume_after_interrupt_matches_uninterrupted(project, tiny_llama):
     """Each rank reloads its own weight and optimizer shards and the run ends as if uncut."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    script = Path(__file__).with_name("fsdp_resume.py")
+    script = Path(__file__).parents[1] / "helpers" / "fsdp_resume.py"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-port", "29535", str(script), str(project), tiny_llama,
@@ -420,7 +420,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_run_names_leaving_the_tune_folder_are_refused_untouched(project, tmp_path):
     """`--run /some/folder` used to delete that folder, and `--run ../ingest` to replace the
     project's ingest stage; every hostile name is now one line, exit 1, before any write."""
-    from tests.core.test_names import HOSTILE
+    from tests.helpers.names import HOSTILE
 
     victim = tmp_path / "abs" / "folder"
     victim.mkdir(parents=True)

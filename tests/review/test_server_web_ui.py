@@ -14,7 +14,7 @@ import pytest
 
 from review.push import PushOptions, push
 from review.users import add_user
-from tests.review.conftest import LABELS, fake_embed, make_project
+from tests.helpers.scored_project import LABELS, fake_embed, make_project
 from thresher.project import Project
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from tests.tune.conftest import POS, make_project
+from tests.helpers.labelled_project import POS, make_project
 from thresher.cli import main
 from thresher.errors import ThresherError
 from thresher.project import Project
