@@ -526,9 +526,7 @@ def record_vectors(
     if embed is None:
         from thresher.embeddings import embed_texts
 
-        matrix = embed_texts(
-            texts, options.embedding_model, cache_dir=project.embedding_cache
-        )
+        matrix = embed_texts(texts, options.embedding_model, cache_dir=project.embedding_cache)
     else:
         matrix = embed(texts)
     return {rid: [round(float(x), 6) for x in vec] for rid, vec in zip(ids, matrix, strict=True)}
