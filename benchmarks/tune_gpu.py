@@ -150,18 +150,18 @@ def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None
 
     from tune.modeling import (
         StaticShapes,
-        _fast_sft_ok,
         compile_blocks,
         compile_graphs,
+        fast_sft_ok,
         loss_module,
         make_batch,
     )
-    from tune.train import _linear_schedule, length_grouped_batches, train_step
+    from tune.train import length_grouped_batches, linear_schedule, train_step
 
     model = build_model(cfg, device, amp or torch.float32, args.seed, qlora=qlora)
     compiled = compile_blocks(model, device, compile_mode)
     model.train()
-    fast = _fast_sft_ok(model)
+    fast = fast_sft_ok(model)
     static = loss_fn = None
     if compile_mode.startswith("graphs"):
         static = StaticShapes.for_options(args.batch, args.seq_len)
@@ -193,7 +193,7 @@ def run_recipe(cfg, data, args, device, amp, compile_mode="off", profile_to=None
         # every shape the timed steps meet is compiled and its CUDA graph recorded (2 calls:
         # warm-up run, then recording) before the clock starts
         warm = [b for b in shapes.values() for _ in range(2)] + warm
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _linear_schedule(len(warm) + len(timed), 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, linear_schedule(len(warm) + len(timed), 0.0))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

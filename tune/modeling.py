@@ -536,9 +536,6 @@ def fast_sft_ok(model) -> bool:
     return plain and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
 
 
-_fast_sft_ok = fast_sft_ok  # the name benchmarks/tune_gpu.py imports
-
-
 def forward_loss(model, batch: Batch, task: str, fast_sft: bool):
     """The training loss for one micro-batch (tensors already on the model's device).
 

@@ -298,7 +298,7 @@ class TuneRecipe:
         self.steps_per_epoch = math.ceil(len(batches) / opts.grad_accum)
         self.total = planned_steps(opts, self.steps_per_epoch)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, _linear_schedule(self.total, opts.warmup_ratio)
+            self.optim, linear_schedule(self.total, opts.warmup_ratio)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.ddp = wrap_ddp(self.model, self.dist, self.device)
@@ -798,7 +798,7 @@ def planned_steps(opts: TuneOptions, steps_per_epoch: int) -> int:
     return max(1, math.ceil(opts.epochs * steps_per_epoch), opts.min_steps)
 
 
-def _linear_schedule(total: int, warmup_ratio: float):
+def linear_schedule(total: int, warmup_ratio: float):
     warmup = int(total * warmup_ratio)
 
     def factor(step: int) -> float:
