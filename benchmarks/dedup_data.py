@@ -17,7 +17,9 @@ def _vocabulary(rng: np.random.Generator, size: int) -> list[str]:
     return sorted(words)
 
 
-def _edit(words: list[str], rng: np.random.Generator, vocab: list[str], rate: float) -> list[str]:
+def edit_words(
+    words: list[str], rng: np.random.Generator, vocab: list[str], rate: float
+) -> list[str]:
     out = list(words)
     n_edits = max(1, round(rate * len(words)))
     for _ in range(n_edits):
@@ -70,7 +72,9 @@ def make_corpus(
                 if kind == "exact":
                     variant = "  ".join(words).upper() if rng.random() < 0.5 else " ".join(words)
                 elif kind == "near":
-                    variant = " ".join(_edit(words, rng, vocab, float(rng.uniform(0.01, 0.05))))
+                    variant = " ".join(
+                        edit_words(words, rng, vocab, float(rng.uniform(0.01, 0.05)))
+                    )
                 else:
                     keep = int(round(len(words) * float(rng.uniform(0.90, 0.97))))
                     variant = " ".join(words[:keep])

@@ -47,7 +47,7 @@ def pair_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
 
 
-def _components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+def components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     from curate.minhash import components
 
     comp = components(n, np.array(pairs, dtype=np.int64).reshape(-1, 2))
@@ -96,7 +96,7 @@ def run_datasketch(texts: list[str], threshold: float, verify: bool) -> tuple[np
         lsh.insert(i, m)
         hashes.append(m)
     seconds = time.perf_counter() - t0
-    return _components(len(texts), pairs), seconds
+    return components(len(texts), pairs), seconds
 
 
 def main() -> None:

@@ -57,8 +57,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dedup_data import _edit  # noqa: E402  (the same word edits as the synthetic corpus)
-from dedup_quality import _components, pair_scores  # noqa: E402
+from dedup_data import edit_words  # noqa: E402  (the same word edits as the synthetic corpus)
+from dedup_quality import components, pair_scores  # noqa: E402
 
 NUM_PERM = 128
 NGRAM = 3
@@ -204,7 +204,7 @@ def plant(
             if kind == "exact":
                 variant = text.upper() if rng.random() < 0.5 else "  ".join(tokens)
             elif kind == "near":
-                variant = " ".join(_edit(tokens, rng, vocab, float(rng.uniform(0.01, 0.05))))
+                variant = " ".join(edit_words(tokens, rng, vocab, float(rng.uniform(0.01, 0.05))))
             else:
                 keep = max(1, int(round(len(tokens) * float(rng.uniform(0.90, 0.97)))))
                 variant = " ".join(tokens[:keep])
@@ -271,7 +271,7 @@ def datasketch_run(hashes, threshold: float) -> tuple[np.ndarray, np.ndarray, fl
                 verified.append((j, i))
         lsh.insert(i, m)
     seconds = time.perf_counter() - t0
-    return _components(len(hashes), raw), _components(len(hashes), verified), seconds
+    return components(len(hashes), raw), components(len(hashes), verified), seconds
 
 
 # --------------------------------------------------------------------------- sweep

@@ -101,17 +101,17 @@ def make_data(n: int, seq_len: int, vocab: int, seed: int):
 
 def build_model(cfg, device, dtype, seed: int, qlora: bool = False):
     """The random-weight model + LoRA. ``qlora``: the same weights saved and loaded back the
-    recipe's way (``tune.modeling._qlora_kwargs``: NF4, double quantization, onto the device)."""
+    recipe's way (``tune.modeling.qlora_kwargs``: NF4, double quantization, onto the device)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tune.modeling import _qlora_kwargs, add_lora
+    from tune.modeling import add_lora, qlora_kwargs
 
     torch.manual_seed(seed)
     if qlora:
         with tempfile.TemporaryDirectory() as tmp:
             AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(tmp)
-            model = AutoModelForCausalLM.from_pretrained(tmp, **_qlora_kwargs(dtype, device))
+            model = AutoModelForCausalLM.from_pretrained(tmp, **qlora_kwargs(dtype, device))
     else:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)

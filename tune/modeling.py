@@ -89,7 +89,7 @@ def load_base(
     if qlora:
         dtype = dtype or torch.float32
         skip = CLASSIFY_HEAD_MODULES if task == "classify" else ()
-        kwargs.update(_qlora_kwargs(dtype, device or torch.device("cpu"), skip))
+        kwargs.update(qlora_kwargs(dtype, device or torch.device("cpu"), skip))
     try:
         if task == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -140,7 +140,7 @@ def keep_4bit_portable(model) -> int:
 CLASSIFY_HEAD_MODULES = ("classifier", "score", "bert.pooler")
 
 
-def _qlora_kwargs(dtype, device, skip: Sequence[str] = ()) -> dict[str, Any]:
+def qlora_kwargs(dtype, device, skip: Sequence[str] = ()) -> dict[str, Any]:
     """``from_pretrained`` arguments for a 4-bit NF4 base (double quantization) computing in
     ``dtype`` on ``device``; the ``skip`` modules stay unquantized (none: transformers' guess, the
     output layer). bitsandbytes >= 0.48 has CPU kernels too: QLoRA is for GPUs that lack the

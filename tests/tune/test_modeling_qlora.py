@@ -163,15 +163,15 @@ def test_qlora_without_bitsandbytes_is_a_one_line_error(monkeypatch):
     import torch
 
     from thresher.errors import MissingDependencyError
-    from tune.modeling import _qlora_kwargs
+    from tune.modeling import qlora_kwargs
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
     with pytest.raises(MissingDependencyError, match=r"thresher\[qlora\].*drop --qlora") as err:
-        _qlora_kwargs(torch.float32, torch.device("cpu"))
+        qlora_kwargs(torch.float32, torch.device("cpu"))
     assert "\n" not in str(err.value)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.47.0")
     with pytest.raises(MissingDependencyError, match=">= 0.48"):
-        _qlora_kwargs(torch.float32, torch.device("cpu"))
+        qlora_kwargs(torch.float32, torch.device("cpu"))
