@@ -167,10 +167,6 @@ def load_learner(folder: Path, cache_dir: Path | None = None) -> Learner:
     return kinds[kind].load(folder)
 
 
-def _cache_dir(ctx: StepContext) -> Path:
-    return ctx.project.embedding_cache
-
-
 def train_step(factory: LearnerFactory) -> Step:
     """Fit ``factory(classes, ctx)`` on the train split; save it in the step folder."""
 
@@ -201,7 +197,7 @@ def eval_step() -> Step:
         test = labeled[labeled["split"] == "test"]
         if test.empty:
             return {"macro_f1": None, "accuracy": None, "n_test": 0}
-        learner = load_learner(ctx.step_dir("train"), _cache_dir(ctx))
+        learner = load_learner(ctx.step_dir("train"), ctx.project.embedding_cache)
         index = {c: i for i, c in enumerate(learner.classes)}
         known = test["label"].astype(str).isin(index)
         test = test[known]
@@ -220,7 +216,7 @@ def predict_step() -> Step:
 
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         pool = _read(ctx.step_dir("rebuild") / "pool.parquet")
-        learner = load_learner(ctx.step_dir("train"), _cache_dir(ctx))
+        learner = load_learner(ctx.step_dir("train"), ctx.project.embedding_cache)
         frames = []
         for split, part in (("pool", pool), ("labeled", labeled)):
             if part.empty:

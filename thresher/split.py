@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from thresher.project import Project, atomic_write_text
+from thresher.project import Project, atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +118,8 @@ def ensure_split(project: Project, frame, labels, spec: SplitSpec):
     if path.exists():
         return extend_split(pd.read_parquet(path), frame, labels)
     split = make_split(frame, labels, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    split.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        split.to_parquet(tmp, index=False)
     counts = split["split"].value_counts().to_dict()
     summary = {
         "seed": spec.seed,

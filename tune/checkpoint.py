@@ -8,13 +8,13 @@ read with ``weights_only=True``: a file that would need code to load is refused,
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thresher.errors import ThresherError
+from thresher.project import atomic_output
 from tune.distributed import Dist
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,10 +62,8 @@ def save_checkpoint(path: Path, trained: dict[str, Any], state: State, best: Any
         "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
