@@ -29,6 +29,8 @@ RECORDS = "records.parquet"
 EMBEDDING_CACHE = Path(".cache") / "embeddings"
 SPLIT = Path("tune") / "split.parquet"
 ANNOTATIONS = Path("review") / "annotations.parquet"
+TRAFFIC = Path("serve") / "traffic"
+REGISTRY = Path("tune") / "registry.json"
 HASH_CHUNK = 1 << 22
 
 
@@ -137,6 +139,18 @@ class Project:
     def annotations_path(self) -> Path:
         """``DIR/review/annotations.parquet``: what reviewers decided (``review pull``)."""
         return self.root / ANNOTATIONS
+
+    @property
+    def traffic_dir(self) -> Path:
+        """``DIR/serve/traffic``: the requests ``thresher serve`` answered (``thresher.traffic``),
+        read by ``thresher monitor`` and ``thresher round --from-traffic``."""
+        return self.root / TRAFFIC
+
+    @property
+    def registry_path(self) -> Path:
+        """``DIR/tune/registry.json``: which run is the production model, and its history
+        (``thresher tune promote``)."""
+        return self.root / REGISTRY
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
