@@ -16,6 +16,7 @@ from thresher.cli_common import (
     project_option,
 )
 from thresher.cli_overrides import config_for
+from tune.promote_cli import promote_command
 
 if TYPE_CHECKING:
     from thresher.project import Project
@@ -298,7 +299,9 @@ def _crossfit_lines(result: CrossfitResult, project_dir: str) -> list[str]:
 @tune.command("eval")
 @project_option
 @click.option("--run", default=None, help="Run name or folder [latest finished].")
-@click.option("--against", default="baseline", show_default=True, help="baseline or a RUN name.")
+@click.option(
+    "--against", default="baseline", show_default=True, help="baseline, production or a RUN name."
+)
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
 @json_option
 def eval_command(project_dir: str, run: str | None, against: str, n_boot: int, as_json: bool):
@@ -445,3 +448,6 @@ def export_command(project_dir: str, out: str, run: str | None, merged: bool, as
         as_json,
         [f"exported {'merged model' if merged else 'adapter'} of {run_dir.name} → {path}"],
     )
+
+
+tune.add_command(promote_command)
