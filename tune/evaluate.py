@@ -154,16 +154,20 @@ def latest_run(tune_dir: Path) -> Path:
 
 
 def find_run(tune_dir: Path, run: str | None, what: str = "--run") -> Path:
-    """A finished run (one with a config.json): the latest when ``run`` is None, ``tune_dir/run``
+    """A finished run (one with a config.json): the latest when ``run`` is None, the production
+    run of the registry when ``run`` is ``production`` (``tune/registry.py``), ``tune_dir/run``
     when ``run`` is a valid name (``thresher.names``), else ``run`` as a folder path.
 
     A name never reaches outside ``tune_dir``; a folder is used only when it is a finished run,
     so ``--run ../ingest`` is refused instead of read (or written: eval adds eval.json)."""
     from thresher.names import NAME_RULE, is_valid_name
+    from tune.registry import PRODUCTION, production_run
 
     tune_dir = Path(tune_dir)
     if run is None:
         return latest_run(tune_dir)
+    if run == PRODUCTION:
+        return production_run(tune_dir)
     if not run or "\x00" in run:
         raise ThresherError(f"{what} {run!r} is neither a run name nor a folder; {NAME_RULE}")
     if is_valid_name(run):
