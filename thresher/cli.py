@@ -54,6 +54,7 @@ def _register() -> None:
     from loop.round_cli import round_command
     from review.cli import review
     from tune.cli import tune
+    from tune.serve_cli import serve_command
 
     register_dedup(curate)
     main.add_command(curate)
@@ -61,6 +62,7 @@ def _register() -> None:
     main.add_command(tune)
     main.add_command(simulate_command)
     main.add_command(round_command)
+    main.add_command(serve_command)
 
 
 _register()
