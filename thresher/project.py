@@ -31,6 +31,7 @@ SPLIT = Path("tune") / "split.parquet"
 ANNOTATIONS = Path("review") / "annotations.parquet"
 TRAFFIC = Path("serve") / "traffic"
 REGISTRY = Path("tune") / "registry.json"
+PRODUCTION_RECORDS = Path("review") / "production.parquet"
 HASH_CHUNK = 1 << 22
 
 
@@ -151,6 +152,12 @@ class Project:
         """``DIR/tune/registry.json``: which run is the production model, and its history
         (``thresher tune promote``)."""
         return self.root / REGISTRY
+
+    @property
+    def production_records_path(self) -> Path:
+        """``DIR/review/production.parquet``: served texts sent back to annotators
+        (``thresher round --from-traffic``), records of the project (``thresher.production``)."""
+        return self.root / PRODUCTION_RECORDS
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
