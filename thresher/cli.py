@@ -51,6 +51,7 @@ def _register() -> None:
     from curate.cli import curate
     from curate.dedup_cli import register as register_dedup
     from loop.cli import simulate_command
+    from loop.monitor_cli import monitor_command
     from loop.round_cli import round_command
     from review.cli import review
     from tune.cli import tune
@@ -62,6 +63,7 @@ def _register() -> None:
     main.add_command(tune)
     main.add_command(simulate_command)
     main.add_command(round_command)
+    main.add_command(monitor_command)
     main.add_command(serve_command)
 
 
