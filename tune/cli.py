@@ -17,6 +17,7 @@ from thresher.cli_common import (
 )
 from thresher.cli_overrides import config_for
 from tune.promote_cli import promote_command
+from tune.select_cli import select_command
 
 if TYPE_CHECKING:
     from thresher.project import Project
@@ -451,3 +452,4 @@ def export_command(project_dir: str, out: str, run: str | None, merged: bool, as
 
 
 tune.add_command(promote_command)
+tune.add_command(select_command)
