@@ -6,8 +6,9 @@ instruction/response pairs), ``GET /healthz`` (200 once a model is attached, 503
 ``{"error": "<one line>"}``. The model may be attached after the app starts (``attach_model``),
 so the server can listen, and say "not ready", while a large model loads.
 
-The app knows nothing about how the model is loaded or how the server runs: ``tune.serve`` runs
-it under uvicorn, and a Ray Serve deployment can mount the same app.
+FastAPI is imported at the top: this module is the HTTP app and is itself imported lazily (by
+``tune.serve``). The app knows nothing about how the model is loaded or how the server runs:
+``tune.serve`` runs it under uvicorn, and a Ray Serve deployment can mount the same app.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tune.serve_batcher import Batcher, BatcherClosed
 
@@ -48,6 +55,15 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "bad_request") -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
+
+
+class PredictRequest(BaseModel):
+    texts: list[Any] = Field(description="The texts to classify, at least one.")
+
+
+class GenerateRequest(BaseModel):
+    prompts: list[Any] = Field(description="The prompts to continue, at least one.")
+    max_new_tokens: int = Field(64, description="Most tokens generated per prompt.")
 
 
 class ServeMetrics:
@@ -136,12 +152,6 @@ def create_app(model: Any = None, options: AppOptions | None = None, traffic_log
     ``generate(prompts, max_new_tokens) -> texts``). ``model`` None: attach one later with
     ``attach_model``; until then /healthz answers 503. ``traffic_log``: a
     ``thresher.traffic.TrafficLog`` that gets one row per predicted text (the caller closes it)."""
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, Field
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     options = options or AppOptions()
     serving = Serving(options, traffic_log)
 
@@ -158,13 +168,6 @@ def create_app(model: Any = None, options: AppOptions | None = None, traffic_log
         lifespan=lifespan,
     )
     app.state.serving = serving
-
-    class PredictRequest(BaseModel):
-        texts: list[Any] = Field(description="The texts to classify, at least one.")
-
-    class GenerateRequest(BaseModel):
-        prompts: list[Any] = Field(description="The prompts to continue, at least one.")
-        max_new_tokens: int = Field(64, description="Most tokens generated per prompt.")
 
     def error(status: int, message: str, endpoint: str, kind: str) -> JSONResponse:
         serving.metrics.errors.labels(endpoint, kind).inc()
