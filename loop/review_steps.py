@@ -12,7 +12,8 @@
   so a rerun (or a resumed round) sends the same records again without duplicates.
 - ``submitted_probe``: the count of submitted responses (one GET), so ``thresher round`` starts
   round k+1 by itself once people have annotated since round k started.
-- ``records_for_round``: the curated records the rebuild step starts from; with
+- ``records_for_round``: the curated records (and the production records,
+  ``thresher.production``) the rebuild step starts from; with
   ``labels="reviewed"`` only human labels count (the input labels become the unlabelled pool,
   which is what a fully pre-labelled corpus such as the demo needs), ``all`` keeps input labels.
 """
@@ -129,8 +130,10 @@ def records_for_round(labels: str = "reviewed") -> Callable[[StepContext], Any]:
         import pandas as pd
 
         from loop.steps import load_project_records
+        from thresher.production import with_production_records
 
-        frame = load_project_records(ctx)
+        # served texts sent back to annotators (`round --from-traffic`) are records too
+        frame = with_production_records(ctx.project, load_project_records(ctx))
         stage_issue = (
             frame["label_issue"].fillna(False).astype(bool)
             if labels == "all" and "label_issue" in frame

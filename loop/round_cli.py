@@ -13,6 +13,8 @@ from thresher.cli_overrides import config_for
 
 if TYPE_CHECKING:
     from loop.rounds import RoundResult
+    from thresher.config import Config
+    from thresher.project import Project
 
 
 @click.command("round")
@@ -37,6 +39,13 @@ if TYPE_CHECKING:
     help="Train on reviewed labels only, or input labels too [loop.labels: reviewed].",
 )
 @click.option("--next", "new", is_flag=True, help="Start the next round even without new labels.")
+@click.option(
+    "--from-traffic",
+    is_flag=True,
+    help="A production round: served texts (DIR/serve/traffic) to annotators, no training.",
+)
+@click.option("--since", default=None, help="--from-traffic: served at or after (ISO time, UTC).")
+@click.option("--until", default=None, help="--from-traffic: served before (ISO time, UTC).")
 @json_option
 def round_command(
     project_dir: str,
@@ -45,6 +54,9 @@ def round_command(
     learner: str | None,
     labels: str | None,
     new: bool,
+    from_traffic: bool,
+    since: str | None,
+    until: str | None,
     as_json: bool,
 ) -> None:
     """Run (or resume) one active-learning round with the annotations in Argilla.
@@ -53,9 +65,12 @@ def round_command(
     pull → rebuild → train → eval (fixed test split) → predict → select → push (round k+1).
     Each step is recorded in DIR/rounds/<k>/manifest.json; after a crash, rerun the same
     command to continue. A finished round is a no-op until new annotations arrive (or --next).
-    Example:
+    --from-traffic: pull → select the served texts the project lacks, least sure first →
+    push with reason production; recorded in DIR/rounds/production/<n>/.
+    Examples:
       thresher review push -p proj --limit 200     # annotators label, then:
       thresher round -p proj --strategy margin+kmeans --size 50
+      thresher round -p proj --from-traffic --since 2026-12-01 --size 100
     """
     from loop.round_wiring import build_runner
     from review.server import connection
@@ -63,6 +78,15 @@ def round_command(
 
     project = Project.at(project_dir)
     config = config_for(project.root, "round")
+    if from_traffic:
+        if strategy or learner or labels or new:
+            raise click.UsageError(
+                "--from-traffic takes no --strategy, --learner, --labels, --next"
+            )
+        _traffic_round(project, config, since, until, as_json)
+        return
+    if since or until:
+        raise click.UsageError("--since/--until select served traffic: add --from-traffic")
     runner = build_runner(project, config, connect=connection)
     result = runner.run(new=new)
     summary = result.to_dict()
@@ -90,3 +114,36 @@ def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
         "  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()),
         f"  → {summary['path']}/manifest.json",
     ]
+
+
+def _traffic_round(
+    project: Project, config: Config, since: str | None, until: str | None, as_json: bool
+) -> None:
+    """``--from-traffic``: one production round (``loop.traffic_round``)."""
+    from loop.round_wiring import push_options
+    from loop.traffic_round import TrafficRoundOptions, run_traffic_round
+    from review.server import connection
+    from thresher.traffic import parse_time
+
+    options = TrafficRoundOptions(
+        size=int(config.get("loop.size")),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
+        dataset=config.get("review.dataset"),
+        workspace=str(config.get("review.workspace")),
+    )
+    result = run_traffic_round(project, options, push_options(config), connect=connection)
+    sel, push = result.outputs("select"), result.outputs("push")
+    emit(
+        result.to_dict(),
+        as_json,
+        [
+            f"production round {result.round}: {sel.get('read')} served texts read, "
+            f"{sel.get('no_text')} without text, {sel.get('duplicates')} repeats, "
+            f"{sel.get('known')} already in the project",
+            f"  selected {sel.get('selected')} of {sel.get('candidates')} ({sel.get('ranking')})",
+            f"  pushed to {push.get('dataset')} as round {push.get('round')} with reason "
+            f"production: sent {push.get('sent')}; {push.get('appended')} new production records",
+            f"  → {result.manifest.get('path')}/manifest.json",
+        ],
+    )

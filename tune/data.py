@@ -28,6 +28,7 @@ from typing import Any
 
 from thresher.decisions import load_decisions
 from thresher.errors import ThresherError
+from thresher.production import with_production_records
 from thresher.project import Project
 from thresher.records import representative_mask
 from thresher.split import ensure_split
@@ -59,7 +60,10 @@ class TuneData:
 
 
 def load_records(project: Project, mode: str = "curated", require_label: bool = True):
-    """(stage, frame) of the most downstream records (score > dedup > ingest); raw: ingest."""
+    """(stage, frame) of the most downstream records (score > dedup > ingest); raw: ingest.
+
+    Curated: with the production records the stage lacks (``thresher.production``: served
+    texts sent back to annotators; unlabelled until reviewed)."""
     import pandas as pd
 
     stages = ["ingest"] if mode == "raw" else ["score", "dedup", "ingest"]
@@ -67,6 +71,8 @@ def load_records(project: Project, mode: str = "curated", require_label: bool = 
     frame = pd.read_parquet(path)
     if require_label and "label" not in frame.columns:
         raise EmptyDataError(f"{path} has no label column; ingest with --label-col")
+    if mode != "raw":
+        frame = with_production_records(project, frame)
     return stage, frame
 
 
