@@ -238,9 +238,11 @@ def _embedding_tests(project, reference, texts, opts, notes, plots) -> list[Drif
     train_v = vectors[: len(train)]
     held_v = vectors[len(train) : len(train) + len(held)]
     cur_v = vectors[len(train) + len(held) :]
+    # Enough permutations that the smallest possible p-value is well under alpha / 4.
+    permutations = max(opts.permutations, int(np.ceil(2 * len(MAIN_TESTS) / opts.alpha)))
     tests = [
         embedding_mmd(
-            train_v, cur_v, permutations=opts.permutations, max_per_side=opts.max_per_side,
+            train_v, cur_v, permutations=permutations, max_per_side=opts.max_per_side,
             seed=opts.seed,
         )
     ]  # fmt: skip
@@ -281,7 +283,7 @@ def write_outputs(project: Project, result: MonitorResult, plots: dict[str, Any]
     folder = _new_folder(project.stage_dir("monitor"))
     result.report = str(folder / "report.html")
     atomic_write_json(folder / "report.json", result.to_dict())
-    atomic_write_text(folder / "report.html", render_monitor_report(result, plots))
+    atomic_write_text(folder / "report.html", render_monitor_report(result.to_dict(), plots))
     return folder
 
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from loop.monitor import MonitorResult
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
@@ -71,38 +68,38 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{_esc(title)}</h2>{body}</section>"
 
 
-def _decision(result: MonitorResult) -> str:
-    if not result.decided:
+def _decision(result: Mapping[str, Any]) -> str:
+    if not result["decided"]:
         verdict = '<span class="muted">no decision</span>'
-    elif result.drift:
+    elif result["drift"]:
         verdict = '<span class="drift">DRIFT</span>'
     else:
         verdict = '<span class="ok">no drift</span>'
-    notes = "".join(f"<li>{_esc(n)}</li>" for n in result.notes)
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in result["notes"])
     return _section(
         "Decision",
-        f"<p>{verdict}: {result.n} texts served by run <b>{_esc(result.run)}</b>; a test flags "
-        f"drift when p &lt; {_num(result.threshold)} (alpha {_num(result.alpha)} / "
-        f"{max(1, len(result.tests))} tests, Bonferroni).</p>"
+        f"<p>{verdict}: {result['n']} texts served by run <b>{_esc(result['run'])}</b>; "
+        f"a test flags drift when p &lt; {_num(result['threshold'])} "
+        f"(alpha {_num(result['alpha'])} / {max(1, len(result['tests']))} tests, Bonferroni).</p>"
         + (f"<ul>{notes}</ul>" if notes else ""),
     )
 
 
-def _tests(result: MonitorResult) -> str:
-    if not result.tests:
+def _tests(result: Mapping[str, Any]) -> str:
+    if not result["tests"]:
         return ""
     rows = [
         [_esc(name), _num(t["statistic"]), _num(t["p_value"]),
          '<span class="drift">yes</span>' if t["drift"] else "no",
          _esc(", ".join(f"{k} {_num(v)}" for k, v in t["details"].items()
                         if not isinstance(v, list)))]
-        for name, t in result.tests.items()
+        for name, t in result["tests"].items()
     ]  # fmt: skip
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 2.6))
-    names = list(result.tests)
-    ax.barh(names, [max(result.tests[n]["p_value"], 1e-300) for n in names], color="#0969da")
-    ax.axvline(result.threshold, color="#cf222e", ls="--", label="threshold")
+    names = list(result["tests"])
+    ax.barh(names, [max(result["tests"][n]["p_value"], 1e-300) for n in names], color="#0969da")
+    ax.axvline(result["threshold"], color="#cf222e", ls="--", label="threshold")
     ax.set_xscale("log")
     ax.set_xlabel("p-value (log; left of the line = drift)")
     ax.legend(loc="lower right")
@@ -110,8 +107,8 @@ def _tests(result: MonitorResult) -> str:
     return _section("Tests", table + _png(fig))
 
 
-def _labels(result: MonitorResult) -> str:
-    test = result.tests.get("label_distribution")
+def _labels(result: Mapping[str, Any]) -> str:
+    test = result["tests"].get("label_distribution")
     if not test:
         return ""
     d = test["details"]
@@ -161,25 +158,26 @@ def _embedding_map(plots: dict[str, Any]) -> str:
     return _section("Embeddings (PCA)", _png(fig))
 
 
-def _slices(result: MonitorResult) -> str:
-    if not result.slices:
+def _slices(result: Mapping[str, Any]) -> str:
+    if not result["slices"]:
         return ""
     rows = [
         [_esc(s["slice"]), _num(s["reference_rate"]), _num(s["traffic_rate"]),
          _num(s["statistic"]), _num(s["p_value"]),
          '<span class="drift">yes</span>' if s["shifted"] else "no"]
-        for s in result.slices
+        for s in result["slices"]
     ]  # fmt: skip
     return _section(
         "Bias slices (mention rate; reported, not part of the decision)",
         _table(["slice", "reference rate", "traffic rate", "z", "p-value", "shifted"], rows)
         + f"<p class='muted'>Bonferroni inside the family: shifted when p &lt; "
-        f"{_num(result.slices[0]['threshold'])}.</p>",
+        f"{_num(result['slices'][0]['threshold'])}.</p>",
     )
 
 
-def render_monitor_report(result: MonitorResult, plots: dict[str, Any]) -> str:
-    """The whole page as one string."""
+def render_monitor_report(result: Mapping[str, Any], plots: dict[str, Any]) -> str:
+    """The whole page as one string, from the monitor's summary (``MonitorResult.to_dict``) and
+    the arrays behind the plots."""
     pair = _labels(result) + _confidence(plots)
     body = (
         _decision(result)
@@ -188,10 +186,10 @@ def render_monitor_report(result: MonitorResult, plots: dict[str, Any]) -> str:
         + _embedding_map(plots)
         + _slices(result)
     )
-    window = result.window
+    window = result["window"]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>thresher monitor</title>"
         f"<style>{CSS}</style></head><body><header><h1>thresher monitor</h1><p>run "
-        f"{_esc(result.run)} · since {_esc(window.get('since') or 'the start')} · until "
+        f"{_esc(result['run'])} · since {_esc(window.get('since') or 'the start')} · until "
         f"{_esc(window.get('until') or 'now')}</p></header><main>{body}</main></body></html>"
     )
