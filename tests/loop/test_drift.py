@@ -132,3 +132,13 @@ def test_false_alarm_rate_of_mmd_is_near_alpha():
             < 0.05
         )
     assert hits <= 6  # 5 % of 40 is 2; binomial 99.9 % bound is about 7
+
+
+def test_near_ood_share_stays_calibrated_with_a_small_reference():
+    # With 40 reference distances the 95th percentile is a rough estimate; the test must still
+    # alarm on at most about 5 % of same-distribution windows.
+    alarms = 0
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        alarms += near_ood_share(rng.normal(size=40), rng.normal(size=200)).p_value < 0.05
+    assert alarms / 300 <= 0.08
