@@ -98,10 +98,11 @@ def _tests(result: Mapping[str, Any]) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 2.6))
     names = list(result["tests"])
-    ax.barh(names, [max(result["tests"][n]["p_value"], 1e-300) for n in names], color="#0969da")
-    ax.axvline(result["threshold"], color="#cf222e", ls="--", label="threshold")
-    ax.set_xscale("log")
-    ax.set_xlabel("p-value (log; left of the line = drift)")
+    # Evidence as -log10(p), capped for display: longer bar = stronger evidence of drift.
+    evidence = [min(-np.log10(max(result["tests"][n]["p_value"], 1e-300)), 20.0) for n in names]
+    ax.barh(names, evidence, color="#0969da")
+    ax.axvline(-np.log10(result["threshold"]), color="#cf222e", ls="--", label="threshold")
+    ax.set_xlabel("-log10 p-value (capped at 20; right of the line = drift)")
     ax.legend(loc="lower right")
     table = _table(["test", "statistic", "p-value", "drift", "details"], rows)
     return _section("Tests", table + _png(fig))
