@@ -126,11 +126,12 @@ def run(project: Project, options: ServeOptions, *, on_ready=None) -> None:
 
 async def _serve(run_dir: Path, options: ServeOptions, api_key, traffic, on_ready) -> None:
     import asyncio
-    import contextlib
 
     from tune.serve_app import AppOptions, attach_model, create_app
     from tune.serve_model import ServedModel
 
+    sock = bind_socket(options.host, options.port)
+    port = sock.getsockname()[1]
     app = create_app(
         None,
         AppOptions(
@@ -143,34 +144,52 @@ async def _serve(run_dir: Path, options: ServeOptions, api_key, traffic, on_read
         traffic,
     )
     server = _uvicorn_server(app, options)
-    serving = asyncio.create_task(server.serve(), name="uvicorn")
-    while not server.started:
-        if serving.done():  # the port could not be bound (uvicorn logged why and exits)
-            with contextlib.suppress(SystemExit):
-                serving.result()
-            raise ThresherError(
-                f"cannot listen on {options.host}:{options.port}; is the port in use? "
-                "choose another with --port"
-            )
-        await asyncio.sleep(0.02)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     try:
-        model = await asyncio.to_thread(
-            ServedModel.load, run_dir, device=options.device, precision=options.precision
-        )
-    except BaseException:
-        server.should_exit = True
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if serving.done():  # uvicorn could not start; it logged why
+            await serving
+            return
+        try:
+            model = await asyncio.to_thread(
+                ServedModel.load, run_dir, device=options.device, precision=options.precision
+            )
+        except BaseException:
+            server.should_exit = True
+            await serving
+            raise
+        if not server.should_exit:  # not stopped while loading
+            attach_model(app, model)
+            if on_ready is not None:
+                endpoint = "/v1/generate" if model.kind == "generate" else "/v1/predict"
+                on_ready(model.name, f"http://{_url_host(options.host)}:{port}", endpoint)
+            log.info(
+                "serving %s from %s (%s, %s)", model.name, run_dir, model.device, model.precision
+            )
         await serving
-        raise
-    if server.should_exit:  # stopped while loading
-        await serving
-        return
-    attach_model(app, model)
-    if on_ready is not None:
-        port = server.servers[0].sockets[0].getsockname()[1] if server.servers else options.port
-        endpoint = "/v1/generate" if model.kind == "generate" else "/v1/predict"
-        on_ready(model.name, f"http://{_url_host(options.host)}:{port}", endpoint)
-    log.info("serving %s from %s (%s, %s)", model.name, run_dir, model.device, model.precision)
-    await serving
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int):
+    """A TCP socket bound to ``host:port`` (``port`` 0: any free one), or a one-line error."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ThresherError(f"--host {host}: not an address of this machine ({err})") from err
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ThresherError(
+            f"cannot listen on {host}:{port}: {err.strerror}; choose another --port"
+        ) from err
+    return sock
 
 
 def _url_host(host: str) -> str:

@@ -188,13 +188,19 @@ def create_app(model: Any = None, options: AppOptions | None = None, traffic_log
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, err: RequestValidationError):
-        return error(400, validation_message(err.errors()), request.url.path, "bad_request")
+        message = validation_message(err.errors())
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type:
+            message = f"the body is {content_type}; send JSON with 'Content-Type: application/json'"
+        return error(400, message, request.url.path, "bad_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException):
         kind = "not_found" if err.status_code == 404 else "bad_request"
-        message = f"{request.method} {request.url.path}: {err.detail}".lower()
-        if err.status_code == 404:
+        message = f"{request.method} {request.url.path}: {str(err.detail).lower()}"
+        if err.status_code == 405:
+            message += "; see /docs for each endpoint's method"
+        elif err.status_code == 404:
             message = f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}"
         return error(err.status_code, message, "other", kind)
 

@@ -91,9 +91,13 @@ def test_malformed_json_and_unknown_paths():
         )
         missing = c.post("/v1/predict")
         unknown = c.get("/v2/nothing")
+        form = c.post("/v1/predict", data={"texts": "x"})
+        method = c.get("/v1/predict")
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
     assert missing.status_code == 400 and "\n" not in missing.json()["error"]
     assert unknown.status_code == 404 and "/v1/predict" in unknown.json()["error"]
+    assert form.status_code == 400 and "Content-Type: application/json" in form.json()["error"]
+    assert method.status_code == 405 and "GET /v1/predict: method not allowed" in method.text
 
 
 def test_a_model_failure_is_a_500_with_one_line():

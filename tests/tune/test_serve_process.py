@@ -173,3 +173,21 @@ def test_an_open_bind_without_a_key_refuses_to_start(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--host 0.0.0.0 is reachable from other machines" in lines[0]
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    run = tmp_path / "tune" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")  # enough to be found; the bind fails first
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "thresher", "serve", "-p", str(tmp_path), "--run", "r1",
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr
