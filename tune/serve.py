@@ -121,7 +121,7 @@ def run(project: Project, options: ServeOptions, *, on_ready=None) -> None:
         asyncio.run(_serve(run_dir, options, api_key, traffic, on_ready))
     finally:
         traffic.close()
-        log.info("stopped; %d texts in the traffic log", traffic.rows_written)
+        log.info("stopped; %d rows written to %s", traffic.rows_written, project.traffic_dir)
 
 
 async def _serve(run_dir: Path, options: ServeOptions, api_key, traffic, on_ready) -> None:

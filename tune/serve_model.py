@@ -81,7 +81,7 @@ class ServedModel:
         model = loaded.model.merge_and_unload()
         model = model.to(dtype=torch.bfloat16 if chosen == "bf16" else torch.float32).eval()
         kind = GENERATE if trained_on_pairs(config) else CLASSIFY
-        log.info("loaded %s (%s, %s, %s)", run_dir.name, kind, dev, chosen)
+        log.debug("loaded %s (%s, %s, %s)", run_dir.name, kind, dev, chosen)
         return cls(
             name=str(config.get("run") or run_dir.name),
             run_dir=run_dir,
