@@ -153,18 +153,23 @@ def confidence_drop(reference_conf, traffic_conf) -> DriftTest:
     )
 
 
-def knn_distance(queries, index, k: int = 5, exclude_self: bool = False) -> np.ndarray:
+def knn_distance(
+    queries, index, k: int = 5, exclude_self: bool = False, chunk: int = 4096
+) -> np.ndarray:
     """Mean cosine distance (1 - cosine) of each query row to its ``k`` nearest ``index`` rows
     (rows L2-normalized here). High = far from the training data. ``exclude_self`` drops exact
-    matches (distance ≈ 0), for queries that are themselves in the index."""
+    matches (distance ≈ 0), for queries that are themselves in the index. Queries are taken
+    ``chunk`` rows at a time, so memory stays at ``chunk`` × len(index) distances."""
     q = _unit(np.asarray(queries, dtype=np.float64))
     x = _unit(np.asarray(index, dtype=np.float64))
-    dist = 1.0 - q @ x.T
-    if exclude_self:
-        dist[dist < 1e-9] = np.inf
     k = max(1, min(k, x.shape[0] - (1 if exclude_self else 0)))
-    nearest = np.partition(dist, k - 1, axis=1)[:, :k]
-    return nearest.mean(axis=1)
+    out = np.empty(len(q))
+    for start in range(0, len(q), chunk):
+        dist = 1.0 - q[start : start + chunk] @ x.T
+        if exclude_self:
+            dist[dist < 1e-9] = np.inf
+        out[start : start + chunk] = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1)
+    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

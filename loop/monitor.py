@@ -3,7 +3,8 @@
 Load the traffic window (``thresher.traffic.read_traffic``), the reference of the run that served
 it (``DIR/tune/<run>/``: training texts, the predicted labels and probabilities on its held-out
 val+test records), embed both (the shared cache), run the tests of ``loop.drift``, decide, and
-write ``DIR/monitor/<UTC time>/report.json`` and ``report.html``.
+write ``DIR/monitor/<UTC time>/report.json``, ``report.html`` and the per-record
+``records.parquet`` (``loop.monitor_records``).
 
 Decision: drift when any main test (embedding, label distribution, confidence, near-OOD) has
 p < alpha / (tests run): Bonferroni keeps the chance of a false alarm ≤ alpha whatever the
@@ -31,6 +32,7 @@ from loop.drift import (
     label_shift,
     near_ood_share,
 )
+from loop.monitor_records import RECORDS_FILE, OodScores, record_table, write_records
 from thresher.errors import ThresherError
 from thresher.project import Project
 
@@ -82,6 +84,7 @@ class MonitorResult:
     notes: list[str] = field(default_factory=list)
     window: dict[str, str | None] = field(default_factory=dict)
     report: str = ""
+    records: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class MonitorResult:
             "notes": self.notes,
             "window": self.window,
             "report": self.report,
+            "records": self.records,
         }
 
 
@@ -174,12 +178,13 @@ def run_monitor(project: Project, opts: MonitorOptions) -> MonitorResult:
         window={"since": _iso(opts.since), "until": _iso(opts.until)},
     )
     plots: dict[str, Any] = {}
+    ood: OodScores | None = None
     if len(traffic) < opts.min_n:
         result.notes.append(
             f"only {len(traffic)} texts in the window (--min-n {opts.min_n}): no decision"
         )
     else:
-        tests = run_tests(project, reference, traffic, opts, result.notes, plots)
+        tests, ood = run_tests(project, reference, traffic, opts, result.notes, plots)
         decide(result, tests)
         texts = traffic["text"].dropna().astype(str).tolist()
         result.slices, slice_notes = _slices(project, texts, opts.alpha)
@@ -188,7 +193,7 @@ def run_monitor(project: Project, opts: MonitorOptions) -> MonitorResult:
         reference_conf=reference.heldout_prob,
         traffic_conf=traffic["prob"].to_numpy(dtype=np.float64),
     )
-    write_outputs(project, result, plots)
+    write_outputs(project, result, plots, record_table(traffic, ood))
     return result
 
 
@@ -205,8 +210,9 @@ def run_tests(
     opts: MonitorOptions,
     notes: list[str],
     plots: dict[str, Any],
-) -> list[DriftTest]:
-    """The main tests that can run on this traffic (the text tests need logged text)."""
+) -> tuple[list[DriftTest], OodScores | None]:
+    """The main tests that can run on this traffic (the text tests need logged text), and the
+    near-OOD test's per-text distances (None when it did not run)."""
     tests = [
         label_shift(reference.heldout_predicted, traffic["label"].astype(str).tolist(),
                     reference.labels),
@@ -218,26 +224,33 @@ def run_tests(
             f"embedding and near-OOD tests skipped: {len(texts)} of {len(traffic)} texts were "
             "logged with their text (the server ran with --no-log-text)"
         )
-        return tests
+        return tests, None
     if len(texts) < len(traffic):
         notes.append(f"embedding tests use the {len(texts)} texts logged with their text")
-    tests.extend(_embedding_tests(project, reference, texts, opts, notes, plots))
-    return tests
+    text_tests, ood = _embedding_tests(project, reference, texts, opts, notes, plots)
+    return tests + text_tests, ood
 
 
-def _embedding_tests(project, reference, texts, opts, notes, plots) -> list[DriftTest]:
+def _embedding_tests(
+    project, reference, texts, opts, notes, plots
+) -> tuple[list[DriftTest], OodScores | None]:
+    """MMD on a sample of at most ``max_per_side`` texts; the near-OOD test on every logged
+    text of the window (each distinct text embedded once), so every record gets its distance."""
     from thresher.embeddings import embed_texts
 
     rng = np.random.default_rng(opts.seed)
     train = _sample(reference.train_texts, opts.max_per_side, rng)
     held = _sample(reference.heldout_texts, opts.max_per_side, rng)
     cur = _sample(texts, opts.max_per_side, rng)
+    distinct = list(dict.fromkeys(texts))
+    row_of = {text: i for i, text in enumerate(distinct)}
     vectors = embed_texts(
-        train + held + cur, opts.embedding_model, cache_dir=project.embedding_cache
+        train + held + distinct, opts.embedding_model, cache_dir=project.embedding_cache
     )
     train_v = vectors[: len(train)]
     held_v = vectors[len(train) : len(train) + len(held)]
-    cur_v = vectors[len(train) + len(held) :]
+    distinct_v = vectors[len(train) + len(held) :]
+    cur_v = distinct_v[[row_of[t] for t in cur]]
     # Enough permutations that the smallest possible p-value is well under alpha / 4.
     permutations = max(opts.permutations, int(np.ceil(2 * len(MAIN_TESTS) / opts.alpha)))
     tests = [
@@ -249,12 +262,15 @@ def _embedding_tests(project, reference, texts, opts, notes, plots) -> list[Drif
     plots.update(train_vectors=train_v, traffic_vectors=cur_v)
     if len(held_v) < 20:
         notes.append(f"near-OOD test skipped: {len(held_v)} held-out texts in the run")
-        return tests
+        return tests, None
     ref_dist = knn_distance(held_v, train_v, k=opts.k, exclude_self=True)
-    cur_dist = knn_distance(cur_v, train_v, k=opts.k, exclude_self=True)
-    tests.append(near_ood_share(ref_dist, cur_dist))
+    distinct_dist = knn_distance(distinct_v, train_v, k=opts.k, exclude_self=True)
+    cur_dist = distinct_dist[[row_of[t] for t in texts]]
+    near_ood = near_ood_share(ref_dist, cur_dist)
+    tests.append(near_ood)
     plots.update(reference_distances=ref_dist, traffic_distances=cur_dist)
-    return tests
+    distances = dict(zip(distinct, distinct_dist.tolist(), strict=True))
+    return tests, OodScores(near_ood.details["threshold"], distances)
 
 
 def _sample(texts: list[str], limit: int, rng: np.random.Generator) -> list[str]:
@@ -275,13 +291,17 @@ def decide(result: MonitorResult, tests: list[DriftTest]) -> None:
     result.drift = any(flags)
 
 
-def write_outputs(project: Project, result: MonitorResult, plots: dict[str, Any]) -> Path:
-    """``DIR/monitor/<UTC time>/report.json`` and ``report.html`` (folder 0700, atomic files)."""
+def write_outputs(project: Project, result: MonitorResult, plots: dict[str, Any], records) -> Path:
+    """``DIR/monitor/<UTC time>/``: ``records.parquet`` (the Arrow table ``records``), then
+    ``report.json`` and ``report.html`` (folder 0700, atomic files; the records come first, so a
+    reader that finds ``report.json`` finds them too)."""
     from loop.monitor_report import render_monitor_report
     from thresher.project import atomic_write_json, atomic_write_text
 
     folder = _new_folder(project.stage_dir("monitor"))
     result.report = str(folder / "report.html")
+    result.records = str(folder / RECORDS_FILE)
+    write_records(folder / RECORDS_FILE, records)
     atomic_write_json(folder / "report.json", result.to_dict())
     atomic_write_text(folder / "report.html", render_monitor_report(result.to_dict(), plots))
     return folder

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from loop.monitor_slices import mentions, slice_shifts
+from loop.traffic_round import monitor_flags
 from tests.loop.conftest import planted_corpus
 from thresher.assets import write_demo_corpus
 from thresher.cli import main
 from thresher.project import Project
 from thresher.records import text_id
-from thresher.traffic import write_traffic_file
+from thresher.traffic import read_traffic, write_traffic_file
 
 RUN = "run1"
 LABELS = ["fresh", "rotten"]
@@ -83,7 +86,8 @@ def _write_traffic(project: Project, day: datetime, texts, gold, rng, confident,
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Day 1: held-out reviews (in distribution); day 2: other texts, answered with low
-    confidence (shifted); day 3: the shifted texts again, logged without text."""
+    confidence (shifted); day 3: the shifted texts again, logged without text; day 4: half
+    held-out reviews, half the other texts (a partly shifted window)."""
     root = tmp_path_factory.mktemp("monitor")
     demo = pd.read_csv(write_demo_corpus(root / "rt.csv")).sample(n=220, random_state=0)
     demo = demo.reset_index(drop=True)[["text", "label"]]
@@ -96,6 +100,9 @@ def project(tmp_path_factory):
     gold = list(rng.choice(LABELS, size=N))
     _write_traffic(project, DAY + timedelta(days=1), other, gold, rng, False)
     _write_traffic(project, DAY + timedelta(days=2), other, gold, rng, False, log_text=False)
+    half = N // 2
+    mixed = same["text"].tolist()[:half] + other[:half]
+    _write_traffic(project, DAY + timedelta(days=3), mixed, gold, rng, True)
     return project
 
 
@@ -147,9 +154,9 @@ def test_traffic_without_text_runs_the_label_and_confidence_tests(project):
 
 
 def test_since_until_select_the_window(project):
-    # The whole log (three days) holds 3 * N texts.
+    # The whole log (four days) holds 4 * N texts.
     result = CliRunner().invoke(main, ["monitor", "-p", str(project.root), "--json"])
-    assert json.loads(result.output)["n"] == 3 * N
+    assert json.loads(result.output)["n"] == 4 * N
     _, summary = _monitor(project, 0)
     assert summary["n"] == N
     assert summary["window"]["since"] == "2026-12-01T00:00:00Z"
@@ -192,3 +199,49 @@ def test_mentions_follow_the_word_boundary_rules():
     terms = ["man", "muslim*", "african american"]
     texts = ["A manual", "Muslims pray", "an African  American poet", "the man,", "non-man"]
     assert mentions(texts, terms) == [False, True, True, True, False]
+
+
+def _records(summary) -> pd.DataFrame:
+    return pq.read_table(summary["records"]).to_pandas()
+
+
+def test_records_flag_the_out_of_domain_texts_of_a_shifted_window(project):
+    result, summary = _monitor(project, 3)
+    assert result.exit_code == 3, result.output
+    records = _records(summary)
+    assert Path(summary["records"]).parent == Path(summary["report"]).parent
+    assert list(records.columns) == [
+        "time", "request_id", "text_hash", "label", "prob", "near_ood", "ood_distance"
+    ]  # fmt: skip
+    window = read_traffic(project.traffic_dir, DAY + timedelta(days=3), DAY + timedelta(days=4))
+    assert records["request_id"].tolist() == window["request_id"].tolist()
+    assert records["text_hash"].tolist() == window["text_hash"].tolist()
+    planted = set(window["text_hash"][N // 2 :])
+    is_planted = records["text_hash"].isin(planted)
+    planted_rate = records.loc[is_planted, "near_ood"].mean()
+    reviews_rate = records.loc[~is_planted, "near_ood"].mean()
+    assert planted_rate >= reviews_rate + 0.5, (planted_rate, reviews_rate)
+    distance = records.groupby(is_planted)["ood_distance"].median()
+    assert distance[True] > distance[False]
+    # The flags are the near-OOD test's own count above its threshold.
+    near_ood = summary["tests"]["near_ood"]
+    assert int(records["near_ood"].sum()) == near_ood["details"]["above"]
+    threshold = near_ood["details"]["threshold"]
+    assert (records["near_ood"] == (records["ood_distance"] > threshold)).all()
+
+
+def test_records_without_logged_text_have_no_near_ood_evidence(project):
+    _, summary = _monitor(project, 2)
+    records = _records(summary)
+    assert len(records) == N
+    assert records["near_ood"].isna().all() and records["ood_distance"].isna().all()
+    assert records["label"].notna().all() and records["prob"].between(0, 1).all()
+
+
+def test_round_from_traffic_reads_the_flags_of_the_latest_report(project):
+    _, summary = _monitor(project, 3)
+    records = _records(summary)
+    flagged, ranking = monitor_flags(project)
+    expected = set(records.loc[records["near_ood"].astype(bool), "text_hash"])
+    assert expected and flagged == expected
+    assert ranking.startswith("near-OOD first") and Path(summary["records"]).parent.name in ranking
