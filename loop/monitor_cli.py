@@ -38,7 +38,8 @@ def monitor_command(
     \b
     Four tests (embedding MMD, predicted-label mix, confidence drop, near-OOD share), Bonferroni
     at --alpha; per bias slice, the mention rate (reported). Writes
-    DIR/monitor/<time>/report.json and report.html. Exit 0: no drift; 3: drift; 1: error.
+    DIR/monitor/<time>/report.json, report.html and records.parquet (per traffic row: near_ood,
+    ood_distance). Exit 0: no drift; 3: drift; 1: error.
     Example:
       thresher monitor -p proj --since 2026-12-04T00:00Z --json || echo "drift (exit $?)"
     """
@@ -83,4 +84,5 @@ def _lines(result: MonitorResult) -> list[str]:
         lines.append("  bias slices with a shifted mention rate: " + ", ".join(shifted))
     lines.extend(f"  note: {n}" for n in result.notes)
     lines.append(f"  → {result.report}")
+    lines.append(f"  → {result.records}")
     return lines
