@@ -97,8 +97,8 @@ def plan_score(
     """Gather and fingerprint a run's inputs (reads the annotations and split, not the records)."""
     import pyarrow.parquet as pq
 
-    from curate.bias import load_lexicon
     from curate.score_annotations import read_annotations
+    from thresher.bias_terms import load_lexicon
 
     stage_in, path_in = project.latest_records(["dedup", "ingest"])
     lexicon = load_lexicon(opts.bias_lexicon, replace=opts.bias_lexicon_replace)

@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from loop.monitor_slices import mentions, slice_shifts
+from loop.monitor_slices import slice_shifts
 from loop.traffic_round import monitor_flags
 from tests.loop.conftest import planted_corpus
 from thresher.assets import write_demo_corpus
+from thresher.bias_terms import mentions
 from thresher.cli import main
 from thresher.project import Project
 from thresher.records import text_id
