@@ -78,7 +78,7 @@ score:
   # map come from a TF-IDF SVD).
   embeddings: true
   # Your identity-term lexicon (YAML: group -> [terms]), added to the built-in one
-  # (curate/data/identity_terms.yaml); bias_lexicon_replace: true uses only yours.
+  # (thresher/identity_terms.yaml); bias_lexicon_replace: true uses only yours.
   bias_lexicon: null
   bias_lexicon_replace: false
   # Significance level after Benjamini-Hochberg correction, and the smallest slice tested.
