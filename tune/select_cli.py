@@ -56,6 +56,19 @@ JSON_KEYS = (
 @click.option("--lr", type=float, default=None)
 @click.option("--max-length", type=int, default=None)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None)
+@click.option(
+    "--timing-records",
+    type=click.IntRange(1, 100_000),
+    default=64,
+    show_default=True,
+    help="Test texts timed per pass (cycled when the test split is smaller).",
+)
+@click.option(
+    "--isolate/--no-isolate",
+    default=True,
+    show_default=True,
+    help="Measure each candidate's serving in a fresh process (clean memory numbers).",
+)
 @force_option
 @json_option
 def select_command(
@@ -69,6 +82,8 @@ def select_command(
     lr: float | None,
     max_length: int | None,
     precision: str | None,
+    timing_records: int,
+    isolate: bool,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -103,6 +118,8 @@ def select_command(
         max_latency_ms=max_latency_ms,
         trials=trials,
         force=force,
+        isolate=isolate,
+        latency_records=timing_records,
         seed=recipe.seed,
     )
     with progress_bar(desc="tune select", unit="steps") as bar:

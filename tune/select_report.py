@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tune.select import Candidate, Selection
+# Candidate and Selection (tune/select.py) are duck-typed here: select.py imports this module
+Candidate = Selection = Any
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;

@@ -109,6 +109,8 @@ def train_trial(project: Project, opts: TuneOptions, trial, force: bool, progres
                 _report(trial, entry)
             return finished, True
         recipe.train()
+        for entry in recipe.state.evals[len(reported) :]:  # the last step's evaluation
+            _report(trial, entry)
         return recipe.save(), False
     except optuna.TrialPruned:
         shutil.rmtree(recipe.work, ignore_errors=True)
