@@ -26,10 +26,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, merged: bool = False) ->
     if not merged:
         shutil.copytree(adapter, tmp)
     else:
-        from tune.predict import load_run
+        from tune.predict import load_run, unload_run
 
         # A QLoRA run merges into the full-precision base: a plain model, no bitsandbytes needed.
-        run = load_run(run_dir, device="cpu", quantized=False)
+        # Merging rewrites the model load_run caches, so the cache is emptied around it.
+        unload_run(run_dir)
+        try:
+            run = load_run(run_dir, device="cpu", quantized=False)
+        finally:
+            unload_run(run_dir)
         model = run.model.merge_and_unload()
         model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)
