@@ -137,7 +137,8 @@ def list_rounds(project: Project) -> list[int]:
 
 
 @contextmanager
-def _locked(project: Project) -> Iterator[None]:
+def rounds_lock(project: Project) -> Iterator[None]:
+    """The lock every ``thresher round`` takes (``DIR/rounds/.lock``): one round at a time."""
     base = rounds_dir(project)
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "a+") as fh:
@@ -210,7 +211,7 @@ class RoundRunner:
 
     def run(self, round: int | None = None, *, new: bool = False) -> RoundResult:
         """Run round ``round`` (default: ``pick_round``) from its first unfinished step."""
-        with _locked(self.project):
+        with rounds_lock(self.project):
             k = self.pick_round(new=new) if round is None else int(round)
             existing = list_rounds(self.project)
             if k < 1 or (existing and k > existing[-1] + 1) or (not existing and k != 1):

@@ -27,19 +27,17 @@ after a successful one finds nothing new.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loop.errors import RoundStateError
-from loop.rounds import list_rounds, rounds_dir
+from loop.rounds import list_rounds, rounds_dir, rounds_lock
 from thresher.project import Project, atomic_output, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -272,24 +270,6 @@ def production_rounds_dir(project: Project) -> Path:
     return rounds_dir(project) / PRODUCTION_ROUNDS
 
 
-@contextmanager
-def _rounds_lock(project: Project) -> Iterator[None]:
-    """The lock every ``thresher round`` takes (``DIR/rounds/.lock``)."""
-    base = rounds_dir(project)
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise RoundStateError(
-                f"another `thresher round` is running on {project.root}; wait for it to finish"
-            ) from err
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -305,7 +285,7 @@ def run_traffic_round(
     """Run one production round (see the module doc). ``push_options``:
     ``review.push.PushOptions``; ``connect()`` → the Argilla connection; ``embed`` overrides
     the vectors sent with the records (tests)."""
-    with _rounds_lock(project):
+    with rounds_lock(project):
         base = production_rounds_dir(project)
         done = (
             sorted(int(p.name) for p in base.glob("*") if p.name.isdigit()) if base.exists() else []
