@@ -21,6 +21,8 @@ import warnings
 
 OWN_PACKAGES = frozenset({"thresher", "curate", "tune", "loop", "review", "root", "__main__"})
 
+QUIET_MARK = "THRESHER_QUIET"
+
 QUIET_ENV = {
     # transformers: the LOAD REPORT table and deprecation notes (its own handler, no propagation)
     "TRANSFORMERS_VERBOSITY": "error",
@@ -33,6 +35,11 @@ QUIET_ENV = {
     "RAY_LOGGER_LEVEL": "error",
     "RAY_DATA_LOG_LEVEL": "ERROR",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # plain tqdm bars of libraries (transformers' GGUF conversion); thresher's own bars pass
+    # ``disable`` explicitly, which wins over this default
+    "TQDM_DISABLE": "1",
+    # read by worker processes thresher spawns (``configure_worker_output``)
+    QUIET_MARK: "1",
 }
 
 QUIET_WARNINGS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning, UserWarning)
@@ -52,6 +59,13 @@ def configure_output(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:
         hide_library_noise()
+
+
+def configure_worker_output() -> None:
+    """For a process thresher spawns (``ProcessPoolExecutor(initializer=...)``): the parent's
+    quiet setting comes through the environment; warning filters and log handlers do not."""
+    if os.environ.get(QUIET_MARK) == "1":
+        configure_output(0)
 
 
 def hide_library_noise() -> None:

@@ -372,7 +372,10 @@ def _in_fresh_process(run_dir: str, texts: list[str], passes: int) -> dict[str, 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from thresher.quiet import configure_worker_output
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=configure_worker_output) as pool:
         return pool.submit(measure_serving, run_dir, texts, passes).result()
 
 

@@ -97,3 +97,42 @@ def test_tune_train_prints_only_its_own_lines_unless_verbose(tmp_path):
     assert verbose.returncode == 0, verbose.stderr
     assert "LOAD REPORT" in verbose.stderr
     assert "INFO tune.train" in verbose.stderr
+
+
+def _warn_and_log_in_worker() -> None:
+    import logging as worker_logging
+    import warnings as worker_warnings
+
+    worker_warnings.warn("deprecated", FutureWarning, stacklevel=1)
+    worker_logging.getLogger("kernels._internals.hf_hub").warning("offline: no trust check")
+    worker_logging.getLogger("tune.select").warning("own line")
+
+
+@pytest.mark.parametrize("quiet_parent", [True, False])
+def test_spawned_workers_follow_the_parents_quiet_setting(clean_env, monkeypatch, quiet_parent):
+    """tune select measures each candidate in a spawned process: the parent's quiet setting
+    reaches it through the environment (warning filters and log handlers do not)."""
+    from thresher.quiet import QUIET_MARK
+
+    if quiet_parent:
+        monkeypatch.setenv(QUIET_MARK, "1")
+    else:
+        monkeypatch.delenv(QUIET_MARK, raising=False)
+    script = (
+        "import concurrent.futures as f, multiprocessing as m, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from thresher.quiet import configure_worker_output\n"
+        "from tests.core.test_quiet import _warn_and_log_in_worker\n"
+        "if __name__ == '__main__':\n"
+        "    with f.ProcessPoolExecutor(1, mp_context=m.get_context('spawn'),"
+        " initializer=configure_worker_output) as pool:\n"
+        "        pool.submit(_warn_and_log_in_worker).result()\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", script, root], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "own line" in done.stderr
+    assert ("no trust check" in done.stderr) is not quiet_parent
+    assert ("FutureWarning" in done.stderr) is not quiet_parent
