@@ -18,6 +18,8 @@ from typing import Any
 from thresher.errors import ThresherError
 
 PRODUCTION = "production"
+# names that --run/--against resolve to something other than DIR/tune/<name>/
+RESERVED_RUN_NAMES = frozenset({PRODUCTION, "baseline"})
 REGISTRY_FILE = "registry.json"
 
 

@@ -66,6 +66,7 @@ from tune.modeling import (
 )
 from tune.options import TuneOptions
 from tune.pairs import answer_nll, build_pairs_dataset, pairs_error_table, pairs_metrics
+from tune.registry import RESERVED_RUN_NAMES
 from tune.runtime import amp_dtype, training_device
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,11 @@ class TuneRecipe:
         opts = self.opts
         if opts.run is not None:  # it names DIR/tune/<run>/, which a rerun replaces
             validate_name(opts.run, "--run")
+            if opts.run in RESERVED_RUN_NAMES:
+                raise ConfigError(
+                    f"--run {opts.run} is reserved (it names the {opts.run} model in tune eval, "
+                    "predict and serve); pick another run name"
+                )
         self.dist = init_distributed(opts.strategy)
         if self.dist.world > 1 and opts.run is None:  # every rank must agree on the run name
             opts = replace(opts, run=_rank0_run_name())

@@ -212,3 +212,14 @@ def test_cli_refuses_a_worse_run_in_one_line_and_eval_against_production(project
     forced = runner.invoke(main, ["tune", "promote", "-p", root, "--run", "bad", "--force"])
     assert forced.exit_code == 0 and "forced although significantly worse" in forced.output
     assert read_registry(tune_dir(project))["history"][-1]["forced"] is True
+
+
+@pytest.mark.parametrize("name", ["production", "baseline"])
+def test_train_refuses_a_reserved_run_name_in_one_line(project, name):
+    """``--run production`` would write DIR/tune/production/, which every --run/--against
+    production call would then shadow or be shadowed by."""
+    done = CliRunner().invoke(main, ["tune", "train", "-p", str(project.root), "--run", name])
+    assert done.exit_code == 1
+    message = done.output.strip()
+    assert "\n" not in message and f"--run {name} is reserved" in message
+    assert not (project.root / "tune" / name).exists()
