@@ -6,40 +6,26 @@ text and runs nothing. The page has no scripts and fetches nothing.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from thresher.html_report import esc, page, png, pyplot, section, table
+
 log = logging.getLogger(__name__)
 
 TEXT_CUT = 280
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
-  color:#1f2328;background:#f6f8fa}
-header{background:#24292f;color:#fff;padding:18px 32px}
-header h1{margin:0;font-size:22px} header p{margin:4px 0 0;color:#c9d1d9;font-size:13px}
-main{max-width:1180px;margin:0 auto;padding:16px 32px 48px}
-section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 20px;
-  margin:16px 0}
-h2{font-size:18px;margin:0 0 10px} h3{font-size:15px;margin:14px 0 6px}
+EXTRA_CSS = """
 .cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;min-width:120px}
 .card b{display:block;font-size:22px} .card span{font-size:12px;color:#57606a}
-table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
-th,td{border-bottom:1px solid #eaeef2;padding:5px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.text{max-width:560px;white-space:pre-wrap;word-break:break-word}
-.sig{color:#cf222e;font-weight:600} .muted{color:#57606a;font-size:12px}
-img{max-width:100%;height:auto} .row{display:flex;flex-wrap:wrap;gap:16px}
-.row>div{flex:1 1 420px}
+.sig{color:#cf222e;font-weight:600}
 """
 
 
@@ -57,10 +43,6 @@ class ReportData:
     scoring: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _cut(text: str, limit: int = TEXT_CUT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -70,42 +52,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return _esc(value)
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()):
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            cls = classes[i] if i < len(classes) and classes[i] else ""
-            cells.append(f'<td class="{cls}">{cell}</td>' if cls else f"<td>{cell}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{_esc(title)}</h2>{body}</section>'
+    return esc(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,20 +75,20 @@ def _summary(data: ReportData) -> str:
         ("with identity terms", int(df["bias_groups"].map(lambda g: len(g) > 0).sum())),
     ]
     html_cards = "".join(
-        f'<div class="card"><b>{_fmt(v)}</b><span>{_esc(k)}</span></div>' for k, v in cards
+        f'<div class="card"><b>{_fmt(v)}</b><span>{esc(k)}</span></div>' for k, v in cards
     )
     scoring = ""
     if data.scoring:
         scoring = (
             '<p class="muted">'
-            + _esc(", ".join(f"{k}: {v}" for k, v in data.scoring.items()))
+            + esc(", ".join(f"{k}: {v}" for k, v in data.scoring.items()))
             + "</p>"
         )
-    return _section("summary", "Counts", f'<div class="cards">{html_cards}</div>{scoring}')
+    return section("Counts", f'<div class="cards">{html_cards}</div>{scoring}', sid="summary")
 
 
 def _labels(data: ReportData) -> str:
-    plt = _plt()
+    plt = pyplot()
     df = data.records
     counts = df["label"].fillna("(unlabeled)").value_counts()
     issues = df[df["label_issue"].fillna(False).astype(bool)]["label"].value_counts()
@@ -157,19 +104,18 @@ def _labels(data: ReportData) -> str:
     ax.set_xlabel("records")
     ax.legend(loc="lower right")
     rows = [
-        [_esc(k), _fmt(int(v)), _fmt(v / len(df)), _fmt(int(issues.get(k, 0)))]
+        [esc(k), _fmt(int(v)), _fmt(v / len(df)), _fmt(int(issues.get(k, 0)))]
         for k, v in counts.items()
     ]
-    table = _table(["label", "records", "share", "label issues"], rows, ["", "num", "num", "num"])
-    return _section(
-        "labels",
-        "Label distribution",
-        f'<div class="row"><div>{_png(fig)}</div><div>{table}</div></div>',
+    counts_table = table(
+        ["label", "records", "share", "label issues"], rows, ["", "num", "num", "num"]
     )
+    body = f'<div class="row"><div>{png(fig)}</div><div>{counts_table}</div></div>'
+    return section("Label distribution", body, sid="labels")
 
 
 def _quality_hist(data: ReportData) -> str:
-    plt = _plt()
+    plt = pyplot()
     df = data.records
     q = df["label_quality"].to_numpy(dtype=float)
     issue = df["label_issue"].fillna(False).astype(bool).to_numpy()
@@ -182,7 +128,7 @@ def _quality_hist(data: ReportData) -> str:
     ax.set_ylabel("records")
     ax.legend()
     note = '<p class="muted">Out-of-sample cleanlab normalized-margin scores.</p>'
-    return _section("label-quality", "Label quality", _png(fig) + note)
+    return section("Label quality", png(fig) + note, sid="label-quality")
 
 
 def _top_issues(data: ReportData) -> str:
@@ -190,10 +136,10 @@ def _top_issues(data: ReportData) -> str:
     flagged = df[df["label_issue"].fillna(False).astype(bool)].sort_values("label_quality")
     rows = [
         [
-            _esc(r.id),
-            _esc(_cut(str(r.text))),
-            _esc(r.label),
-            _esc(r.predicted_label),
+            esc(r.id),
+            esc(_cut(str(r.text))),
+            esc(r.label),
+            esc(r.predicted_label),
             _fmt(float(r.predicted_prob)),
             _fmt(float(r.label_quality)),
         ]
@@ -203,21 +149,21 @@ def _top_issues(data: ReportData) -> str:
         f"<p>{len(flagged)} records flagged; the {min(len(flagged), data.top_issues)} with the "
         "lowest label quality:</p>"
     )
-    body += _table(
+    body += table(
         ["id", "text", "label", "suggested", "p(suggested)", "label_quality"],
         rows,
         ["", "text", "", "", "num", "num"],
     )
-    return _section("issues", "Top suspected label errors", body)
+    return section("Top suspected label errors", body, sid="issues")
 
 
 def _duplicates(data: ReportData) -> str:
     df = data.records
     if "dup_cluster" not in df.columns or "label_conflict" not in df.columns:
-        return _section(
-            "duplicates",
+        return section(
             "Duplicate clusters with conflicting labels",
             '<p class="muted">No dedup output: run <code>thresher curate dedup</code>.</p>',
+            sid="duplicates",
         )
     conflicted = df[df["label_conflict"].fillna(False).astype(bool) & df["dup_cluster"].notna()]
     rows = []
@@ -225,10 +171,10 @@ def _duplicates(data: ReportData) -> str:
         labels = ", ".join(f"{k}×{v}" for k, v in members["label"].value_counts().items())
         rows.append(
             [
-                _esc(int(cluster)),
+                esc(int(cluster)),
                 _fmt(len(members)),
-                _esc(labels),
-                _esc(_cut(str(members["text"].iloc[0]), 200)),
+                esc(labels),
+                esc(_cut(str(members["text"].iloc[0]), 200)),
             ]
         )
     n_clusters = int(df["dup_cluster"].dropna().nunique())
@@ -236,12 +182,12 @@ def _duplicates(data: ReportData) -> str:
         f"<p>{n_clusters} duplicate clusters; {conflicted['dup_cluster'].nunique()} with "
         "members that disagree on the label.</p>"
     )
-    body += _table(["cluster", "members", "labels", "text"], rows, ["num", "num", "", "text"])
-    return _section("duplicates", "Duplicate clusters with conflicting labels", body)
+    body += table(["cluster", "members", "labels", "text"], rows, ["num", "num", "", "text"])
+    return section("Duplicate clusters with conflicting labels", body, sid="duplicates")
 
 
 def _bias(data: ReportData) -> str:
-    plt = _plt()
+    plt = pyplot()
     bias = data.bias
     groups = list(bias.get("groups", []))
     body = ""
@@ -254,11 +200,11 @@ def _bias(data: ReportData) -> str:
         ax.axvline(1.0, color="#24292f", lw=1)
         ax.invert_yaxis()
         ax.set_xlabel("lift = P(label | group) / P(label)  (red: significant after BH)")
-        body += _png(fig)
+        body += png(fig)
     rows = [
         [
-            _esc(g["name"]),
-            _esc(g["label"]),
+            esc(g["name"]),
+            esc(g["label"]),
             _fmt(g["count"]),
             _fmt(g["slice_size"]),
             _fmt(g["rate_in_slice"]),
@@ -269,7 +215,7 @@ def _bias(data: ReportData) -> str:
         ]
         for g in groups[:25]
     ]
-    body += "<h3>Group ↔ label associations</h3>" + _table(
+    body += "<h3>Group ↔ label associations</h3>" + table(
         [
             "group",
             "label",
@@ -287,16 +233,16 @@ def _bias(data: ReportData) -> str:
     slices = list(bias.get("slices", []))
     srows = [
         [
-            _esc(s["slice"]),
+            esc(s["slice"]),
             _fmt(s["size"]),
             _fmt(s["share"]),
-            _esc(", ".join(f"{k} {_fmt(v, 2)}" for k, v in (s.get("label_rates") or {}).items())),
+            esc(", ".join(f"{k} {_fmt(v, 2)}" for k, v in (s.get("label_rates") or {}).items())),
             _fmt(s.get("noise_rate")),
             _fmt(s.get("mean_label_quality")),
         ]
         for s in slices[:40]
     ]
-    body += "<h3>Slices: size, label rates, label-noise rate</h3>" + _table(
+    body += "<h3>Slices: size, label rates, label-noise rate</h3>" + table(
         ["slice", "size", "share", "label rates", "noise rate", "mean label quality"],
         srows,
         ["", "num", "num", "", "num", "num"],
@@ -306,17 +252,19 @@ def _bias(data: ReportData) -> str:
         by_label: dict[str, list[str]] = {}
         for t in terms:
             by_label.setdefault(t["label"], []).append(f"{t['term']} ({t['z']:.1f})")
-        trows = [[_esc(k), _esc(", ".join(v))] for k, v in by_label.items()]
-        body += "<h3>Terms that predict each label (log-odds, Dirichlet prior; z)</h3>" + _table(
+        trows = [[esc(k), esc(", ".join(v))] for k, v in by_label.items()]
+        body += "<h3>Terms that predict each label (log-odds, Dirichlet prior; z)</h3>" + table(
             ["label", "terms"], trows, ["", "text"]
         )
-    return _section("bias", "Bias: identity groups and labels", body)
+    return section("Bias: identity groups and labels", body, sid="bias")
 
 
 def _embedding_map(data: ReportData) -> str:
     if data.coords is None or len(data.coords) == 0:
-        return _section("map", "Embedding map", '<p class="muted">No embeddings (fast mode).</p>')
-    plt = _plt()
+        return section(
+            "Embedding map", '<p class="muted">No embeddings (fast mode).</p>', sid="map"
+        )
+    plt = pyplot()
     df = data.records
     xy = np.asarray(data.coords)
     labels = df["label"].fillna("(unlabeled)").astype(str).to_numpy()
@@ -332,7 +280,7 @@ def _embedding_map(data: ReportData) -> str:
     ax.set_xticks([])
     ax.set_yticks([])
     note = '<p class="muted">2-D projection of the sentence embeddings; × marks label issues.</p>'
-    return _section("map", "Embedding map", _png(fig) + note)
+    return section("Embedding map", png(fig) + note, sid="map")
 
 
 def render_report(data: ReportData) -> str:
@@ -347,15 +295,8 @@ def render_report(data: ReportData) -> str:
         _embedding_map(data),
     ]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "img-src data:; style-src 'unsafe-inline'\">"
-        f"<title>{_esc(data.title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{_esc(data.title)}</h1><p>{_esc(data.project)} · {when}</p></header>"
-        f"<main>{''.join(sections)}</main></body></html>\n"
-    )
+    subtitle = f"{data.project} · {when}"
+    return page(data.title, data.title, subtitle, "".join(sections), EXTRA_CSS)
 
 
 def stage_counts(project) -> dict[str, dict[str, Any]]:
