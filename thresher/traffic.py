@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -159,7 +160,9 @@ def write_traffic_file(folder: Path, rows: Sequence[dict[str, Any]], *, seq: int
     day = folder / f"date={first:%Y-%m-%d}"
     day.mkdir(parents=True, exist_ok=True)
     os.chmod(day, 0o700)
-    name = f"part-{first:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}.parquet"
+    # pid and seq alone can repeat across machines (replicas in containers share pids) and
+    # across logs of one process: a random tag keeps every writer's files apart
+    name = f"part-{first:%Y%m%dT%H%M%S%f}-{os.getpid()}-{seq:06d}-{secrets.token_hex(4)}.parquet"
     table = pa.Table.from_pylist(list(rows), schema=traffic_schema())
     with atomic_output(day / name) as tmp:
         pq.write_table(table, tmp)
