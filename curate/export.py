@@ -9,7 +9,10 @@ ingest is the validated data as is). Per batch, in this order (each drop counted
    decisions are applied as in pull's ``curated.parquet`` (``thresher.decisions``): records every
    reviewer discarded are dropped, ``label`` becomes the consensus where reviewers reached one,
    and two columns are added, ``original_label`` (the input label) and ``label_source``
-   (``reviewed`` | ``original``). Without a review the columns are not added;
+   (``reviewed`` | ``original``). Without a review the columns are not added. Production
+   records (served texts sent to review by ``round --from-traffic``) that reviewers labelled are
+   appended after the stage's records (``production`` counts them), with the stage's other
+   columns null;
 3. rows with ``label_issue == true`` are dropped only with ``drop_label_issues``, and never a
    reviewed row (a reviewer settled its label).
 
@@ -31,6 +34,7 @@ from typing import Any
 
 from thresher.decisions import ReviewDecisions, apply_to_batch, load_decisions, output_schema
 from thresher.errors import InputError
+from thresher.production import reviewed_production_records
 from thresher.project import MANIFEST, Project, atomic_output
 from thresher.records import representative_mask
 
@@ -38,7 +42,18 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "jsonl", "hf")
 # what thresher itself writes under DIR: an export never replaces any of it, nor DIR itself
-PROJECT_OWNED = ("ingest", "dedup", "score", "review", "tune", "rounds", "simulate", ".cache")
+PROJECT_OWNED = (
+    "ingest",
+    "dedup",
+    "score",
+    "review",
+    "tune",
+    "rounds",
+    "simulate",
+    "serve",
+    "monitor",
+    ".cache",
+)
 STAGES = ("score", "dedup", "ingest")
 COUNTS = (
     "rows_in",
@@ -48,6 +63,7 @@ COUNTS = (
     "dropped_label_issues",
     "reviewed",
     "relabelled",
+    "production",
 )
 
 
@@ -66,7 +82,8 @@ class ExportOptions:
 class ExportResult:
     """What an export wrote. ``rows_in`` = ``exported`` + the three ``dropped_*`` counts.
     ``reviewed``: exported rows whose label is the reviewers' consensus; ``relabelled``: of
-    those, the ones whose consensus differs from the input label (0 without a review)."""
+    those, the ones whose consensus differs from the input label (0 without a review).
+    ``production``: reviewed production records appended (in ``rows_in`` and ``exported``)."""
 
     stage: str
     rows_in: int
@@ -76,6 +93,7 @@ class ExportResult:
     dropped_discarded: int
     reviewed: int
     relabelled: int
+    production: int
     format: str
     path: str
 
@@ -83,8 +101,11 @@ class ExportResult:
         return asdict(self)
 
 
-def _filtered_batches(path: Path, opts: ExportOptions, review: ReviewDecisions, counts):
-    """The exported batches of the stage file at ``path``, counting every drop in ``counts``."""
+def _filtered_batches(
+    path: Path, opts: ExportOptions, review: ReviewDecisions, counts, production=None
+):
+    """The exported batches of the stage file at ``path``, then the reviewed ``production``
+    records (an Arrow table in the stage's schema, or None), counting every drop in ``counts``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -105,6 +126,12 @@ def _filtered_batches(path: Path, opts: ExportOptions, review: ReviewDecisions, 
             batch = _drop(batch, _unsettled_issue(batch, settled), counts, "dropped_label_issues")
         counts["exported"] += batch.num_rows
         yield batch
+    if production is not None:
+        for batch in apply_to_batch(production, review).batch.to_batches():
+            counts["rows_in"] += batch.num_rows
+            counts["production"] += batch.num_rows
+            counts["exported"] += batch.num_rows
+            yield batch
 
 
 def _unsettled_issue(batch, settled):
@@ -138,6 +165,7 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
     if opts.drop_label_issues and stage != "score":
         log.warning("--drop-label-issues: no score stage in %s, nothing is flagged", project.root)
     review = load_decisions(project)
+    production = reviewed_production_records(project, path, review)
     counts = dict.fromkeys(COUNTS, 0)
     schema = pq.ParquetFile(path).schema_arrow
     if review.present:
@@ -147,18 +175,18 @@ def export(project: Project, out: str | Path, opts: ExportOptions) -> ExportResu
         if out.exists() and any(out.iterdir() if out.is_dir() else [out]) and not opts.force:
             raise InputError(f"{out} already exists; pass --force to replace it")
         table = pa.Table.from_batches(
-            list(_filtered_batches(path, opts, review, counts)), schema=schema
+            list(_filtered_batches(path, opts, review, counts, production)), schema=schema
         )
         _save_hf(table, out)
     else:
         with atomic_output(out) as tmp:
             if opts.format == "parquet":
                 with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-                    for batch in _filtered_batches(path, opts, review, counts):
+                    for batch in _filtered_batches(path, opts, review, counts, production):
                         writer.write_batch(batch)
             else:
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    for batch in _filtered_batches(path, opts, review, counts):
+                    for batch in _filtered_batches(path, opts, review, counts, production):
                         for row in batch.to_pylist():
                             fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     log.info(

@@ -47,6 +47,7 @@ from thresher.decisions import (
     output_schema,
 )
 from thresher.errors import StageMissingError, ThresherError
+from thresher.production import reviewed_production_records
 from thresher.project import Project, atomic_output, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -320,10 +321,13 @@ def stage_rows_of(path: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_curated(stage_path: Path, rows: list[dict[str, Any]], out: Path) -> None:
+def write_curated(
+    stage_path: Path, rows: list[dict[str, Any]], out: Path, project: Project | None = None
+) -> None:
     """The stage's records with the review merged in (``thresher.decisions``: consensus labels,
     discarded records dropped, decisions carried to the representatives of the stage's duplicate
-    clusters), streamed batch by batch into ``out``."""
+    clusters), streamed batch by batch into ``out``; then, with ``project``, its production
+    records that reviewers labelled (``thresher.production.reviewed_production_records``)."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(stage_path)
@@ -334,6 +338,11 @@ def write_curated(stage_path: Path, rows: list[dict[str, Any]], out: Path) -> No
     with atomic_output(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in parquet.iter_batches():
             writer.write_batch(apply_to_batch(batch, decisions).batch)
+        production = (
+            reviewed_production_records(project, stage_path, decisions) if project else None
+        )
+        if production is not None:
+            writer.write_table(apply_to_batch(production, decisions).batch)
 
 
 def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult:
@@ -380,7 +389,7 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     )
     _write_parquet(pa.Table.from_pylist(rows, schema=schema), out)
     if stage_path is not None:
-        write_curated(stage_path, rows, review_dir / CURATED)
+        write_curated(stage_path, rows, review_dir / CURATED, project)
     result = PullResult(
         dataset=name,
         records=len(records),

@@ -11,12 +11,17 @@ They join the project's records wherever records are loaded for training or for 
 (``with_production_records``): a reviewed one takes its label from the review decisions
 (``thresher.decisions``) and is trained on; an unreviewed one stays unlabelled, in the pool.
 The project split (``thresher.split.ensure_split``) puts a record first labelled after the
-split was made into train, so the test split stays fixed.
+split was made into train, so the test split stays fixed. The curated set (``review pull``'s
+``curated.parquet``, ``curate export``) takes the reviewed ones only
+(``reviewed_production_records``): an unreviewed served text has no label to curate.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import numpy as np
 
 from thresher.project import Project, atomic_output
 
@@ -93,3 +98,40 @@ def with_production_records(project: Project, frame):
     else:
         prod = prod.drop(columns=["label"])
     return pd.concat([frame, prod], ignore_index=True)
+
+
+def reviewed_production_records(project: Project, stage_path: Path, decisions):
+    """The production records reviewers labelled (a consensus in ``decisions``, a
+    ``thresher.decisions.ReviewDecisions``) that the stage file at ``stage_path`` does not hold,
+    by id or by text, as an Arrow table in that file's schema (its other columns null; labels
+    still the input's: apply the decisions as to any batch). None when there are none. The stage
+    is read batch by batch, two columns at a time: memory follows the production records."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    prod = production_records(project)
+    if prod.empty or not decisions.labels:
+        return None
+    prod = prod[prod["id"].astype(str).isin(decisions.labels.keys())]
+    if prod.empty:
+        return None
+    ids = pa.array(prod["id"].astype(str).tolist(), pa.string())
+    texts = pa.array(prod["text"].astype(str).tolist(), pa.string())
+    held = np.zeros(len(prod), dtype=bool)
+    parquet = pq.ParquetFile(stage_path)
+    for batch in parquet.iter_batches(columns=["id", "text"]):
+        stage_ids = pc.cast(batch.column("id"), pa.string())
+        held |= pc.fill_null(pc.is_in(ids, value_set=stage_ids), False).to_numpy(False)
+        held |= pc.fill_null(pc.is_in(texts, value_set=batch.column("text")), False).to_numpy(False)
+    prod = prod[~held]
+    if prod.empty:
+        return None
+    schema = parquet.schema_arrow
+    columns = []
+    for f in schema:
+        if f.name in prod.columns:
+            columns.append(pa.array(prod[f.name].tolist()).cast(f.type))
+        else:
+            columns.append(pa.nulls(len(prod), f.type))
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -156,6 +156,7 @@ def test_export_applies_the_review(reviewed, tmp_path):
         "dropped_label_issues": 0,
         "reviewed": 3,
         "relabelled": 2,
+        "production": 0,
     }
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column_names[-2:] == ["original_label", "label_source"]
