@@ -1,4 +1,4 @@
-"""Production records in the curated set: the reviewed ones join export and pull's curated.parquet."""
+"""Production records in the curated set: reviewed ones join export and curated.parquet."""
 
 from __future__ import annotations
 
