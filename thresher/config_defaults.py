@@ -119,6 +119,16 @@ loop:
   # `thresher round`: which labels train the model. reviewed: only labels people gave in Argilla
   # (the input labels become the unlabelled pool); all: input labels, reviewed ones winning.
   labels: reviewed
+  # Stopping rules, checked and printed every round (and replayed by `thresher simulate`):
+  # stabilizing predictions = Cohen's kappa between successive rounds' predictions on a fixed
+  # stop set of stop_set records, at least stop_kappa for stop_window rounds in a row;
+  # confidence = mean top-1 probability on the stop set at least stop_confidence;
+  # budget = labels used (null: no budget).
+  stop_kappa: 0.99
+  stop_window: 3
+  stop_confidence: 0.9
+  stop_set: 1000
+  budget: null
 
 # `thresher simulate`: the loop with an oracle annotator (the data's gold labels).
 simulate:
