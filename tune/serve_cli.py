@@ -52,10 +52,21 @@ from thresher.cli_common import project_option
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "ray"]),
     default="local",
     show_default=True,
-    help="local: one process, uvicorn.",
+    help="local: one process, uvicorn. ray: --replicas copies on Ray Serve (thresher[ray]).",
+)
+@click.option(
+    "--replicas", default=1, show_default=True, type=int, help="Model copies (--engine ray)."
+)
+@click.option(
+    "--replica-cpus", default=1.0, show_default=True, type=float, help="CPUs per replica (ray)."
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to serve on (--engine ray) [env RAY_ADDRESS, else a local Ray].",
 )
 def serve_command(
     project_dir,
@@ -71,6 +82,9 @@ def serve_command(
     device,
     precision,
     engine,
+    replicas,
+    replica_cpus,
+    address,
 ):
     """Serve a tuned run over HTTP until Ctrl-C or SIGTERM (which finish the requests in flight).
 
@@ -82,6 +96,7 @@ def serve_command(
       thresher serve -p proj --run run-1 --port 8000
       curl -s localhost:8000/v1/predict -H 'content-type: application/json' \\
            -d '{"texts": ["a great film"]}'
+      thresher serve -p proj --run run-1 --engine ray --replicas 4   # on Ray Serve
     """
     from thresher.project import Project
     from tune import serve
@@ -103,4 +118,12 @@ def serve_command(
     def ready(name: str, url: str, endpoint: str) -> None:
         click.echo(f"serving {name} on {url} (POST {endpoint})")
 
-    serve.run(Project.at(project_dir), options, on_ready=ready)
+    if engine != "ray" and (replicas != 1 or replica_cpus != 1.0 or address):
+        raise click.UsageError("--replicas, --replica-cpus and --address need --engine ray")
+    if engine == "ray":
+        from tune import serve_ray
+
+        scale = serve_ray.RayOptions(replicas=replicas, address=address, replica_cpus=replica_cpus)
+        serve_ray.run(Project.at(project_dir), options, scale, on_ready=ready)
+    else:
+        serve.run(Project.at(project_dir), options, on_ready=ready)
