@@ -71,6 +71,7 @@ def simulate_command(
 
 
 def _simulate_options(config: Config) -> SimulateOptions:
+    from loop.round_wiring import stopping_options
     from loop.simulate import SimulateOptions
 
     section = config.section("simulate")
@@ -87,6 +88,7 @@ def _simulate_options(config: Config) -> SimulateOptions:
         embedding_model=config.get("models.embedding"),
         target=section["target"],
         diversity_factor=config.get("loop.diversity_factor"),
+        stopping=stopping_options(config),
     )
 
 
@@ -105,5 +107,17 @@ def _simulate_lines(result: SimulationResult, opts: SimulateOptions) -> list[str
             f"  {name:<20} AULC {result.aulc[name]:.4f} ± {result.aulc_std[name]:.4f}"
             f"   {opts.target:.0%} of full F1: {reach}"
         )
+    stopping = result.stopping.get(opts.strategies[0]) if result.stopping else None
+    if stopping:
+        lines.append(
+            f"stopping rules on {opts.strategies[0]} (mean over {opts.seeds} seeds; "
+            "F1 given up vs labelling the whole pool):"
+        )
+        for rule, row in stopping.items():
+            lines.append(
+                f"  {rule:<24} stops in round {row['round']:.1f} at {row['labels']:.0f} labels "
+                f"({row['stopped']}/{row['seeds']} seeds met it), saves "
+                f"{row['labels_saved']:.0f} labels, gives up {row['macro_f1_given_up']:+.4f} F1"
+            )
     lines.append(f"curves and plot in {result.path}")
     return lines

@@ -71,6 +71,21 @@ def learner_factory(config: Any, project: Project, name: str):
     return fast
 
 
+def stopping_options(config: Any):
+    """``loop.stopping.StoppingOptions`` from the ``loop`` section's ``stop_*`` and ``budget``."""
+    from loop.stopping import StoppingOptions
+
+    loop = config.section("loop")
+    budget = loop.get("budget")
+    return StoppingOptions(
+        kappa=float(loop.get("stop_kappa", 0.99)),
+        window=int(loop.get("stop_window", 3)),
+        confidence=float(loop.get("stop_confidence", 0.9)),
+        budget=None if budget is None else int(budget),
+        stop_set=int(loop.get("stop_set", 1000)),
+    )
+
+
 def push_options(config: Any):
     """``review.push.PushOptions`` from the ``review`` section (as ``thresher review push``)."""
     from review.push import push_options_from_config

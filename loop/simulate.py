@@ -27,6 +27,7 @@ import numpy as np
 
 from loop.errors import SimulationError
 from loop.learners import Learner, make_learner
+from loop.stopping import RULES, StoppingOptions, cohen_kappa, stop_points
 from loop.strategies import Diverse, get_strategy
 from thresher.metrics import probs_macro_f1
 from thresher.records import representative_mask
@@ -53,6 +54,7 @@ class SimulateOptions:
     embedding_model: str = "default"
     target: float = 0.95
     diversity_factor: int = 10
+    stopping: StoppingOptions = field(default_factory=StoppingOptions)
 
     def validate(self, n_rows: int) -> None:
         if self.rounds < 1 or self.size < 1 or self.seeds < 1:
@@ -74,7 +76,9 @@ class SimulateOptions:
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One point of a learning curve (macro-F1 and accuracy: high = better)."""
+    """One point of a learning curve (macro-F1 and accuracy: high = better). ``kappa``: Cohen's
+    kappa of this round's predictions on the stop set against the previous round's (None in
+    round 0); ``stop_confidence``: the mean top-1 probability there (``loop.stopping``)."""
 
     strategy: str
     seed: int
@@ -82,6 +86,8 @@ class CurvePoint:
     n_labels: int
     macro_f1: float
     accuracy: float
+    kappa: float | None = None
+    stop_confidence: float | None = None
 
 
 @dataclass
@@ -98,6 +104,7 @@ class SimulationResult:
     pool_size: int
     test_size: int
     options: SimulateOptions
+    stopping: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     path: str | None = None
     noop: bool = False
@@ -128,6 +135,7 @@ class SimulationResult:
             "full_macro_f1": self.full_macro_f1,
             "labels_to_target": self.labels_to_target,
             "target": self.options.target,
+            "stopping": self.stopping,
             "best_vs_random": self.best_vs_random(),
             "classes": list(self.classes),
             "pool_size": self.pool_size,
@@ -180,6 +188,7 @@ def _run_seed(
     opts: SimulateOptions,
     seed: int,
     classes: tuple[str, ...],
+    stop_texts: list[str],
 ) -> list[CurvePoint]:
     strategy = get_strategy(strategy_name, factor=opts.diversity_factor)
     needs_embeddings = isinstance(strategy, Diverse)
@@ -187,11 +196,17 @@ def _run_seed(
     in_labeled = np.zeros(len(texts), dtype=bool)
     in_labeled[seed_set] = True
     points = []
+    previous = None
     for r in range(opts.rounds + 1):
         lab = np.asarray(labeled)
         learner.fit(texts[lab].tolist(), [classes[i] for i in oracle[lab]])
         f1, acc = probs_macro_f1(y_test, learner.predict_proba(test_texts))
-        points.append(CurvePoint(strategy_name, seed, r, len(lab), f1, acc))
+        stop_probs = learner.predict_proba(stop_texts)
+        answers = stop_probs.argmax(axis=1)
+        kappa = None if previous is None else round(cohen_kappa(previous, answers), 6)
+        previous = answers
+        confidence = round(float(stop_probs.max(axis=1).mean()), 6)
+        points.append(CurvePoint(strategy_name, seed, r, len(lab), f1, acc, kappa, confidence))
         if r == opts.rounds:
             break
         unl = pool[~in_labeled[pool]]
@@ -256,6 +271,9 @@ def simulate(
         rng = np.random.default_rng([opts.seed, s])
         seed_set = np.sort(rng.choice(pool, size=opts.seed_size or opts.size, replace=False))
         oracle = oracle_labels(y, len(classes), opts.noise, seed=opts.seed * 7919 + s)
+        # the stop set: pool records drawn once per seed, the same for every strategy
+        stop = rng.choice(pool, size=min(opts.stopping.stop_set, len(pool)), replace=False)
+        stop_texts = text_arr[np.sort(stop)].tolist()
         for name in opts.strategies:
             curves += _run_seed(
                 name,
@@ -269,6 +287,7 @@ def simulate(
                 opts,
                 seed,
                 classes,
+                stop_texts,
             )
             if progress is not None:
                 progress(1)
@@ -287,6 +306,7 @@ def summarize(
     """AULC mean/std over seeds, and labels needed to reach ``target`` × full-data macro-F1."""
     per_seed: dict[str, list[float]] = {}
     to_target: dict[str, int | None] = {}
+    stopping: dict[str, dict[str, Any]] = {}
     for name in opts.strategies:
         runs: dict[int, list[CurvePoint]] = {}
         for p in curves:
@@ -300,6 +320,7 @@ def summarize(
         xs = [p.n_labels for p in next(iter(runs.values()))]
         hit = np.flatnonzero(mean_curve >= opts.target * full_f1)
         to_target[name] = int(xs[hit[0]]) if hit.size else None
+        stopping[name] = stopping_summary(list(runs.values()), full_f1, pool_size, opts.stopping)
     ddof = 1 if opts.seeds > 1 else 0
     return SimulationResult(
         curves=curves,
@@ -309,6 +330,7 @@ def summarize(
         full_macro_f1=round(full_f1, 6),
         labels_to_target=to_target,
         classes=classes,
+        stopping=stopping,
         pool_size=pool_size,
         test_size=test_size,
         options=opts,
@@ -316,14 +338,69 @@ def summarize(
     )
 
 
+def stopping_summary(
+    runs: Sequence[Sequence[CurvePoint]], full_f1: float, pool_size: int, opts: StoppingOptions
+) -> dict[str, Any]:
+    """Where each stopping rule (and the recommendation) stops, over the seeds' curves: the
+    mean round and labels at the stop, the labels saved against labelling the whole pool, and
+    the macro-F1 given up against the full-data model (high = costly); ``stopped`` counts the
+    seeds whose curve met the rule. A seed that never meets it counts at its last round."""
+    out: dict[str, Any] = {}
+    points = [
+        stop_points(
+            [p.kappa for p in pts],
+            [p.stop_confidence for p in pts],
+            [p.n_labels for p in pts],
+            opts,
+        )
+        for pts in runs
+    ]
+    for rule in (*RULES, "recommended"):
+        at = [pp[rule] for pp in points]
+        where = [len(pts) - 1 if a is None else a for a, pts in zip(at, runs, strict=True)]
+        labels = [runs[i][w].n_labels for i, w in enumerate(where)]
+        f1 = [runs[i][w].macro_f1 for i, w in enumerate(where)]
+        out[rule] = {
+            "stopped": sum(a is not None for a in at),
+            "seeds": len(at),
+            "round": round(float(np.mean(where)), 3),
+            "labels": round(float(np.mean(labels)), 1),
+            "labels_saved": round(float(pool_size - np.mean(labels)), 1),
+            "macro_f1": round(float(np.mean(f1)), 6),
+            "macro_f1_given_up": round(float(full_f1 - np.mean(f1)), 6),
+        }
+    return out
+
+
 def curves_csv(curves: Sequence[CurvePoint]) -> str:
-    """The curves as CSV text: strategy, seed, round, n_labels, macro_f1, accuracy."""
+    """The curves as CSV text: strategy, seed, round, n_labels, macro_f1, accuracy, kappa,
+    stop_confidence (the last two empty where not measured)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["strategy", "seed", "round", "n_labels", "macro_f1", "accuracy"])
+    writer.writerow(
+        [
+            "strategy",
+            "seed",
+            "round",
+            "n_labels",
+            "macro_f1",
+            "accuracy",
+            "kappa",
+            "stop_confidence",
+        ]
+    )
     for p in curves:
         writer.writerow(
-            [p.strategy, p.seed, p.round, p.n_labels, f"{p.macro_f1:.6f}", f"{p.accuracy:.6f}"]
+            [
+                p.strategy,
+                p.seed,
+                p.round,
+                p.n_labels,
+                f"{p.macro_f1:.6f}",
+                f"{p.accuracy:.6f}",
+                "" if p.kappa is None else f"{p.kappa:.6f}",
+                "" if p.stop_confidence is None else f"{p.stop_confidence:.6f}",
+            ]
         )
     return buf.getvalue()
 
@@ -436,6 +513,7 @@ def _result_from_summary(data: dict[str, Any], opts: SimulateOptions) -> Simulat
         full_macro_f1=data["full_macro_f1"],
         labels_to_target=data["labels_to_target"],
         classes=tuple(data["classes"]),
+        stopping=data.get("stopping", {}),
         pool_size=data["pool_size"],
         test_size=data["test_size"],
         options=opts,

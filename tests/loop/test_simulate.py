@@ -62,11 +62,18 @@ def test_two_round_simulation_end_to_end(planted):
     for p in result.curves:
         assert p.n_labels == 9 + 12 * p.round
         assert 0.0 <= p.macro_f1 <= 1.0
+        assert (p.kappa is None) == (p.round == 0)  # kappa needs the round before
+        assert p.kappa is None or -1.0 <= p.kappa <= 1.0
+        assert 1 / 3 <= p.stop_confidence <= 1.0
     assert set(result.aulc) == {"margin", "entropy+kmeans", "random"}
     assert all(len(v) == 2 for v in result.aulc_per_seed.values())
     assert result.full_macro_f1 > 0.8  # the planted signal is learnable
     summary = result.to_dict()
     assert summary["best_vs_random"]["seeds"] == 2
+    stop = summary["stopping"]["margin"]
+    assert set(stop) == {"stabilizing_predictions", "confidence", "budget", "recommended"}
+    assert stop["budget"]["stopped"] == 0  # no budget set
+    assert stop["budget"]["labels"] == 9 + 12 * 2 and stop["budget"]["labels_saved"] == 192 - 33
     # same seed → same numbers
     assert simulate(texts, labels, opts).aulc == result.aulc
 
