@@ -93,6 +93,22 @@ def round_command(
     emit(summary, as_json, _round_lines(result, summary))
 
 
+def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
+    """``stopping: RULE value (threshold) ..., → stop|continue: why`` (nothing before the
+    round predicted)."""
+    if not stopping:
+        return []
+    parts = []
+    for check in stopping["checks"]:
+        value = "–" if check["value"] is None else f"{check['value']:g}"
+        bound = "" if check["threshold"] is None else f" of {check['threshold']:g}"
+        parts.append(f"{check['rule']} {value}{bound}{' ✓' if check['met'] else ''}")
+    return [
+        f"  stopping ({stopping['stop_set']} stop-set records): " + "; ".join(parts),
+        f"  → {stopping['recommendation']}: {stopping['why']}",
+    ]
+
+
 def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
     ev = result.outputs("eval")
     reb = result.outputs("rebuild")
@@ -109,6 +125,7 @@ def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
         f"  labels: {reb.get('train')} train, {reb.get('test')} test, pool {reb.get('pool')}",
         f"  eval: macro-F1 {ev.get('macro_f1')}  accuracy {ev.get('accuracy')}"
         f" (n={ev.get('n_test')})",
+        *_stopping_lines(result.outputs("predict").get("stopping")),
         f"  selected {sel.get('selected')} by {sel.get('strategy')}: {sel.get('by_reason')}",
         f"  pushed to {push.get('dataset')} as round {push.get('round')}: sent {push.get('sent')}",
         "  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()),

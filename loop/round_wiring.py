@@ -124,7 +124,7 @@ def build_runner(
         ),
         "train": train_step(factory),
         "eval": eval_step(),
-        "predict": predict_step(),
+        "predict": predict_step(stopping_options(config)),
         "select": with_conflicts(
             select_step(
                 str(loop["strategy"]),

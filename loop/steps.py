@@ -32,6 +32,7 @@ import numpy as np
 from loop.errors import LearnerError, RoundStateError
 from loop.learners import Learner
 from loop.rounds import Step, StepContext
+from loop.stopping import StoppingOptions, check_rules, cohen_kappa, recommend
 from loop.strategies import Diverse, get_strategy, reason_of, rereview
 from thresher.records import representative_mask
 
@@ -208,8 +209,9 @@ def eval_step() -> Step:
     return evaluate
 
 
-def predict_step() -> Step:
-    """Class probabilities on the unlabelled pool and on the labelled set."""
+def predict_step(stopping: StoppingOptions | None = None) -> Step:
+    """Class probabilities on the unlabelled pool and on the labelled set; with ``stopping``,
+    also the predictions on the project's stop set and this round's stopping-rule checks."""
 
     def predict(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
@@ -237,9 +239,75 @@ def predict_step() -> Step:
         out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         out.to_parquet(ctx.work_dir / "predictions.parquet", index=False)
         (ctx.work_dir / "classes.json").write_text(json.dumps(list(learner.classes)))
-        return {"pool": int(len(pool)), "labeled": int(len(labeled))}
+        result: dict[str, Any] = {"pool": int(len(pool)), "labeled": int(len(labeled))}
+        if stopping is not None:
+            result["stopping"] = _stopping_checks(ctx, learner, labeled, pool, stopping)
+        return result
 
     return predict
+
+
+STOP_SET_FILE = "stop_set.json"
+
+
+def _stop_set_ids(ctx: StepContext, pool, size: int) -> list[str]:
+    """The project's stop set: ``size`` pool record ids drawn once (seeded by the round
+    options' seed) and kept in ``DIR/rounds/stop_set.json``, so every round predicts the same
+    texts."""
+    from thresher.project import atomic_write_json
+
+    path = ctx.round_dir.parent / STOP_SET_FILE
+    if path.exists():
+        return [str(i) for i in json.loads(path.read_text(encoding="utf-8"))["ids"]]
+    ids = sorted(str(i) for i in pool["id"])
+    rng = np.random.default_rng(int(ctx.options.get("seed", 0) or 0))
+    chosen = sorted(rng.choice(ids, size=min(size, len(ids)), replace=False).tolist())
+    atomic_write_json(path, {"ids": chosen, "round": ctx.round, "size": size})
+    return chosen
+
+
+def _stopping_checks(ctx: StepContext, learner, labeled, pool, opts: StoppingOptions):
+    """Predict the stop set, compare with the previous round's answers (Cohen's kappa on the
+    ids both rounds saw) and check the rules; ``stop_set.parquet`` keeps this round's answers."""
+    import pandas as pd
+
+    texts = {
+        str(i): t
+        for part in (labeled, pool)
+        if not part.empty
+        for i, t in zip(part["id"], part["text"], strict=True)
+    }
+    ids = [i for i in _stop_set_ids(ctx, pool, opts.stop_set) if i in texts]
+    probs = learner.predict_proba([texts[i] for i in ids]) if ids else np.zeros((0, 1))
+    answers = pd.DataFrame(
+        {
+            "id": pd.Series(ids, dtype=object),
+            "predicted_label": pd.Series(
+                np.asarray(learner.classes)[probs.argmax(axis=1)] if ids else [], dtype=object
+            ),
+            "predicted_prob": probs.max(axis=1) if ids else np.zeros(0),
+        }
+    )
+    answers.to_parquet(ctx.work_dir / "stop_set.parquet", index=False)
+    confidence = float(probs.max(axis=1).mean()) if ids else None
+    kappas = list((ctx.previous_outputs("predict") or {}).get("stopping", {}).get("kappas", []))
+    previous_dir = ctx.previous_step_dir("predict")
+    kappa = None
+    if previous_dir is not None and (previous_dir / "stop_set.parquet").exists() and ids:
+        before = pd.read_parquet(previous_dir / "stop_set.parquet")
+        both = answers.merge(before, on="id", suffixes=("", "_before"))
+        if len(both):
+            kappa = round(cohen_kappa(both["predicted_label"], both["predicted_label_before"]), 6)
+    kappas.append(kappa)
+    checks = check_rules(kappas, confidence, int(len(labeled)), opts)
+    decision, why = recommend(checks)
+    return {
+        "stop_set": len(ids),
+        "kappas": kappas,
+        "checks": [c.to_dict() for c in checks],
+        "recommendation": decision,
+        "why": why,
+    }
 
 
 def select_step(

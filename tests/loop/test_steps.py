@@ -263,3 +263,37 @@ def test_fast_learner_loads_with_the_callers_cache_never_a_saved_folder(tmp_path
         again = load_learner(folder, tmp_path / "ours")
         assert again.cache_dir == (tmp_path / "ours" if cache else None)
         np.testing.assert_allclose(again._head.predict_proba(x), learner._head.predict_proba(x))
+
+
+def test_each_round_checks_the_stopping_rules_on_the_same_stop_set(tmp_path, planted):
+    from loop.stopping import StoppingOptions, cohen_kappa
+
+    texts, labels = planted
+    ids = [f"r{i}" for i in range(len(texts))]
+    gold = dict(zip(ids, labels, strict=True))
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "text": texts,
+            "label": [g if i % 4 == 0 else None for i, g in enumerate(labels)],
+        }
+    )
+    steps = _steps(frame, gold)
+    steps["predict"] = predict_step(StoppingOptions(stop_set=40, window=1, kappa=0.0, budget=90))
+    project = Project.at(tmp_path)
+    runner = RoundRunner(project, steps, options={"strategy": "margin", "seed": 3})
+    first = runner.run().outputs("predict")["stopping"]
+    assert first["stop_set"] == 40 and first["kappas"] == [None]
+    assert first["recommendation"] == "continue"  # one round: nothing to compare yet
+    stop_ids = (tmp_path / "rounds" / "stop_set.json").read_text()
+    second = runner.run(new=True).outputs("predict")["stopping"]
+    assert (tmp_path / "rounds" / "stop_set.json").read_text() == stop_ids
+    before = pd.read_parquet(tmp_path / "rounds/1/predict/stop_set.parquet")
+    after = pd.read_parquet(tmp_path / "rounds/2/predict/stop_set.parquet")
+    assert before["id"].tolist() == after["id"].tolist()
+    expected = cohen_kappa(before["predicted_label"], after["predicted_label"])
+    assert second["kappas"][0] is None
+    assert second["kappas"][1] == pytest.approx(expected, abs=1e-6)
+    budget = {c["rule"]: c for c in second["checks"]}["budget"]
+    assert budget["value"] > 60 and budget["met"] == (budget["value"] >= 90)
+    assert second["recommendation"] == "stop"  # kappa >= 0 once (window 1), or the budget
