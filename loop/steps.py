@@ -33,7 +33,7 @@ from loop.errors import LearnerError, RoundStateError
 from loop.learners import Learner
 from loop.rounds import Step, StepContext
 from loop.stopping import StoppingOptions, check_rules, cohen_kappa, recommend
-from loop.strategies import Diverse, get_strategy, reason_of, rereview
+from loop.strategies import Diverse, coverage_pick, get_strategy, reason_of, rereview
 from thresher.records import representative_mask
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,11 @@ def rebuild_step(
         if prev is not None and (prev / "labeled.parquet").exists():
             old = _read(prev / "labeled.parquet")
             test_ids = set(old.loc[old["split"] == "test", "id"])
-        if not test_ids:
+        if not test_ids and len(labeled):
             spec = SplitSpec(val_fraction=0.0, test_fraction=test_fraction, seed=seed)
             split = make_split(labeled, labeled["label"], spec)
             test_ids = set(split.loc[split["split"] == "test", "id"])
-        is_test = labeled["id"].astype(str).isin(test_ids).to_numpy()
+        is_test = labeled["id"].astype(str).isin(test_ids or set()).to_numpy()
         labeled["split"] = np.where(is_test, "test", "train")
         labeled.to_parquet(ctx.work_dir / "labeled.parquet", index=False)
         pool.to_parquet(ctx.work_dir / "pool.parquet", index=False)
@@ -168,17 +168,28 @@ def load_learner(folder: Path, cache_dir: Path | None = None) -> Learner:
     return kinds[kind].load(folder)
 
 
+COLD_START = "cold_start"
+
+
+def _cold(ctx: StepContext) -> bool:
+    """True when this round's train step found fewer than two labelled classes (no model)."""
+    return bool(ctx.outputs.get("train", {}).get(COLD_START))
+
+
 def train_step(factory: LearnerFactory) -> Step:
-    """Fit ``factory(classes, ctx)`` on the train split; save it in the step folder."""
+    """Fit ``factory(classes, ctx)`` on the train split; save it in the step folder. With
+    fewer than two labelled classes there is no model to fit: the round is a cold start
+    (``cold_start`` in the outputs) and select picks for coverage instead."""
 
     def train(ctx: StepContext) -> dict[str, Any]:
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         train_rows = labeled[labeled["split"] == "train"]
-        if train_rows.empty:
-            raise LearnerError(
-                f"no labelled training records in {ctx.step_dir('rebuild')}; "
-                "label a seed set (ingest labels or annotate) first"
+        found = train_rows["label"].astype(str).nunique() if len(train_rows) else 0
+        if found < 2:
+            log.info(
+                "cold start: %d labelled training records of %d classes", len(train_rows), found
             )
+            return {"n_train": int(len(train_rows)), "classes": [], COLD_START: True}
         classes = ctx.outputs["rebuild"]["classes"]
         learner = factory(classes, ctx)
         learner.fit(train_rows["text"].tolist(), train_rows["label"].astype(str).tolist())
@@ -196,8 +207,8 @@ def eval_step() -> Step:
 
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         test = labeled[labeled["split"] == "test"]
-        if test.empty:
-            return {"macro_f1": None, "accuracy": None, "n_test": 0}
+        if test.empty or _cold(ctx):
+            return {"macro_f1": None, "accuracy": None, "n_test": int(len(test))}
         learner = load_learner(ctx.step_dir("train"), ctx.project.embedding_cache)
         index = {c: i for i, c in enumerate(learner.classes)}
         known = test["label"].astype(str).isin(index)
@@ -218,6 +229,9 @@ def predict_step(stopping: StoppingOptions | None = None) -> Step:
 
         labeled = _read(ctx.step_dir("rebuild") / "labeled.parquet")
         pool = _read(ctx.step_dir("rebuild") / "pool.parquet")
+        if _cold(ctx):
+            (ctx.work_dir / "classes.json").write_text("[]")
+            return {"pool": int(len(pool)), "labeled": int(len(labeled)), COLD_START: True}
         learner = load_learner(ctx.step_dir("train"), ctx.project.embedding_cache)
         frames = []
         for split, part in (("pool", pool), ("labeled", labeled)):
@@ -321,11 +335,15 @@ def select_step(
     seed: int = 0,
 ) -> Step:
     """Pick ``size`` pool records with ``strategy`` and up to ``rereview_size`` labelled records
-    a confident model disputes; write them, in priority order, to ``selection.parquet``."""
+    a confident model disputes; write them, in priority order, to ``selection.parquet``. In a
+    cold start (no model yet) the ``size`` picks cover the pool's embeddings instead
+    (``loop.strategies.coverage_pick``, reason ``coverage``, no suggestion)."""
 
     def select(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
+        if _cold(ctx):
+            return _coverage_selection(ctx, size, embed or _project_embeddings, seed)
         preds = _read(ctx.step_dir("predict") / "predictions.parquet")
         classes = json.loads((ctx.step_dir("predict") / "classes.json").read_text())
         texts, issues = {}, {}
@@ -378,6 +396,35 @@ def select_step(
         return {"selected": int(len(out)), "by_reason": by_reason, "strategy": strategy}
 
     return select
+
+
+COVERAGE = "coverage"
+
+
+def _coverage_selection(ctx: StepContext, size: int, embed, seed: int) -> dict[str, Any]:
+    """The cold-start selection: ``size`` pool records spread over the embedding space."""
+    import pandas as pd
+
+    pool = _read(ctx.step_dir("rebuild") / "pool.parquet")
+    picked = np.zeros(0, dtype=np.int64)
+    if len(pool):
+        vectors = embed(pool["text"].tolist(), ctx)
+        picked = coverage_pick(vectors, min(size, len(pool)), seed=seed + ctx.round)
+    out = pd.DataFrame(
+        {
+            "id": pool["id"].to_numpy()[picked],
+            "text": pool["text"].to_numpy()[picked],
+            "reason": COVERAGE,
+            "priority": np.arange(1, len(picked) + 1),
+            "score": np.zeros(len(picked)),
+            "suggestion": pd.Series([None] * len(picked), dtype=object),
+            "suggestion_score": np.full(len(picked), np.nan),
+            "round": ctx.round,
+        }
+    )
+    out.to_parquet(ctx.work_dir / "selection.parquet", index=False)
+    by_reason = {COVERAGE: int(len(out))} if len(out) else {}
+    return {"selected": int(len(out)), "by_reason": by_reason, "strategy": COVERAGE}
 
 
 def _project_embeddings(texts: Sequence[str], ctx: StepContext) -> np.ndarray:

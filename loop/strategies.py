@@ -217,6 +217,37 @@ def _kmeans_pick(points: np.ndarray, n: int, seed: int) -> np.ndarray:
     return first
 
 
+def coverage_pick(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` rows that cover the embedding space, for a first round with no model to rank by:
+    k-means into ``n`` clusters, each cluster's member nearest its centre, biggest cluster
+    first. Mini-batch k-means above 20,000 rows (full k-means below)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    points = np.asarray(embeddings, dtype=np.float32)
+    n = _check_n(n, len(points))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n >= len(points):
+        return np.arange(len(points))
+    with threadpool_limits(limits=1):
+        if len(points) > 20_000:
+            model = MiniBatchKMeans(n_clusters=n, n_init=3, random_state=seed, batch_size=4096)
+        else:
+            model = KMeans(n_clusters=n, n_init=3, random_state=seed)
+        labels = model.fit_predict(points)
+    dist = np.sum((points - model.cluster_centers_[labels]) ** 2, axis=1)
+    picked = []
+    for cluster in np.argsort(-np.bincount(labels, minlength=n), kind="stable"):
+        members = np.flatnonzero(labels == cluster)
+        if len(members):
+            picked.append(int(members[np.argmin(dist[members])]))
+    if len(picked) < n:  # duplicate points can leave clusters empty: top up in order
+        rest = np.setdiff1d(np.arange(len(points)), picked)[: n - len(picked)]
+        picked.extend(rest.tolist())
+    return np.asarray(picked, dtype=np.int64)
+
+
 def _coreset_pick(points: np.ndarray, n: int, labeled: np.ndarray | None) -> np.ndarray:
     """Greedy k-center: repeatedly take the candidate farthest from everything chosen so far."""
     chosen: list[int] = []

@@ -297,3 +297,31 @@ def test_each_round_checks_the_stopping_rules_on_the_same_stop_set(tmp_path, pla
     budget = {c["rule"]: c for c in second["checks"]}["budget"]
     assert budget["value"] > 60 and budget["met"] == (budget["value"] >= 90)
     assert second["recommendation"] == "stop"  # kappa >= 0 once (window 1), or the budget
+
+
+def test_a_round_without_labels_picks_for_coverage_then_trains_once_labelled(tmp_path, planted):
+    """No labels yet: no model to rank by, so round 1 spreads its picks over the embeddings
+    (reason coverage, no suggestion); once the oracle labelled them, round 2 trains."""
+    texts, labels = planted
+    ids = [f"r{i}" for i in range(len(texts))]
+    gold = dict(zip(ids, labels, strict=True))
+    frame = pd.DataFrame({"id": ids, "text": texts, "label": [None] * len(texts)})
+    project = Project.at(tmp_path)
+    steps = _steps(frame, gold)
+    steps["select"] = select_step("margin", 24, embed=_hashed)
+    runner = RoundRunner(project, steps, options={"strategy": "margin"})
+    first = runner.run()
+    assert first.outputs("train") == {"n_train": 0, "classes": [], "cold_start": True}
+    assert first.outputs("eval")["macro_f1"] is None
+    assert first.outputs("select") == {
+        "selected": 24,
+        "by_reason": {"coverage": 24},
+        "strategy": "coverage",
+    }
+    sel = pd.read_parquet(tmp_path / "rounds/1/select/selection.parquet")
+    assert sel["suggestion"].isna().all() and sel["id"].is_unique
+    # the planted corpus has three topics: 24 coverage picks reach all of them
+    assert {gold[i] for i in sel["id"]} == set(labels)
+    second = runner.run(new=True)
+    assert second.outputs("train")["n_train"] > 0 and "cold_start" not in second.outputs("train")
+    assert second.outputs("select")["strategy"] == "margin"

@@ -212,3 +212,21 @@ def test_diverse_picks_are_distinct_uncertain_candidates(n_rows, n, seed):
         picked = get_strategy(f"entropy+{method}", factor=3)(probs, n, embeddings=emb, seed=seed)
         assert len(picked) == min(n, n_rows) and len(set(picked.tolist())) == len(picked)
         assert set(picked.tolist()) <= candidates
+
+
+def test_coverage_pick_takes_one_central_member_per_cluster_biggest_first():
+    from loop.strategies import coverage_pick
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = [60, 30, 10]
+    points = np.concatenate(
+        [c + rng.normal(0, 0.5, (n, 2)) for c, n in zip(centres, sizes, strict=True)]
+    )
+    picked = coverage_pick(points, 3, seed=1)
+    owner = np.repeat([0, 1, 2], sizes)
+    assert owner[picked].tolist() == [0, 1, 2]  # every cluster once, the biggest first
+    for i in picked:  # each pick is near its cluster's centre
+        assert np.linalg.norm(points[i] - centres[owner[i]]) < 0.6
+    assert len(set(coverage_pick(points, 40, seed=1).tolist())) == 40
+    assert coverage_pick(points, 200).tolist() == list(range(100))
