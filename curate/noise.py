@@ -71,7 +71,7 @@ class NoiseResult:
     pred_probs: np.ndarray  # (n, k) out-of-sample ensemble probabilities, rows sum to 1
     label_quality: np.ndarray  # float, NaN for unlabeled rows; low = likely mislabeled
     label_issue: np.ndarray  # bool, False for unlabeled rows
-    predicted_label: list[str]
+    predicted_label: list[str | None]  # None when the noise step was skipped
     predicted_prob: np.ndarray
     folds: int
     learners: tuple[str, ...]
@@ -95,6 +95,36 @@ def encode_labels(
         raise InputError(f"labels {unknown[:5]} are not among the classes {names}")
     y = np.array([-1 if v is None else index[str(v)] for v in labels], dtype=np.int64)
     return y, names
+
+
+def noise_skip_reason(labels: Sequence[str | None]) -> str | None:
+    """Why label-noise scoring cannot run on ``labels`` (None = unlabelled), or None when it can.
+
+    It needs at least 2 classes with labels; unlabelled (or one-class) input is not an error for
+    the score stage, which skips this step and says so (the other steps need no labels)."""
+    present = {str(v) for v in labels if v is not None}
+    if len(present) >= 2:
+        return None
+    found = "no labels" if not present else f"only class {sorted(present)[0]!r} has labels"
+    return (
+        f"label noise skipped: {found}, it needs at least 2 classes with labels "
+        "(label some records, e.g. `thresher review prelabel`, then rescore)"
+    )
+
+
+def skipped_noise_result(n: int) -> NoiseResult:
+    """The ``NoiseResult`` of a skipped noise step: no classes, no predictions, every
+    ``label_quality`` NaN and no ``label_issue``."""
+    return NoiseResult(
+        classes=[],
+        pred_probs=np.zeros((n, 0)),
+        label_quality=np.full(n, np.nan),
+        label_issue=np.zeros(n, dtype=bool),
+        predicted_label=[None] * n,
+        predicted_prob=np.full(n, np.nan),
+        folds=0,
+        learners=(),
+    )
 
 
 def effective_folds(y: np.ndarray, folds: int) -> int:

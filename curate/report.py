@@ -41,6 +41,7 @@ class ReportData:
     project: str = ""
     top_issues: int = 50
     scoring: Mapping[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # steps not run, one line each with why
 
 
 def _cut(text: str, limit: int = TEXT_CUT) -> str:
@@ -84,7 +85,9 @@ def _summary(data: ReportData) -> str:
             + esc(", ".join(f"{k}: {v}" for k, v in data.scoring.items()))
             + "</p>"
         )
-    return section("Counts", f'<div class="cards">{html_cards}</div>{scoring}', sid="summary")
+    skipped = "".join(f'<p class="muted"><b>Skipped</b>: {esc(line)}</p>' for line in data.skipped)
+    body = f'<div class="cards">{html_cards}</div>{scoring}{skipped}'
+    return section("Counts", body, sid="summary")
 
 
 def _labels(data: ReportData) -> str:
@@ -323,7 +326,8 @@ def build_report(project) -> str:
     map_path = folder / "map.parquet"
     if map_path.exists():
         coords = pd.read_parquet(map_path)[["x", "y"]].to_numpy()
-    scoring = (project.read_manifest("score") or {}).get("scoring", {})
+    manifest = project.read_manifest("score") or {}
+    scoring = manifest.get("scoring", {})
     html_text = render_report(
         ReportData(
             records=records,
@@ -332,6 +336,7 @@ def build_report(project) -> str:
             coords=coords,
             project=str(project.root),
             scoring=scoring,
+            skipped=list(manifest.get("summary", {}).get("skipped", [])),
         )
     )
     out = folder / "report.html"

@@ -40,7 +40,7 @@ class LocalEngine:
     def __init__(self, plan: ScorePlan) -> None:
         import pandas as pd
 
-        from curate.noise import encode_labels, parse_class_prior
+        from curate.noise import encode_labels, noise_skip_reason, parse_class_prior
 
         self.plan = plan
         self.df = pd.read_parquet(plan.path_in)
@@ -50,7 +50,9 @@ class LocalEngine:
         self.reps = self.df[self.rep].reset_index(drop=True)
         self.texts = self.reps["text"].astype(str).tolist()
         self.labels = [None if pd.isna(v) else str(v) for v in self.reps["label"]]
-        parse_class_prior(plan.opts.class_prior, encode_labels(self.labels)[1])  # fail fast
+        self.skip_noise = noise_skip_reason(self._fit_labels())
+        if self.skip_noise is None:
+            parse_class_prior(plan.opts.class_prior, encode_labels(self.labels)[1])  # fail fast
 
     def score(self, run: StageRun) -> ScoreOutputs:
         """Score the representatives, carry the scores to every row, write the records."""
@@ -60,20 +62,27 @@ class LocalEngine:
         opts = self.plan.opts
         embeddings = self._embed(run)
         nopts = self._noise_options()
-        external = self._external_probs()
-        with run.timed("label_noise"):
-            res = self._label_noise(nopts, embeddings, external)
+        if self.skip_noise is not None:
+            from curate.noise import skipped_noise_result
+
+            log.warning("%s", self.skip_noise)
+            res = skipped_noise_result(len(self.texts))
+        else:
+            external = self._external_probs()
+            with run.timed("label_noise"):
+                res = self._label_noise(nopts, embeddings, external)
         with run.timed("outliers"):
             dense = _dense_features(self.texts, embeddings)
             out_score, near_ood = outlier_scores(dense)
             coords = _map_2d(dense, opts.seed)
         with run.timed("bias"):
             groups, report = score_bias(
-                self.texts, self.labels, lexicon=self.plan.lexicon, label_issue=res.label_issue,
-                label_quality=res.label_quality, alpha=opts.bias_alpha,
+                self.texts, self.labels, lexicon=self.plan.lexicon,
+                label_issue=None if self.skip_noise else res.label_issue,
+                label_quality=None if self.skip_noise else res.label_quality, alpha=opts.bias_alpha,
                 min_count=opts.bias_min_count,
             )  # fmt: skip
-        multi, annotator_quality = self._annotations(res)
+        multi, annotator_quality = (None, {}) if self.skip_noise else self._annotations(res)
         full = _expand(self.df, self.rep, self.reps, res, out_score, near_ood, groups, coords)
         if multi is not None:
             full = full.merge(multi, on="id", how="left")
@@ -91,7 +100,16 @@ class LocalEngine:
             scoring=self._scoring(res, nopts),
             report_records=lambda: records,
             coords=full[["_x", "_y"]].to_numpy(),
+            skipped=[self.skip_noise] if self.skip_noise else [],
         )
+
+    def _fit_labels(self) -> list[str | None]:
+        """The labels a noise model may learn from: the tune split's held-out records unlabelled."""
+        held_out = self.plan.held_out
+        if not held_out:
+            return self.labels
+        ids = self.reps["id"].astype(str).tolist()
+        return [None if i in held_out else lab for i, lab in zip(ids, self.labels, strict=True)]
 
     def _embed(self, run: StageRun) -> np.ndarray | None:
         """Sentence embeddings of the scored texts (None without ``embeddings``)."""
@@ -149,6 +167,8 @@ class LocalEngine:
 
     def _scoring(self, res: NoiseResult, nopts: NoiseOptions) -> dict[str, Any]:
         """How this run scored (the manifest's ``scoring``)."""
+        if self.skip_noise:
+            return {"input stage": self.plan.stage_in, "label noise": "skipped (no labels)"}
         return {
             "input stage": self.plan.stage_in,
             "learners": "+".join(res.learners),

@@ -45,6 +45,16 @@ class StreamEngine:
         self.index = ss.read_index(plan.path_in)
         if len(self.index.ids) == 0:
             raise InputError(f"{plan.path_in} has no records; nothing to score")
+        from curate.noise import noise_skip_reason
+
+        rep_labels = [lab for lab, r in zip(self.index.labels, self.index.rep, strict=True) if r]
+        reason = noise_skip_reason(rep_labels)
+        if reason is not None:
+            # its passes compute the bias slices along with the noise model, which needs labels
+            raise InputError(
+                f"{plan.path_in}: {reason}; the {plan.engine} engine needs them: "
+                "add --engine local to score unlabelled records"
+            )
         self.packages = ("cleanlab", "scikit-learn", "numpy", "pyarrow") + (
             ("ray",) * (plan.engine == "ray")
         )

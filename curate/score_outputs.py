@@ -43,6 +43,7 @@ class ScoreResult:
     noop: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     engine: str = "local"
+    skipped: list[str] = field(default_factory=list)  # one line per step not run, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +67,7 @@ class ScoreOutputs:
     coords: np.ndarray | None = None  # (rows, 2) embedding map aligned with the report's rows
     # The stream engine reads texts back for its report, so it is timed apart ("report").
     time_report: bool = False
+    skipped: list[str] = field(default_factory=list)  # one line per step not run, and why
 
 
 def write_outputs(run: StageRun, plan: ScorePlan, out: ScoreOutputs) -> ScoreResult:
@@ -116,6 +118,7 @@ def _summary(plan: ScorePlan, out: ScoreOutputs) -> ScoreResult:
         path=str(project.records_path(STAGE)),
         report=str(project.stage_dir(STAGE) / "report.html"),
         engine=plan.engine,
+        skipped=list(out.skipped),
     )
 
 
@@ -131,6 +134,7 @@ def _write_report(run: StageRun, plan: ScorePlan, out: ScoreOutputs, bias: dict[
             coords=out.coords,
             project=str(project.root),
             scoring=out.scoring,
+            skipped=list(out.skipped),
         )
     )
     run.path("report.html").write_text(html_text, encoding="utf-8")
