@@ -21,6 +21,11 @@ TEMPLATE = """\
 # not in this list (reason "label not in configured labels").
 labels: []
 
+# One line (or a list of lines) per label saying what it means, for `thresher review prelabel`'s
+# zero-shot pre-labels, e.g. {pos: "a positive movie review", neg: "a negative movie review"}.
+# Keys must be in labels. null: the label names themselves are the descriptions.
+label_descriptions: null
+
 # Random seed for every stochastic step (folds, splits, sampling); recorded in each manifest.
 seed: 0
 

@@ -23,7 +23,8 @@ from thresher.errors import ConfigError
 class Spec:
     """The type of one config key.
 
-    ``kind``: int | float | bool | str | choice | list | any. ``low``/``high``: inclusive bounds
+    ``kind``: int | float | bool | str | choice | list | descriptions (a mapping of name to a
+    string or a list of strings) | any. ``low``/``high``: inclusive bounds
     of a number (``above``: ``low`` is exclusive). ``choices``: the allowed strings of a choice,
     or of each list item. ``non_empty``: a list needs at least one item. ``nullable``: null is
     allowed (always so when the default is null).
@@ -60,6 +61,8 @@ class Spec:
             items = "names from " + ", ".join(self.choices) if self.choices else "strings"
             text = f"a {'non-empty ' if self.non_empty else ''}list of {items}"
             text += " (a YAML list or one comma-separated string)"
+        elif self.kind == "descriptions":
+            text = "a mapping of label: description (a string or a list of strings)"
         else:
             text = "any value"
         return text + (" or null" if self.nullable else "")
@@ -88,6 +91,7 @@ _STEPS = _int(0)  # 0 means "off" or "not set"
 # Declared types. Keys missing here are typed by their default (see ``spec_for``).
 KEYS: dict[str, Spec] = {
     "labels": Spec("list"),
+    "label_descriptions": Spec("descriptions", nullable=True),
     "seed": _int(0),
     "columns.text": Spec("str"),
     "columns.label": Spec("str", nullable=True),
@@ -267,6 +271,8 @@ def _annotation(spec: Spec) -> Any:
         base = Annotated[
             list[item], BeforeValidator(_split_commas), Field(min_length=int(spec.non_empty))
         ]
+    elif spec.kind == "descriptions":
+        base = dict[str, Annotated[str, Field(min_length=1)] | list[str]]
     else:
         base = Any
     return base | None if spec.nullable and spec.kind != "any" else base
@@ -317,9 +323,26 @@ def validate_config(
     else:
         model = build_model(defaults)
     try:
-        return model.model_validate(data).model_dump()
+        typed = model.model_validate(data).model_dump()
     except ValidationError as err:
         raise ConfigError(_message(err, data, origins or {}, defaults)) from None
+    _check_label_descriptions(typed, origins or {})
+    return typed
+
+
+def _check_label_descriptions(typed: Mapping[str, Any], origins: Mapping[str, str]) -> None:
+    """``label_descriptions`` may only describe labels that ``labels`` names."""
+    descriptions = typed.get("label_descriptions")
+    if not descriptions:
+        return
+    labels = list(typed.get("labels") or [])
+    unknown = [key for key in descriptions if key not in labels]
+    if unknown:
+        origin = origins.get("label_descriptions") or "the defaults"
+        raise ConfigError(
+            f"config key label_descriptions (from {origin}) describes {', '.join(unknown)}, "
+            f"not in labels {labels}: name every label under labels: [...] first"
+        )
 
 
 def _message(
