@@ -140,9 +140,8 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
 
     stop = threading.Event()
     previous: dict = {}
-    started_ray = False
     try:
-        started_ray = connect(ray, address, local_cpus(ray_options))
+        connect(ray, address, local_cpus(ray_options))
         # after ray.init, which installs a SIGTERM handler of its own (it aborts the process)
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _stop_once(stop))
@@ -153,8 +152,7 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
                 serve.run(app, name=APP_NAME, route_prefix="/")
             except RuntimeError as err:
                 raise ThresherError(
-                    f"the replicas of {name} did not start ({_first_line(err)}); "
-                    f"run `thresher serve --engine local` to see why the model does not load"
+                    f"the replicas of {name} did not start: {replica_error(serve) or err}"
                 ) from err
         if not stop.is_set():
             if on_ready is not None:
@@ -163,26 +161,25 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
             while not stop.wait(0.5):
                 pass
     finally:
-        shut_down(ray, serve, started_ray)
+        shut_down(ray, serve)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def connect(ray, address: str | None, cpus: int) -> bool:
+def connect(ray, address: str | None, cpus: int) -> None:
     """Join the cluster at ``address``, else start a local Ray of our own with ``cpus`` CPUs (no
     dashboard, a small object store; never one that ``ray start`` left running: pass
-    ``--address auto`` for that); whether a local Ray was started here."""
+    ``--address auto`` for that)."""
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are for operators
     try:
         if address:
             ray.init(address=address, **quiet)
-            return False
-        ray.init("local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+        else:
+            ray.init("local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ThresherError(f"cannot start {where}: {_first_line(err)}") from err
-    return True
 
 
 def local_cpus(ray_options: RayOptions) -> int:
@@ -203,15 +200,31 @@ def check_local_room(ray_options: RayOptions) -> None:
         )
 
 
-def shut_down(ray, serve, started_ray: bool) -> None:
+def replica_error(serve) -> str | None:
+    """The last line of the error a replica's constructor raised (Ray keeps the traceback in
+    the deployment's status), if there is one."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        messages = [d.message for d in app.deployments.values()] if app else []
+    except Exception:  # noqa: BLE001 - only a better message is lost
+        return None
+    for message in messages:
+        lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return None
+
+
+def shut_down(ray, serve) -> None:
     """Drain and stop: a local Ray entirely; on a cluster, only this application."""
     if not ray.is_initialized():
         return
     try:
-        if started_ray:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        # drains the replicas (answers in flight, batchers, traffic logs); the rest of a local
+        # Ray goes with ray.shutdown (serve.shutdown would also kill the controller, noisily)
+        serve.delete(APP_NAME)
+    except Exception as err:  # noqa: BLE001 - stopping after a failed start: keep its error
+        log.warning("could not remove the Ray Serve application %s: %s", APP_NAME, err)
     finally:
         ray.shutdown()  # a local Ray stops; from a cluster it only disconnects
     log.info("stopped; the replicas wrote their traffic under the project's serve/traffic")
