@@ -252,22 +252,13 @@ def semantic_pairs(
 ) -> np.ndarray:
     """Pairs (i < j) with cosine similarity ≥ ``threshold`` of L2-normalised ``vectors``.
 
-    Blocked matmul over the upper triangle: time O(n²·dim) but memory O(block · n), never an
-    n × n matrix (``block_bytes`` bounds the similarity block)."""
-    n = len(vectors)
-    if n < 2:
-        return np.zeros((0, 2), np.int64)
-    block = max(1, min(n, block_bytes // (4 * n)))
-    found = []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        sims = vectors[start:stop] @ vectors[start:].T
-        rows, cols = np.nonzero(sims >= threshold)
-        cols = cols + start
-        rows = rows + start
-        keep = cols > rows
-        found.append(np.stack([rows[keep], cols[keep]], axis=1))
-    return np.concatenate(found).astype(np.int64)
+    ``thresher.neighbours.pairs_above``: blocked matmul over the upper triangle up to
+    ``EXACT_MAX_ROWS`` rows (time O(n²·dim), memory O(block · n), never an n × n matrix;
+    ``block_bytes`` bounds the similarity block), ANN candidates verified by exact cosine above
+    it when usearch is installed."""
+    from thresher.neighbours import pairs_above
+
+    return pairs_above(vectors, threshold, block_bytes=block_bytes)
 
 
 def _semantic(

@@ -160,7 +160,13 @@ def knn_distance(
     """Mean cosine distance (1 - cosine) of each query row to its ``k`` nearest ``index`` rows
     (rows L2-normalized here). High = far from the training data. ``exclude_self`` drops exact
     matches (distance ≈ 0), for queries that are themselves in the index. Queries are taken
-    ``chunk`` rows at a time, so memory stays at ``chunk`` × len(index) distances."""
+    ``chunk`` rows at a time, so memory stays at ``chunk`` × len(index) distances. An index above
+    ``thresher.neighbours.EXACT_MAX_ROWS`` rows is searched through an ANN index instead (when
+    usearch is installed; float16 memmaps are read a block at a time)."""
+    from thresher.neighbours import use_ann
+
+    if use_ann(len(index)):
+        return _ann_knn_distance(queries, index, k, exclude_self)
     q = _unit(np.asarray(queries, dtype=np.float64))
     x = _unit(np.asarray(index, dtype=np.float64))
     k = max(1, min(k, x.shape[0] - (1 if exclude_self else 0)))
@@ -171,6 +177,30 @@ def knn_distance(
             dist[dist < 1e-9] = np.inf
         out[start : start + chunk] = np.partition(dist, k - 1, axis=1)[:, :k].mean(axis=1)
     return out
+
+
+SELF_DISTANCE = 1e-6  # ann path: an index row this close to the query is the query itself
+SELF_MARGIN = 8  # ann path: extra neighbours fetched to make up for dropped exact matches
+
+
+def _ann_knn_distance(queries, index, k: int, exclude_self: bool) -> np.ndarray:
+    """``knn_distance`` through ``thresher.neighbours`` (float32 exact distances of the ANN
+    candidates; exact matches dropped up to ``SELF_MARGIN`` per query)."""
+    from thresher.neighbours import cosine_knn
+
+    n = len(index)
+    k = max(1, min(k, n - (1 if exclude_self else 0)))
+    fetch = min(n, k + SELF_MARGIN) if exclude_self else k
+    dist, _ = cosine_knn(index, fetch, queries=queries, method="ann")
+    dist = dist.astype(np.float64)
+    if exclude_self:
+        dist[dist < SELF_DISTANCE] = np.inf
+        dist = np.sort(dist, axis=1)
+        # a query with more than SELF_MARGIN exact copies keeps its farthest fetched neighbours
+        finite = np.isfinite(dist)
+        farthest = np.maximum(np.where(finite, dist, -np.inf).max(axis=1, keepdims=True), 0.0)
+        dist = np.where(finite, dist, farthest)
+    return dist[:, :k].mean(axis=1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
