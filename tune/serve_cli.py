@@ -96,7 +96,7 @@ def serve_command(
       thresher serve -p proj --run run-1 --port 8000
       curl -s localhost:8000/v1/predict -H 'content-type: application/json' \\
            -d '{"texts": ["a great film"]}'
-      thresher serve -p proj --run run-1 --engine ray --replicas 4   # on Ray Serve
+      thresher serve -p proj --run run-1 --engine ray --replicas 2   # on Ray Serve
     """
     from thresher.project import Project
     from tune import serve

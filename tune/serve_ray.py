@@ -131,7 +131,8 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
     if address is None:
         check_local_room(ray_options)
     api_key = resolve_api_key(options.host, options.api_key_file)
-    run_dir = find_run(project.root / "tune", options.run)
+    # absolute: replicas run in other processes, maybe on other machines (a shared DIR)
+    run_dir = find_run(project.root / "tune", options.run).resolve()
     config = read_run_config(run_dir)
     name = str(config.get("run") or run_dir.name)
     endpoint = "/v1/generate" if trained_on_pairs(config) else "/v1/predict"
@@ -146,7 +147,8 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _stop_once(stop))
         serve.start(http_options={"host": options.host, "port": port})
-        app = build_app(run_dir, options, ray_options, api_key, project.traffic_dir)
+        traffic_dir = Path(project.traffic_dir).resolve()
+        app = build_app(run_dir, options, ray_options, api_key, traffic_dir)
         if not stop.is_set():
             try:
                 serve.run(app, name=APP_NAME, route_prefix="/")
