@@ -142,6 +142,55 @@ def cohen_kappa(a: Sequence[Label], b: Sequence[Label]) -> float:
     return (p_o - p_e) / (1.0 - p_e)
 
 
+def label_agreement(
+    gold: Sequence[Label], pred: Sequence[Label], labels: Sequence[Label]
+) -> dict[str, Any]:
+    """How far ``pred`` (e.g. a pre-labeller's labels) agrees with ``gold`` (e.g. the people's
+    consensus), item by item: ``n``, ``accuracy``, ``macro_f1`` over ``labels`` and Cohen's
+    ``kappa`` (all higher = more agreement; None when there are no items or kappa is undefined)."""
+    from thresher.metrics import accuracy, macro_f1
+
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    if not gold:
+        return {"n": 0, "accuracy": None, "macro_f1": None, "kappa": None}
+    index = {lab: i for i, lab in enumerate(labels)}
+    for lab in (*gold, *pred):
+        index.setdefault(lab, len(index))
+    g = [index[v] for v in gold]
+    p = [index[v] for v in pred]
+    kappa = cohen_kappa(list(gold), list(pred))
+    return {
+        "n": len(g),
+        "accuracy": round(float(accuracy(g, p)), 4),
+        "macro_f1": round(float(macro_f1(g, p, len(index))), 4),
+        "kappa": None if math.isnan(kappa) else round(float(kappa), 4),
+    }
+
+
+def prelabeller_agreement(
+    prelabels: Mapping[Any, Label],
+    consensus: Mapping[Any, Label | None],
+    slices: Mapping[Any, Sequence[str]],
+    labels: Sequence[Label],
+) -> dict[str, Any]:
+    """A non-human annotator (the pre-labeller) against the people's consensus: ``label_agreement``
+    over the items with both a pre-label and a consensus (ties skipped), and the same per bias
+    slice (``slices``: item → the slices it belongs to, e.g. the identity groups it mentions).
+    It is measured like an annotator but never takes part in the consensus."""
+    ids = [i for i, c in consensus.items() if c is not None and i in prelabels]
+    out = label_agreement([consensus[i] for i in ids], [prelabels[i] for i in ids], labels)
+    members: dict[str, list[Any]] = {}
+    for i in ids:
+        for name in slices.get(i) or ():
+            members.setdefault(str(name), []).append(i)
+    out["by_slice"] = {
+        name: label_agreement([consensus[i] for i in m], [prelabels[i] for i in m], labels)
+        for name, m in sorted(members.items())
+    }
+    return out
+
+
 def annotator_agreement(
     by_annotator: Mapping[str, Mapping[Any, Label]], consensus: Mapping[Any, Label | None]
 ) -> list[AnnotatorStats]:

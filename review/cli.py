@@ -268,3 +268,84 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
         lines.append(f"CROWDLAB annotator quality: n/a ({result.crowdlab_note})")
     lines.append(f"→ {result.path}")
     emit(result.to_dict(), as_json, lines)
+
+
+@review.command("prelabel")
+@project_option
+@click.option(
+    "--model",
+    default="auto",
+    show_default=True,
+    help="auto (few-shot once every class has --min-per-class reviewed labels, else zero-shot), "
+    "zero-shot, few-shot, a Hugging Face instruction model, or the URL of an OpenAI-compatible "
+    "server (vLLM, llama.cpp, Ollama).",
+)
+@click.option("--endpoint-model", default=None, help="The served model's name (with a URL).")
+@click.option(
+    "--min-per-class",
+    type=click.IntRange(2),
+    default=8,
+    show_default=True,
+    help="Reviewed labels per class before auto switches to few-shot.",
+)
+@click.option(
+    "--push/--no-push",
+    default=False,
+    show_default=True,
+    help="Send the pre-labels to Argilla as suggestions with scores.",
+)
+@json_option
+def prelabel_command(
+    project_dir: str,
+    model: str,
+    endpoint_model: str | None,
+    min_per_class: int,
+    push: bool,
+    as_json: bool,
+) -> None:
+    """Suggest labels before anyone has labelled: writes DIR/review/prelabels.parquet.
+
+    \b
+    Needs the label set in thresher.yaml: `labels: [a, b]`, best with one-line meanings in
+    `label_descriptions: {a: "...", b: "..."}`. `review pull` then measures the pre-labeller's
+    agreement with the reviewers (agreement.json, key prelabeller).
+    Example:
+      thresher review prelabel -p proj --push --json
+    """
+    from review.prelabel import PrelabelOptions, prelabel, push_prelabels
+    from thresher.config import load_config
+    from thresher.project import Project
+
+    project = Project.at(project_dir)
+    config = load_config(project.root)
+    opts = PrelabelOptions(
+        model=model,
+        labels=tuple(config.get("labels") or ()),
+        descriptions=config.get("label_descriptions"),
+        embedding_model=str(config.get("models.embedding")),
+        min_per_class=min_per_class,
+        seed=int(config.get("seed")),
+        endpoint_model=endpoint_model,
+    )
+    with progress_bar(desc="prelabel", unit="records") as bar:
+        result = prelabel(project, opts, progress=bar.update)
+    if push:
+        from review.push import push_options_from_config
+        from review.server import connection
+
+        result.pushed = push_prelabels(project, connection(), push_options_from_config(config))
+    lines = [
+        f"pre-labelled {result.records} records with {result.model} ({result.method}): "
+        + ", ".join(f"{k}={v}" for k, v in result.counts.items()),
+        f"→ {result.path}",
+    ]
+    if result.agreement:
+        a = result.agreement
+        lines.append(
+            f"agreement with {a['n']} reviewed labels ({a['how']}): accuracy {a['accuracy']}, "
+            f"macro-F1 {a['macro_f1']}, kappa {a['kappa']}"
+        )
+    if result.pushed:
+        p = result.pushed
+        lines.append(f"pushed to {p['dataset']}: sent {p['sent']}, unchanged {p['unchanged']}")
+    emit(result.to_dict(), as_json, lines)

@@ -11,7 +11,9 @@ Writes into ``DIR/review/`` (each file atomically):
 * ``agreement.json``: Krippendorff's alpha (nominal) and Fleiss' kappa over all records, and per
   annotator: agreement with the consensus, with the other annotators (leave-one-out: their label
   against the others' majority; with two annotators, plain pairwise agreement) and CROWDLAB's
-  annotator quality where the model's probabilities exist (``crowdlab_note`` says why not).
+  annotator quality where the model's probabilities exist (``crowdlab_note`` says why not); and
+  under ``prelabeller`` the pre-labels of ``thresher review prelabel`` against the consensus,
+  overall and per bias slice (a non-human annotator: measured, never part of the consensus).
 * ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
   consensus where reviewers reached one, ``original_label`` keeps the input label and
   ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
@@ -35,6 +37,7 @@ from review.agreement import (
     fleiss_kappa,
     krippendorff_alpha_nominal,
     majority_consensus,
+    prelabeller_agreement,
 )
 from review.client import ArgillaClient, open_client
 from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
@@ -83,6 +86,8 @@ class PullResult:
     crowdlab_note: str | None
     seconds: float
     path: str
+    # the pre-labeller (DIR/review/prelabels.parquet) against the consensus; None without one
+    prelabeller: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def clean(x: Any) -> Any:
@@ -395,10 +400,28 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
         records=len(records),
         seconds=time.perf_counter() - t0,
         path=str(out),
+        prelabeller=_prelabeller(project, rows, stage_rows),
         **summary,
     )
     atomic_write_json(review_dir / AGREEMENT, result.to_dict())
     return result
+
+
+def _prelabeller(
+    project: Project, rows: list[dict[str, Any]], stage_rows: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The pre-labeller's agreement with the consensus, overall and per bias slice (the stage's
+    ``bias_groups``); None when the project has no pre-labels."""
+    from review.prelabel import read_prelabels
+
+    pre = read_prelabels(project)
+    if pre is None:
+        return None
+    consensus = {row["id"]: row["label"] for row in rows}
+    slices = {rid: list(src.get("bias_groups") or []) for rid, src in stage_rows.items()}
+    labels = sorted({v[0] for v in pre.values()} | {c for c in consensus.values() if c})
+    out = prelabeller_agreement({k: v[0] for k, v in pre.items()}, consensus, slices, labels)
+    return {"model": sorted({v[2] for v in pre.values()}), **out}
 
 
 def reviewed_labels(project: Project) -> dict[str, str]:

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,11 +419,14 @@ def push(
     *,
     progress: Callable[[int], None] | None = None,
     embed: Callable[[list[str]], Any] | None = None,
+    suggestions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> PushResult:
     """Push the latest stage's records (score > dedup > ingest) in priority order.
 
     ``embed`` (texts → (n, d) array) defaults to ``thresher.embeddings.embed_texts`` with the
-    project's embedding cache. Raises ``PushError`` naming how many records did not go (rerun to
+    project's embedding cache. ``suggestions``: record id → ``{"value", "score", "agent"}``,
+    sent as that record's suggestion instead of the stage's predicted label (the pre-labels of
+    ``review.prelabel``). Raises ``PushError`` naming how many records did not go (rerun to
     resume) when batches still fail after the retries."""
     t0 = time.perf_counter()
     stage, rows = _load_rows(project, options.limit, options.priority)
@@ -438,6 +441,9 @@ def push(
         )
     model_key = options.embedding_model if options.vectors else None
     payloads = {str(r["id"]): record_payload(r, r["_priority"]) for r in rows}
+    for rid, suggestion in (suggestions or {}).items():
+        if rid in payloads:
+            payloads[rid]["suggestion"] = dict(suggestion)
     hashes = {rid: content_hash(p, model_key) for rid, p in payloads.items()}
 
     state, dataset_id, questions = open_dataset(project, conn, name, options, labels)
