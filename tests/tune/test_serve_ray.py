@@ -1,7 +1,8 @@
 """``thresher serve --engine ray`` as a real process: two Ray Serve replicas on a tiny trained run
 answer what ``predict_proba`` predicts, both write the traffic log without clobbering each other,
-a bad request gets the local engine's one-line 4xx, and SIGTERM drains and exits 0. Plus the
-one-line errors that need no Ray: too many replicas for this machine, Ray not installed."""
+a bad request gets the local engine's one-line 4xx, and SIGTERM with requests in flight answers
+them and exits 0. Plus the one-line errors that need no Ray: too many replicas for this
+machine, Ray not installed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -116,14 +118,33 @@ def test_two_ray_replicas_answer_like_predict_and_drain_on_sigterm(served_projec
             assert http.get("/v1/predict").status_code == 405
             assert "thresher_serve_requests_total" in http.get("/metrics").text
 
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+            # SIGTERM once the first of six big requests is answered: the others are in flight
+            # on the two replicas and are answered all the same
+            done: list[tuple[int, int, float]] = []
+            first = threading.Event()
+
+            def big() -> None:
+                r = http.post("/v1/predict", json={"texts": TEXTS * 50})
+                done.append((r.status_code, len(r.json()["predictions"]), time.monotonic()))
+                first.set()
+
+            senders = [threading.Thread(target=big) for _ in range(6)]
+            for t in senders:
+                t.start()
+            assert first.wait(60)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            for t in senders:
+                t.join()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    sent = len(TEXTS) + sum(1 + i % 4 for i in range(24))
+    assert [(status, n) for status, n, _ in done] == [(200, 250)] * 6
+    assert any(at > signalled for _, _, at in done)  # answered after SIGTERM
+    sent = len(TEXTS) + sum(1 + i % 4 for i in range(24)) + 6 * 250
     traffic = read_traffic(traffic_dir)
     assert len(traffic) == sent and set(traffic["model"]) == {"r1"}
     assert set(traffic["text"]) == set(TEXTS)
