@@ -58,12 +58,13 @@ DESCRIPTIONS = {
 }
 
 
-def _project(tmp_path, descriptions=True, labels=("neg", "pos")) -> Project:
+def unlabelled_project(tmp_path, descriptions=True, labels=("neg", "pos"), extra=()) -> Project:
     """An ingested project without a single label (gold kept aside in ``GOLD``)."""
     from curate.ingest import IngestOptions, ingest
 
     rows = [{"id": f"p{i}", "text": t} for i, t in enumerate(POS)]
     rows += [{"id": f"n{i}", "text": t} for i, t in enumerate(NEG)]
+    rows += list(extra)
     tmp_path.mkdir(parents=True, exist_ok=True)
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -80,7 +81,7 @@ def _project(tmp_path, descriptions=True, labels=("neg", "pos")) -> Project:
 GOLD = {f"p{i}": "pos" for i in range(10)} | {f"n{i}": "neg" for i in range(10)}
 
 
-def _opts(project: Project, **kw) -> PrelabelOptions:
+def prelabel_options(project: Project, **kw) -> PrelabelOptions:
     config = load_config(project.root)
     base = dict(labels=tuple(config.get("labels")), descriptions=config.get("label_descriptions"))
     return PrelabelOptions(**{**base, **kw})
@@ -136,9 +137,9 @@ def test_choose_method():
         choose_method("few-shot", ["a"] * 8, labels, 8)
 
 
-def test_zero_shot_prelabel_on_unlabelled_project(tmp_path):
-    project = _project(tmp_path)
-    result = prelabel(project, _opts(project))
+def test_zero_shot_prelabel_on_an_unlabelled_project(tmp_path):
+    project = unlabelled_project(tmp_path)
+    result = prelabel(project, prelabel_options(project))
     assert result.method == "zero-shot" and result.records == 20 and result.reviewed == 0
     assert result.agreement is None
     table = pq.read_table(result.path).to_pandas()
@@ -151,9 +152,9 @@ def test_zero_shot_prelabel_on_unlabelled_project(tmp_path):
 
 
 def test_labels_are_required(tmp_path):
-    project = _project(tmp_path, descriptions=False, labels=())
+    project = unlabelled_project(tmp_path, descriptions=False, labels=())
     with pytest.raises(InputError, match="labels: \\[a, b\\]"):
-        prelabel(project, _opts(project))
+        prelabel(project, prelabel_options(project))
 
 
 def _write_reviews(project: Project, per_class: int) -> None:
@@ -164,13 +165,13 @@ def _write_reviews(project: Project, per_class: int) -> None:
 
 
 def test_few_shot_replaces_zero_shot_with_enough_reviews(tmp_path):
-    project = _project(tmp_path, descriptions=False)
+    project = unlabelled_project(tmp_path, descriptions=False)
     _write_reviews(project, 4)
-    small = prelabel(project, _opts(project, min_per_class=5))
+    small = prelabel(project, prelabel_options(project, min_per_class=5))
     assert small.method == "zero-shot" and small.reviewed == 8
     assert small.agreement["how"] == "held-out" and small.agreement["n"] == 8
     _write_reviews(project, 8)
-    result = prelabel(project, _opts(project))
+    result = prelabel(project, prelabel_options(project))
     assert result.method == "few-shot" and result.model.startswith("few-shot:")
     assert result.agreement["how"] == "cross-validated" and result.agreement["n"] == 16
     assert result.agreement["accuracy"] >= 0.75
@@ -178,14 +179,14 @@ def test_few_shot_replaces_zero_shot_with_enough_reviews(tmp_path):
 
 
 def test_llm_prelabel_tiny_model(tmp_path, tiny_llama):  # noqa: F811 - the fixture
-    project = _project(tmp_path)
-    result = prelabel(project, _opts(project, model=tiny_llama))
+    project = unlabelled_project(tmp_path)
+    result = prelabel(project, prelabel_options(project, model=tiny_llama))
     assert result.method == "llm"
     table = pq.read_table(result.path).to_pandas()
     probs = table[["p_neg", "p_pos"]].to_numpy()
     assert len(table) == 20 and np.allclose(probs.sum(axis=1), 1) and (probs > 0).all()
     # a random model, but a deterministic one: the same question gets the same answer
-    again = prelabel(project, _opts(project, model=tiny_llama))
+    again = prelabel(project, prelabel_options(project, model=tiny_llama))
     assert np.allclose(pq.read_table(again.path).to_pandas()[["p_neg", "p_pos"]], probs)
 
 
@@ -246,8 +247,8 @@ def stub_server():
 @pytest.mark.parametrize("logprobs", [True, False])
 def test_endpoint_prelabel_over_real_http(tmp_path, stub_server, logprobs):
     _Stub.logprobs = logprobs
-    project = _project(tmp_path)
-    result = prelabel(project, _opts(project, model=stub_server + "/v1"))
+    project = unlabelled_project(tmp_path)
+    result = prelabel(project, prelabel_options(project, model=stub_server + "/v1"))
     assert result.method == "endpoint" and result.model == "endpoint:stub-model"
     assert len(_Stub.requests) == 20
     sent = _Stub.requests[0]
@@ -260,9 +261,11 @@ def test_endpoint_prelabel_over_real_http(tmp_path, stub_server, logprobs):
 
 
 def test_endpoint_unreachable_is_a_user_error(tmp_path):
-    project = _project(tmp_path)
+    project = unlabelled_project(tmp_path)
     with pytest.raises(InputError, match="cannot reach"):
-        prelabel(project, _opts(project, model="http://127.0.0.1:9/v1", endpoint_model="m"))
+        prelabel(
+            project, prelabel_options(project, model="http://127.0.0.1:9/v1", endpoint_model="m")
+        )
 
 
 def test_choice_probs_and_base():
@@ -292,12 +295,12 @@ def test_prelabeller_agreement_overall_and_per_slice():
 
 
 def test_cli_prelabel_json_and_errors(tmp_path):
-    project = _project(tmp_path)
+    project = unlabelled_project(tmp_path)
     res = CliRunner().invoke(main, ["review", "prelabel", "-p", str(project.root), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["method"] == "zero-shot" and out["records"] == 20 and out["pushed"] is None
-    bare = _project(tmp_path / "bare", descriptions=False, labels=())
+    bare = unlabelled_project(tmp_path / "bare", descriptions=False, labels=())
     res = CliRunner().invoke(main, ["review", "prelabel", "-p", str(bare.root)])
     assert res.exit_code == 1 and "labels: [a, b]" in res.output
     res = CliRunner().invoke(
