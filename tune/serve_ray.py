@@ -180,8 +180,13 @@ def connect(ray, address: str | None, cpus: int) -> None:
         else:
             ray.init("local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as err:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ThresherError(f"cannot start {where}: {_first_line(err)}") from err
+        if not address:
+            raise ThresherError(f"cannot start a local Ray: {_first_line(err)}") from err
+        raise ThresherError(
+            f"cannot reach the Ray cluster at {address} (--address / RAY_ADDRESS): "
+            f"{_first_line(err)}; check `ray status` there, and with Ray's token "
+            f"authentication set RAY_AUTH_MODE=token here"
+        ) from err
 
 
 def local_cpus(ray_options: RayOptions) -> int:
