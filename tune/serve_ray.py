@@ -51,10 +51,13 @@ class ServeReplica:
     lifespan (the batcher starts and, at shutdown, empties) and calls ``__del__`` last."""
 
     def __init__(self, run_dir: str, app_options: Any, traffic_dir: str, log_text: bool,
-                 device: str | None, precision: str) -> None:  # fmt: skip
+                 device: str | None, precision: str, threads: int) -> None:  # fmt: skip
+        import torch
+
         from thresher.traffic import TrafficLog
         from tune.serve_model import ServedModel
 
+        torch.set_num_threads(threads)  # the CPUs Ray reserved for this replica, no more
         self.model = ServedModel.load(run_dir, device=device, precision=precision)
         self.app_options = app_options
         self.traffic = TrafficLog(traffic_dir, log_text=log_text)
@@ -115,7 +118,7 @@ def build_app(run_dir: Path, options: ServeOptions, ray_options: RayOptions, api
     )
     return deployment.bind(
         str(run_dir), app_options, str(traffic_dir), options.log_text,
-        options.device, options.precision,
+        options.device, options.precision, max(1, math.floor(ray_options.replica_cpus)),
     )  # fmt: skip
 
 
@@ -136,7 +139,12 @@ def run(project: Project, options: ServeOptions, ray_options: RayOptions, *, on_
     config = read_run_config(run_dir)
     name = str(config.get("run") or run_dir.name)
     endpoint = "/v1/generate" if trained_on_pairs(config) else "/v1/predict"
-    port = free_port(options.host, options.port)
+    if address is None:
+        port = free_port(options.host, options.port)
+    elif options.port == 0:
+        raise ThresherError("--port 0 picks a free port of this machine; on a cluster give one")
+    else:  # Serve's proxies listen on the cluster's nodes (and may already hold the port)
+        port = options.port
     ray, serve = import_serve()
 
     stop = threading.Event()
