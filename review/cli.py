@@ -276,9 +276,9 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
     "--model",
     default="auto",
     show_default=True,
-    help="auto (few-shot once every class has --min-per-class reviewed labels, else zero-shot), "
-    "zero-shot, few-shot, a Hugging Face instruction model, or the URL of an OpenAI-compatible "
-    "server (vLLM, llama.cpp, Ollama).",
+    help="auto (zero-shot; once every class has --min-per-class reviewed labels, zero-shot, "
+    "few-shot or both, whichever agrees best with them), zero-shot, few-shot, a Hugging Face "
+    "instruction model, or the URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama).",
 )
 @click.option("--endpoint-model", default=None, help="The served model's name (with a URL).")
 @click.option(
@@ -286,7 +286,7 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
     type=click.IntRange(2),
     default=8,
     show_default=True,
-    help="Reviewed labels per class before auto switches to few-shot.",
+    help="Reviewed labels per class before auto tries few-shot.",
 )
 @click.option(
     "--push/--no-push",

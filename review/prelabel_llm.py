@@ -77,11 +77,12 @@ def llm_probs(
 def _context_ids(tok, question: str) -> list[int]:
     """Token ids of the prompt, through the model's chat template when it has one."""
     if getattr(tok, "chat_template", None):
-        return list(
-            tok.apply_chat_template(
-                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-            )
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
         )
+        if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
     return list(tok(question, add_special_tokens=True)["input_ids"])
 
 

@@ -17,6 +17,7 @@ from review.prelabel import (
     PrelabelOptions,
     choose_method,
     label_prompts,
+    pick_by_agreement,
     prelabel,
     read_prelabels,
     zero_shot_probs,
@@ -129,7 +130,7 @@ def test_zero_shot_probs_pick_the_closest_description():
 def test_choose_method():
     labels = ["a", "b"]
     assert choose_method("auto", ["a"] * 8 + ["b"] * 7, labels, 8) == "zero-shot"
-    assert choose_method("auto", ["a"] * 8 + ["b"] * 8, labels, 8) == "few-shot"
+    assert choose_method("auto", ["a"] * 8 + ["b"] * 8, labels, 8) == "select"
     assert choose_method("zero-shot", ["a"] * 8 + ["b"] * 8, labels, 8) == "zero-shot"
     assert choose_method("http://localhost:8000/v1", [], labels, 8) == "endpoint"
     assert choose_method("some/model", [], labels, 8) == "llm"
@@ -164,7 +165,7 @@ def _write_reviews(project: Project, per_class: int) -> None:
     pq.write_table(table, project.annotations_path)
 
 
-def test_few_shot_replaces_zero_shot_with_enough_reviews(tmp_path):
+def test_with_enough_reviews_auto_picks_the_best_agreeing_pre_labeller(tmp_path):
     project = unlabelled_project(tmp_path, descriptions=False)
     _write_reviews(project, 4)
     small = prelabel(project, prelabel_options(project, min_per_class=5))
@@ -172,10 +173,25 @@ def test_few_shot_replaces_zero_shot_with_enough_reviews(tmp_path):
     assert small.agreement["how"] == "held-out" and small.agreement["n"] == 8
     _write_reviews(project, 8)
     result = prelabel(project, prelabel_options(project))
-    assert result.method == "few-shot" and result.model.startswith("few-shot:")
-    assert result.agreement["how"] == "cross-validated" and result.agreement["n"] == 16
-    assert result.agreement["accuracy"] >= 0.75
+    candidates = result.agreement["candidates"]
+    assert set(candidates) == {"zero-shot", "few-shot", "zero+few-shot"}
+    assert result.method in candidates and result.model.startswith(result.method + ":")
+    assert result.agreement["macro_f1"] == max(candidates.values())
+    assert result.agreement["n"] == 16
+    forced = prelabel(project, prelabel_options(project, model="few-shot"))
+    assert forced.method == "few-shot" and forced.agreement["how"] == "cross-validated"
+    assert "candidates" not in forced.agreement and forced.agreement["accuracy"] >= 0.75
     assert _accuracy(project) >= 0.85
+
+
+def test_pick_by_agreement_takes_the_better_candidate():
+    gold = ["a", "a", "b", "b"]
+    right = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    wrong = right[:, ::-1]
+    best, scores = pick_by_agreement({"w": (wrong, None), "r": (right, None)}, gold, ["a", "b"])
+    assert best == "r" and scores["r"]["accuracy"] == 1.0 and scores["w"]["accuracy"] == 0.0
+    tie, _ = pick_by_agreement({"x": (right, None), "y": (right, None)}, gold, ["a", "b"])
+    assert tie == "x"
 
 
 def test_llm_prelabel_tiny_model(tmp_path, tiny_llama):  # noqa: F811 - the fixture
@@ -188,6 +204,22 @@ def test_llm_prelabel_tiny_model(tmp_path, tiny_llama):  # noqa: F811 - the fixt
     # a random model, but a deterministic one: the same question gets the same answer
     again = prelabel(project, prelabel_options(project, model=tiny_llama))
     assert np.allclose(pq.read_table(again.path).to_pandas()[["p_neg", "p_pos"]], probs)
+
+
+def test_llm_with_a_chat_template(tmp_path, tiny_llama):  # noqa: F811 - the fixture
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from review.prelabel_llm import llm_probs
+
+    chat = tmp_path / "chat-llama"
+    shutil.copytree(tiny_llama, chat)
+    tok = AutoTokenizer.from_pretrained(chat)
+    tok.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}answer:"
+    tok.save_pretrained(chat)
+    probs = llm_probs(["a fine film"], ["neg", "pos"], {"neg": ["bad"], "pos": ["good"]}, str(chat))
+    assert probs.shape == (1, 2) and np.isclose(probs.sum(), 1)
 
 
 class _Stub(BaseHTTPRequestHandler):
