@@ -46,7 +46,7 @@ class AnnParams:
     varies); ``search_threads`` 0 = all cores (a search does not change the graph)."""
 
     connectivity: int = 16
-    expansion_add: int = 128
+    expansion_add: int = 64
     expansion_search: int = 64
     build_threads: int = 1
     search_threads: int = 0

@@ -1,0 +1,296 @@
+"""Cosine k-NN and semantic near pairs at scale: ``thresher.neighbours`` on its ANN index (usearch
+HNSW over a float16 memmap) vs its exact path (blocked float32 matmul, what outliers, dedup and
+the monitor ran before) vs scikit-learn ``NearestNeighbors(metric="cosine",
+algorithm="brute")``, on the same generated vectors in one run.
+
+    python benchmarks/neighbours.py [--sizes 100000 1000000] [--sample 2000] [--out FILE]
+
+Vectors: 384-d unit rows in clusters (one cluster per 500 rows, each a random centre plus a
+16-d random subspace and a little isotropic noise, so a row's nearest neighbour sits at cosine
+~0.7 like sentence embeddings) with 0.5 % planted near copies (cosine 0.93-0.995 to their
+source). Each method runs in a fresh subprocess; its peak memory is that process's ru_maxrss
+(file pages of the memmap it touched included) minus the interpreter's start-up RSS.
+
+k-NN (k = 10): recall@10 of the ANN path against the exact neighbours of ``--sample`` random
+query rows. Semantic pairs (cosine ≥ 0.95): the share of the exact pairs the ANN path finds,
+counted over the pairs of the sample rows plus ``--sample`` planted rows. Above ``--full-max``
+rows the exact path and scikit-learn answer only the sample rows and their full time is the
+sample's time scaled linearly to all rows (``extrapolated: true``); the exact pair search is
+scaled to the n²/2 upper triangle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _report import emit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 384
+K = 10
+THRESHOLD = 0.95
+ROWS_PER_CLUSTER = 500
+SUBSPACE = 16
+PLANTED_SHARE = 0.005
+CHUNK = 65_536
+
+
+def generate(n: int, folder: Path, seed: int = 0) -> dict:
+    """Write ``x32.npy`` (float32) and ``x16.npy`` (float16) with ``n`` clustered unit rows and
+    planted near copies, a chunk at a time; ``planted.npy`` holds the rows that are copies."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_clusters = max(10, n // ROWS_PER_CLUSTER)
+    centres = rng.normal(size=(n_clusters, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bases = rng.normal(size=(n_clusters, SUBSPACE, DIM)).astype(np.float32) * 3 / np.sqrt(DIM)
+    spread = rng.uniform(0.2, 0.4, n_clusters).astype(np.float32)
+    x32 = np.lib.format.open_memmap(folder / "x32.npy", "w+", np.float32, (n, DIM))
+    x16 = np.lib.format.open_memmap(folder / "x16.npy", "w+", np.float16, (n, DIM))
+    planted = []
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        which = rng.integers(0, n_clusters, m)
+        z = rng.normal(size=(m, SUBSPACE)).astype(np.float32) * spread[which, None]
+        block = centres[which] + np.einsum("ms,msd->md", z, bases[which])
+        block += rng.normal(scale=0.02, size=(m, DIM)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        copies = max(1, int(m * PLANTED_SHARE))
+        source = rng.choice(m - copies, copies, replace=False)
+        noise = rng.normal(size=(copies, DIM)).astype(np.float32)
+        noise *= (rng.uniform(0.1, 0.4, copies) / np.linalg.norm(noise, axis=1))[:, None]
+        near = block[source] + noise
+        block[m - copies :] = near / np.linalg.norm(near, axis=1, keepdims=True)
+        order = rng.permutation(m)
+        block = block[order]
+        planted.append(start + np.flatnonzero(order >= m - copies))
+        x32[start : start + m] = block
+        x16[start : start + m] = block
+    x32.flush()
+    x16.flush()
+    planted_rows = np.concatenate(planted)
+    np.save(folder / "planted.npy", planted_rows)
+    cos16 = _float16_agreement(x32, x16)
+    return {"clusters": n_clusters, "planted_copies": len(planted_rows), **cos16}
+
+
+def _float16_agreement(x32, x16) -> dict:
+    """Cosine between each float32 row and its float16 copy (min and mean over 20k rows)."""
+    import numpy as np
+
+    rows = slice(0, min(len(x32), 20_000))
+    a = np.asarray(x32[rows], np.float64)
+    b = np.asarray(x16[rows], np.float64)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return {"float16_cosine_min": float(cos.min()), "float16_cosine_mean": float(cos.mean())}
+
+
+# --------------------------------------------------------------------------------------------
+# One method in a fresh process
+
+
+def child(method: str, folder: Path, full: bool) -> dict:
+    """Run ``method`` on the vectors in ``folder``, save its answers there, return its time."""
+    import numpy as np
+
+    from thresher import neighbours as nb
+
+    if method == "start":  # the interpreter and imports alone
+        return {"peak_rss_mib": _peak_rss_mib()}
+    sample = np.load(folder / "sample.npy")
+    pair_rows = np.load(folder / "pair_rows.npy")
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    out: dict = {}
+    if method == "ann_knn":
+        x = np.load(folder / "x16.npy", mmap_mode="r")
+        _, idx = nb.cosine_knn(x, K, method="ann")
+        np.save(folder / "ann_knn.npy", idx[sample])
+    elif method == "ann_pairs":
+        x = np.load(folder / "x16.npy", mmap_mode="r")
+        pairs = nb.pairs_above(x, THRESHOLD, method="ann")
+        np.save(folder / "ann_pairs.npy", pairs)
+        out["pairs"] = len(pairs)
+    elif method == "exact_knn":
+        x = np.load(folder / "x32.npy")
+        if full:
+            _, idx = nb.cosine_knn(x, K, method="exact")
+            idx = idx[sample]
+        else:
+            _, idx = nb.exact_knn(x, K, query_rows=sample)
+        np.save(folder / "exact_knn.npy", idx)
+    elif method == "exact_pairs":
+        x = np.load(folder / "x32.npy")
+        if full:
+            pairs = nb.pairs_above(x, THRESHOLD, method="exact")
+            out["pairs"] = len(pairs)
+        else:  # the sample rows against every row
+            pairs = _pairs_of(x, pair_rows)
+        np.save(folder / "exact_pairs.npy", pairs)
+    elif method == "sklearn_knn":
+        from sklearn.neighbors import NearestNeighbors
+
+        x = np.load(folder / "x32.npy")
+        model = NearestNeighbors(n_neighbors=K + 1, metric="cosine", algorithm="brute").fit(x)
+        queries = x if full else x[sample]
+        _, idx = model.kneighbors(queries)
+        idx = idx[sample] if full else idx
+        np.save(folder / "sklearn_knn.npy", _drop_self(idx, sample))
+    else:
+        raise SystemExit(f"unknown method {method}")
+    out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.process_time() - cpu0
+    out["peak_rss_mib"] = _peak_rss_mib()
+    return out
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a
+    child forked from a big parent inherits)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pairs_of(x, rows):
+    import numpy as np
+
+    from thresher.neighbours import unit_rows
+
+    xn = unit_rows(x)
+    found = []
+    for start in range(0, len(rows), 256):
+        part = rows[start : start + 256]
+        r, c = np.nonzero(xn[part] @ xn.T >= THRESHOLD)
+        found.append(np.stack([part[r], c], axis=1))
+    pairs = np.concatenate(found)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def _drop_self(idx, rows):
+    keep = idx != rows[:, None]
+    keep[keep.all(axis=1), -1] = False
+    return idx[keep].reshape(len(idx), -1)[:, :K]
+
+
+def _run_child(method: str, folder: Path, full: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--folder", str(folder)]
+    if full:
+        cmd.append("--full")
+    base = subprocess.run(
+        [sys.executable, __file__, "--child", "start", "--folder", "."],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    start = json.loads(base.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    result["peak_rss_above_start_mib"] = result["peak_rss_mib"] - start
+    return {key: round(v, 2) if isinstance(v, float) else v for key, v in result.items()}
+
+
+def _recall(found, truth) -> float:
+    return float(sum(len(set(a) & set(b)) for a, b in zip(found, truth, strict=True)) / truth.size)
+
+
+def run_size(n: int, sample_size: int, full_max: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="neighbours-bench-") as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        data = generate(n, folder, seed)
+        data["generate_seconds"] = round(time.perf_counter() - t0, 1)
+        rng = np.random.default_rng(seed + 1)
+        sample = np.sort(rng.choice(n, min(sample_size, n), replace=False))
+        planted = np.load(folder / "planted.npy")
+        planted_sample = rng.choice(planted, min(sample_size, len(planted)), replace=False)
+        pair_rows = np.unique(np.concatenate([sample, planted_sample]))
+        np.save(folder / "sample.npy", sample)
+        np.save(folder / "pair_rows.npy", pair_rows)
+        full = n <= full_max
+        scale = 1.0 if full else n / len(sample)
+        result: dict = {"n": n, "dim": DIM, "k": K, "data": data, "sample_rows": len(sample)}
+        result["exact_full"] = full
+        methods = {}
+        for method in ("ann_knn", "exact_knn", "sklearn_knn", "ann_pairs", "exact_pairs"):
+            print(f"n={n}: {method} ...", file=sys.stderr, flush=True)
+            methods[method] = _run_child(method, folder, full)
+            methods[method]["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
+        truth = np.load(folder / "exact_knn.npy")
+        ann = np.load(folder / "ann_knn.npy")
+        sk = np.load(folder / "sklearn_knn.npy")
+        methods["ann_knn"]["recall_at_10"] = round(_recall(ann, truth), 4)
+        methods["sklearn_knn"]["recall_at_10"] = round(_recall(sk, truth), 4)
+        for name in ("exact_knn", "sklearn_knn"):
+            m = methods[name]
+            m["extrapolated"] = not full
+            m["full_seconds"] = round(m["seconds"] * scale, 1)
+        exact_pairs = np.load(folder / "exact_pairs.npy")
+        ann_pairs = np.load(folder / "ann_pairs.npy")
+        if not full:  # compare on pairs touching the pair rows
+            touch = np.isin(ann_pairs, pair_rows).any(axis=1)
+            ann_pairs = ann_pairs[touch]
+            m = methods["exact_pairs"]
+            m["extrapolated"] = True
+            m["full_seconds"] = round(m["seconds"] * n / (2 * len(pair_rows)), 1)
+        else:
+            methods["exact_pairs"]["extrapolated"] = False
+            methods["exact_pairs"]["full_seconds"] = methods["exact_pairs"]["seconds"]
+        want = {tuple(p) for p in exact_pairs.tolist()}
+        got = {tuple(p) for p in ann_pairs.tolist()}
+        methods["ann_pairs"]["exact_pairs_compared"] = len(want)
+        methods["ann_pairs"]["share_of_exact_pairs_found"] = round(len(want & got) / len(want), 4)
+        methods["ann_pairs"]["pairs_not_in_exact"] = len(got - want)
+        result["methods"] = methods
+        ann_s = methods["ann_knn"]["seconds"]
+        result["knn_speedup_vs_exact"] = round(methods["exact_knn"]["full_seconds"] / ann_s, 1)
+        result["knn_speedup_vs_sklearn"] = round(methods["sklearn_knn"]["full_seconds"] / ann_s, 1)
+        result["pairs_speedup_vs_exact"] = round(
+            methods["exact_pairs"]["full_seconds"] / methods["ann_pairs"]["seconds"], 1
+        )
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sample", type=int, default=2000, help="query rows checked")
+    parser.add_argument("--full-max", type=int, default=200_000, help="exact on all rows up to")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.folder, args.full)))
+        return
+    from thresher.neighbours import EXACT_MAX_ROWS, AnnParams
+
+    cores = len(os.sched_getaffinity(0))
+    result = {
+        "what": "cosine k-NN (k=10) and semantic pairs >= 0.95: thresher ANN vs exact vs sklearn",
+        "machine": f"{cores} cores, load {os.getloadavg()[0]:.1f} at start (shared)",
+        "ann": {"library": "usearch", **AnnParams().__dict__, "exact_max_rows": EXACT_MAX_ROWS},
+        "sizes": [],
+    }
+    for n in args.sizes:  # saved after each size: the 1M run is long
+        result["sizes"].append(run_size(n, args.sample, args.full_max))
+        result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+        emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
