@@ -70,11 +70,11 @@ class LocalEngine:
         else:
             external = self._external_probs()
             with run.timed("label_noise"):
-                res = self._label_noise(nopts, embeddings, external)
+                res = self._label_noise(nopts, _float32(embeddings), external)
         with run.timed("outliers"):
             dense = _dense_features(self.texts, embeddings)
-            out_score, near_ood = outlier_scores(dense)
-            coords = _map_2d(dense, opts.seed)
+            out_score, near_ood = outlier_scores(dense)  # reads a float16 memmap by blocks
+            coords = _map_2d(_float32(dense), opts.seed)
         with run.timed("bias"):
             groups, report = score_bias(
                 self.texts, self.labels, lexicon=self.plan.lexicon,
@@ -117,12 +117,18 @@ class LocalEngine:
         if not opts.embeddings:
             return None
         from thresher.embeddings import embed_texts
+        from thresher.neighbours import EXACT_MAX_ROWS
 
+        # Many texts: a float16 memmap (unlinked once open), not a second float32 copy in RAM.
+        out = run.path("embeddings.f16.npy") if len(self.texts) > EXACT_MAX_ROWS else None
         with run.timed("embed"):
-            return embed_texts(
+            vectors = embed_texts(
                 self.texts, opts.model, cache_dir=self.plan.project.embedding_cache,
-                progress=self.plan.progress,
+                progress=self.plan.progress, out=out,
             )  # fmt: skip
+        if out is not None:
+            out.unlink()
+        return vectors
 
     def _noise_options(self) -> NoiseOptions:
         from curate.noise import NoiseOptions
@@ -210,6 +216,11 @@ def external_probs(project: Project, source: str, ids, classes) -> np.ndarray:
     if absent:
         raise InputError(f"{path}: no predictions for {len(absent)} records (e.g. {absent[0]})")
     return preds.loc[list(ids), cols].to_numpy(dtype=float)
+
+
+def _float32(vectors):
+    """A float32 array for the learners and the map (they would upcast float16 to float64)."""
+    return None if vectors is None else np.asarray(vectors, dtype=np.float32)
 
 
 def _dense_features(texts, embeddings):

@@ -189,10 +189,14 @@ def embed_texts(
     device: str | None = None,
     precision: str = "auto",
     progress: Callable[[int], None] | None = None,
+    out: Path | None = None,
 ):
     """Embed ``texts`` → float32 array (n, dim), L2-normalized. Cached texts are not re-embedded.
 
-    ``cache_dir`` (e.g. ``DIR/.cache/embeddings``) enables the cache; None embeds everything."""
+    ``cache_dir`` (e.g. ``DIR/.cache/embeddings``) enables the cache; None embeds everything.
+    ``out``: write the vectors to this ``.npy`` file as float16 instead (cosine with the float32
+    vectors ≥ 0.9999) and return it memory-mapped read-only, so that a large matrix is not held
+    in memory a second time beside the cache."""
     import numpy as np
 
     ref = resolve_model(model, "embedding")
@@ -237,6 +241,24 @@ def embed_texts(
         for (_, positions), vec in zip(missing.items(), new_vectors, strict=True):
             for pos in positions:
                 result[pos] = vec
+    if out is not None:
+        return _write_float16(result, Path(out))
     if not texts:
         return np.zeros((0, 384), dtype="float32")
     return np.stack(result).astype("float32", copy=False)
+
+
+def _write_float16(rows: list, out: Path, block: int = 65_536):
+    """``rows`` (vectors) into a float16 ``.npy`` at ``out`` a block at a time (written to a
+    temporary file, then renamed), opened again as a read-only memmap."""
+    import numpy as np
+
+    dim = len(rows[0]) if rows else 384
+    tmp = out.with_name(out.name + ".tmp")
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), dim))
+    for start in range(0, len(rows), block):
+        matrix[start : start + block] = np.stack(rows[start : start + block])
+    matrix.flush()
+    del matrix
+    os.replace(tmp, out)
+    return np.load(out, mmap_mode="r")
