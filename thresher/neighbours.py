@@ -36,6 +36,7 @@ EXACT_MAX_ROWS = 20_000  # auto: exact up to here (ann pays off above, benchmark
 BLOCK_CELLS = 2**24  # similarity cells per exact block (64 MiB of float32)
 INDEX_CHUNK_ROWS = 65_536  # rows converted to float32 at a time for non-float32 inputs
 PAIR_CANDIDATES = 32  # ann neighbours per row checked by pairs_above
+PAIR_MARGIN = 0.02  # candidates this far below the threshold (float16 index) are verified
 
 
 @dataclass(frozen=True)
@@ -235,36 +236,45 @@ def _search_threads(params: AnnParams) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
 
 
+def _ann_candidates(x, q, want: int, drop_self: bool, params: AnnParams):
+    """Per block of queries: (query rows, candidate keys, approximate cosine similarities, rows
+    that got all ``want`` candidates). Keys and similarities have ``want - drop_self`` columns,
+    a row's own entry dropped."""
+    index = _ann_index(x, params)
+    queries = x if q is None else q
+    threads = _search_threads(params)
+    for start in range(0, len(queries), INDEX_CHUNK_ROWS):
+        stop = min(start + INDEX_CHUNK_ROWS, len(queries))
+        block = np.asarray(queries[start:stop], dtype=np.float16)
+        found = index.search(block, want, threads=threads)
+        keys = np.asarray(found.keys).astype(np.int64, copy=False)
+        sims = 1.0 - np.asarray(found.distances, dtype=np.float32)
+        full = np.asarray(found.counts) >= want
+        rows = np.arange(start, stop)
+        if drop_self:
+            keep = _not_self(keys, rows)
+            keys = keys[keep].reshape(len(keys), want - 1)
+            sims = sims[keep].reshape(len(keys), want - 1)
+        keys[~full] = 0
+        yield rows, keys, sims, full
+
+
 def _ann_knn(
     x, k: int, q, drop_self: bool, params: AnnParams, block_cells: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """ANN candidates (k + 1 when a row's own entry is dropped), re-scored by exact cosine.
     Rows the graph returned too few candidates for are answered by the exact path."""
-    index = _ann_index(x, params)
     queries = x if q is None else q
     m = len(queries)
-    want = k + (1 if drop_self else 0)
     dist = np.empty((m, k), dtype=np.float32)
     idx = np.empty((m, k), dtype=np.int64)
     short: list[np.ndarray] = []
-    threads = _search_threads(params)
-    for start in range(0, m, INDEX_CHUNK_ROWS):
-        stop = min(start + INDEX_CHUNK_ROWS, m)
-        block = np.asarray(queries[start:stop], dtype=np.float16)
-        found = index.search(block, want, threads=threads)
-        keys = np.asarray(found.keys).astype(np.int64, copy=False)
-        counts = np.asarray(found.counts)
-        full = counts >= want
-        rows = np.arange(start, stop)
-        if drop_self:
-            keys = _without_self(keys, rows, k)
-        else:
-            keys = keys[:, :k]
-        keys[~full] = 0
+    want = k + (1 if drop_self else 0)
+    for rows, keys, _, full in _ann_candidates(x, q, want, drop_self, params):
         sims = _pair_sims(queries, x, rows, keys)
         order = np.argsort(-sims, axis=1, kind="stable")
-        idx[start:stop] = np.take_along_axis(keys, order, axis=1)
-        dist[start:stop] = 1.0 - np.take_along_axis(sims, order, axis=1)
+        idx[rows[0] : rows[-1] + 1] = np.take_along_axis(keys, order, axis=1)
+        dist[rows[0] : rows[-1] + 1] = 1.0 - np.take_along_axis(sims, order, axis=1)
         short.append(rows[~full])
     missing = np.concatenate(short) if short else np.zeros(0, np.int64)
     if len(missing):
@@ -278,12 +288,12 @@ def _ann_knn(
     return np.clip(dist, 0.0, 2.0), idx
 
 
-def _without_self(keys: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The first ``k`` keys of each row other than the row itself (the last one when the row is
+def _not_self(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mask of each row's keys other than the row itself (all but the last one when the row is
     not among its own candidates, which happens among identical rows)."""
     is_self = keys == rows[:, None]
     is_self[~is_self.any(axis=1), -1] = True
-    return keys[~is_self].reshape(len(keys), k)
+    return ~is_self
 
 
 def _pair_sims(queries, x, rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -353,18 +363,43 @@ def _exact_pairs(x, threshold: float, block_bytes: int) -> np.ndarray:
 
 
 def _ann_pairs(x, threshold: float, candidates: int, params, block_bytes: int) -> np.ndarray:
-    sims_dist, idx = _ann_knn(x, candidates, None, True, params, None)
-    sims = 1.0 - sims_dist
-    hit = sims >= threshold
-    rows = np.repeat(np.arange(len(x)), candidates).reshape(idx.shape)
-    found = [np.stack([rows[hit], idx[hit]], axis=1)]
-    saturated = np.flatnonzero(hit.all(axis=1))
-    if len(saturated):
-        log.info("%d rows with ≥ %d near rows: compared exactly", len(saturated), candidates)
-        found.append(_pairs_of_rows(x, saturated, threshold, block_bytes))
+    """Candidates whose approximate similarity (float16 index) is within ``PAIR_MARGIN`` of the
+    threshold, verified by exact cosine; rows with every candidate that close, or with too few
+    candidates, compared with all rows exactly."""
+    found = [np.zeros((0, 2), np.int64)]
+    exact_rows = []
+    for rows, keys, sims, full in _ann_candidates(x, None, candidates + 1, True, params):
+        close = (sims >= threshold - PAIR_MARGIN) & full[:, None]
+        exact_rows.append(rows[~full | close.all(axis=1)])
+        a = np.repeat(rows, candidates).reshape(keys.shape)[close]
+        b = keys[close]
+        hit = _pair_cos(x, a, b) >= threshold
+        found.append(np.stack([a[hit], b[hit]], axis=1))
+    redo = np.concatenate(exact_rows)
+    if len(redo):
+        log.info("%d rows with ≥ %d near rows: compared exactly", len(redo), candidates)
+        found.append(_pairs_of_rows(x, redo, threshold, block_bytes))
     both = np.concatenate(found)
     both = np.stack([both.min(axis=1), both.max(axis=1)], axis=1)
     return _sorted_pairs(both[both[:, 0] != both[:, 1]])
+
+
+def _pair_cos(x, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact float32 cosine of rows ``a[i]`` and ``b[i]``, a block of pairs at a time."""
+    out = np.empty(len(a), dtype=np.float32)
+    step = max(1, BLOCK_CELLS // x.shape[1])
+    for start in range(0, len(a), step):
+        ra, rb = a[start : start + step], b[start : start + step]
+        out[start : start + len(ra)] = np.einsum("pd,pd->p", _rows(x, ra), _rows(x, rb))
+    return out
+
+
+def _rows(x, rows: np.ndarray) -> np.ndarray:
+    """Normalised float32 ``x[rows]``, read in row order (sequential on a memmap)."""
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    out[order] = unit_rows(x[rows[order]])
+    return out
 
 
 def _pairs_of_rows(x, rows: np.ndarray, threshold: float, block_bytes: int) -> np.ndarray:
