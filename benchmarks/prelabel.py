@@ -14,7 +14,8 @@ Per corpus, on every record:
   few-shot or their average, whichever agrees best with the reviewed labels out of sample), both
   scored on the records not drawn; and the agreement ``prelabel --json`` reports (estimated on the
   drawn labels), to see how far it can be trusted;
-- optionally (``--llm-sample N``) the packaged SmolLM2-135M instruction model on N records.
+- optionally (``--llm-sample N``) the packaged SmolLM2-135M instruction model on N records of
+  the ``--llm-corpora`` (CPU: seconds per record).
 
     python benchmarks/prelabel.py [--seeds 3] [--llm-sample 0] [--out results/prelabel.json]
 
@@ -153,7 +154,7 @@ def llm_row(texts, gold, labels, descriptions, n: int) -> dict:
     return out
 
 
-def run_corpus(name: str, seeds: int, llm_sample: int) -> dict:
+def run_corpus(name: str, seeds: int, llm_sample: int, llm_corpora: list[str]) -> dict:
     texts, gold = load_corpus(name)
     labels = sorted(set(gold))
     cache = OUT / name / ".cache" / "embeddings"
@@ -175,7 +176,7 @@ def run_corpus(name: str, seeds: int, llm_sample: int) -> dict:
         "seconds": {"embed (cached after the first run)": round(embed_s, 1),
                     "zero_shot": round(zero_s, 2)},
     }  # fmt: skip
-    if llm_sample:
+    if llm_sample and name in llm_corpora:
         row["smollm2_135m"] = llm_row(texts, gold, labels, DESCRIPTIONS[name], llm_sample)
     return row
 
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--corpora", default="rotten_tomatoes,debates")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--llm-sample", type=int, default=0)
+    parser.add_argument("--llm-corpora", default="rotten_tomatoes")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = {
@@ -193,7 +195,8 @@ def main() -> None:
         "not drawn as labels)",
         "default": "zero-shot = descriptions+centred; from 8 reviewed labels per class, auto",
         "corpora": {
-            name: run_corpus(name, args.seeds, args.llm_sample) for name in args.corpora.split(",")
+            name: run_corpus(name, args.seeds, args.llm_sample, args.llm_corpora.split(","))
+            for name in args.corpora.split(",")
         },
     }
     emit(result, args.out)
