@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from thresher.project import Project, atomic_output
 
 SOURCE = "serve/traffic"
@@ -106,6 +104,7 @@ def reviewed_production_records(project: Project, stage_path: Path, decisions):
     by id or by text, as an Arrow table in that file's schema (its other columns null; labels
     still the input's: apply the decisions as to any batch). None when there are none. The stage
     is read batch by batch, two columns at a time: memory follows the production records."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
