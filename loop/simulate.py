@@ -28,7 +28,7 @@ import numpy as np
 from loop.errors import SimulationError
 from loop.learners import Learner, make_learner
 from loop.stopping import RULES, StoppingOptions, cohen_kappa, stop_points
-from loop.strategies import Diverse, get_strategy
+from loop.strategies import Diverse, coverage_pick, get_strategy
 from thresher.metrics import probs_macro_f1
 from thresher.records import representative_mask
 
@@ -55,6 +55,9 @@ class SimulateOptions:
     target: float = 0.95
     diversity_factor: int = 10
     stopping: StoppingOptions = field(default_factory=StoppingOptions)
+    # the seed set of every strategy but random: "random" (the same random draw as random's)
+    # or "coverage" (the pool records k-means finds central, as a round without labels picks)
+    cold_start: str = "random"
 
     def validate(self, n_rows: int) -> None:
         if self.rounds < 1 or self.size < 1 or self.seeds < 1:
@@ -65,6 +68,8 @@ class SimulateOptions:
             raise SimulationError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.strategies:
             raise SimulationError("give at least one strategy, e.g. --strategies margin,random")
+        if self.cold_start not in ("random", "coverage"):
+            raise SimulationError(f"cold_start must be random or coverage, got {self.cold_start!r}")
         pool = n_rows - max(1, round(n_rows * self.test_fraction))
         need = (self.seed_size or self.size) + self.rounds * self.size
         if need > pool:
@@ -274,6 +279,11 @@ def simulate(
         # the stop set: pool records drawn once per seed, the same for every strategy
         stop = rng.choice(pool, size=min(opts.stopping.stop_set, len(pool)), replace=False)
         stop_texts = text_arr[np.sort(stop)].tolist()
+        covering = None
+        if opts.cold_start == "coverage" and any(n != "random" for n in opts.strategies):
+            vectors = learner.embed(text_arr[pool].tolist())
+            size = opts.seed_size or opts.size
+            covering = np.sort(pool[coverage_pick(vectors, size, seed=opts.seed * 7919 + s)])
         for name in opts.strategies:
             curves += _run_seed(
                 name,
@@ -282,7 +292,7 @@ def simulate(
                 oracle,
                 y[test],
                 test_texts,
-                seed_set,
+                seed_set if covering is None or name == "random" else covering,
                 pool,
                 opts,
                 seed,

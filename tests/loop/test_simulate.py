@@ -127,3 +127,17 @@ def test_simulate_command_writes_the_stage_and_is_a_noop_on_rerun(tmp_path, plan
     assert again["noop"] and again["aulc"] == summary["aulc"]
     bad = runner.invoke(main, [*args[:-1], "--strategies", "nope"])
     assert bad.exit_code == 1 and "unknown strategy 'nope'" in bad.output
+
+
+def test_a_coverage_cold_start_seeds_every_strategy_but_random(planted):
+    texts, labels = planted
+    base = SimulateOptions(rounds=1, size=12, seed_size=9, strategies=("margin", "random"),
+                           seeds=1, learner="tfidf")  # fmt: skip
+    plain = simulate(texts, labels, base)
+    covered = simulate(
+        texts, labels, SimulateOptions(**{**base.__dict__, "cold_start": "coverage"})
+    )
+    assert covered.aulc_per_seed["random"] == plain.aulc_per_seed["random"]
+    assert [p.n_labels for p in covered.curves] == [p.n_labels for p in plain.curves]
+    with pytest.raises(SimulationError):
+        SimulateOptions(cold_start="kmeans").validate(1000)
