@@ -268,10 +268,15 @@ def _score_lines(result: ScoreResult) -> list[str]:
     lines = []
     if result.noop:
         lines.append("score is up to date (inputs and config unchanged); --force redoes it")
+    if result.learners:
+        how = f"with {'+'.join(result.learners)}, {result.folds} folds"
+    else:
+        how = "without a label model"
     lines.append(
-        f"scored {result.scored} of {result.records} records ({result.labeled} labeled) with "
-        f"{'+'.join(result.learners)}, {result.folds} folds ({result.engine} engine)"
+        f"scored {result.scored} of {result.records} records ({result.labeled} labeled) "
+        f"{how} ({result.engine} engine)"
     )
+    lines.extend(f"skipped: {line}" for line in result.skipped)
     lines.append(
         f"label issues: {result.label_issues}  near-OOD: {result.near_ood}  "
         f"significant group/label associations: {result.significant_bias}"
