@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.labelled_project import make_project, synthetic_rows
+from tests.helpers.serving import check_concurrent_requests, check_predictions
 from thresher.traffic import read_traffic
 
 TEXTS = [
@@ -100,31 +101,9 @@ def test_serves_what_predict_proba_predicts_and_drains_on_sigterm(served_project
         with httpx.Client(base_url=url, timeout=30, headers=auth) as http:
             assert http.get("/healthz").json() == {"status": "ok", "model": "r1"}
             assert httpx.post(f"{url}/v1/predict", json={"texts": ["x"]}).status_code == 401
-            body = http.post("/v1/predict", json={"texts": TEXTS}).json()
-            assert body["model"] == "r1"
-            got = np.array([[p["probs"][k] for k in labels] for p in body["predictions"]])
-            assert np.allclose(got, expected, atol=1e-3)
-            assert [p["label"] for p in body["predictions"]] == [
-                labels[i] for i in expected.argmax(1)
-            ]
-
+            check_predictions(http, TEXTS, labels, expected, np, model="r1")
             # concurrent requests from threads, each with its own texts, all answered right
-            answers: dict[int, list[str]] = {}
-
-            def ask(i: int) -> None:
-                texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 3)]
-                r = http.post("/v1/predict", json={"texts": texts})
-                answers[i] = [p["label"] for p in r.json()["predictions"]]
-
-            threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert len(answers) == 12
-            for i, got_labels in answers.items():
-                want = [labels[expected[(i + j) % len(TEXTS)].argmax()] for j in range(1 + i % 3)]
-                assert got_labels == want, i
+            check_concurrent_requests(http, TEXTS, labels, expected, requests=12, span=3)
             metrics = http.get("/metrics").text
             assert 'requests_total{endpoint="/v1/predict",status="200"} 13.0' in metrics
             assert 'requests_total{endpoint="/v1/predict",status="401"} 1.0' in metrics

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.labelled_project import make_project, synthetic_rows
+from tests.helpers.serving import check_concurrent_requests, check_predictions
 from thresher.errors import ThresherError
 from thresher.traffic import read_traffic
 
@@ -84,32 +85,9 @@ def test_two_ray_replicas_answer_like_predict_and_drain_on_sigterm(served_projec
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.get("/healthz").json() == {"status": "ok", "model": "r1"}
-            body = http.post("/v1/predict", json={"texts": TEXTS}).json()
-            assert body["model"] == "r1"
-            got = np.array([[p["probs"][k] for k in LABELS] for p in body["predictions"]])
-            assert np.allclose(got, expected, atol=1e-3)
-            assert [p["label"] for p in body["predictions"]] == [
-                LABELS[i] for i in expected.argmax(1)
-            ]
-
+            check_predictions(http, TEXTS, LABELS, expected, np, model="r1")
             # concurrent requests, each with its own texts in its own order: all answered right
-            answers: dict[int, list[str]] = {}
-
-            def ask(i: int) -> None:
-                texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 4)]
-                r = http.post("/v1/predict", json={"texts": texts})
-                answers[i] = [p["label"] for p in r.json()["predictions"]]
-
-            threads = [threading.Thread(target=ask, args=(i,)) for i in range(24)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert len(answers) == 24
-            for i, labels in answers.items():
-                assert labels == [
-                    LABELS[expected[(i + j) % len(TEXTS)].argmax()] for j in range(1 + i % 4)
-                ], i
+            check_concurrent_requests(http, TEXTS, LABELS, expected, requests=24, span=4)
 
             bad = http.post("/v1/predict", json={"texts": []})
             assert bad.status_code == 400
