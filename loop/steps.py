@@ -255,7 +255,7 @@ def predict_step(stopping: StoppingOptions | None = None) -> Step:
         (ctx.work_dir / "classes.json").write_text(json.dumps(list(learner.classes)))
         result: dict[str, Any] = {"pool": int(len(pool)), "labeled": int(len(labeled))}
         if stopping is not None:
-            result["stopping"] = _stopping_checks(ctx, learner, labeled, pool, stopping)
+            result["stopping"] = _stopping_checks(ctx, out, labeled, pool, stopping)
         return result
 
     return predict
@@ -280,30 +280,27 @@ def _stop_set_ids(ctx: StepContext, pool, size: int) -> list[str]:
     return chosen
 
 
-def _stopping_checks(ctx: StepContext, learner, labeled, pool, opts: StoppingOptions):
-    """Predict the stop set, compare with the previous round's answers (Cohen's kappa on the
-    ids both rounds saw) and check the rules; ``stop_set.parquet`` keeps this round's answers."""
+def _stopping_checks(ctx: StepContext, predictions, labeled, pool, opts: StoppingOptions):
+    """Take this round's answers on the stop set from its ``predictions`` (pool and labelled
+    records: the stop set is drawn from them, so nothing is predicted twice), compare them with
+    the previous round's (Cohen's kappa on the ids both rounds saw) and check the rules;
+    ``stop_set.parquet`` keeps this round's answers."""
     import pandas as pd
 
-    texts = {
-        str(i): t
-        for part in (labeled, pool)
-        if not part.empty
-        for i, t in zip(part["id"], part["text"], strict=True)
-    }
-    ids = [i for i in _stop_set_ids(ctx, pool, opts.stop_set) if i in texts]
-    probs = learner.predict_proba([texts[i] for i in ids]) if ids else np.zeros((0, 1))
+    stop_ids = _stop_set_ids(ctx, pool, opts.stop_set)
+    known = predictions.drop_duplicates("id").set_index("id") if len(predictions) else None
+    ids = [i for i in stop_ids if known is not None and i in known.index]
     answers = pd.DataFrame(
         {
             "id": pd.Series(ids, dtype=object),
             "predicted_label": pd.Series(
-                np.asarray(learner.classes)[probs.argmax(axis=1)] if ids else [], dtype=object
+                known.loc[ids, "predicted_label"].to_numpy() if ids else [], dtype=object
             ),
-            "predicted_prob": probs.max(axis=1) if ids else np.zeros(0),
+            "predicted_prob": known.loc[ids, "predicted_prob"].to_numpy(float) if ids else [],
         }
     )
     answers.to_parquet(ctx.work_dir / "stop_set.parquet", index=False)
-    confidence = float(probs.max(axis=1).mean()) if ids else None
+    confidence = float(answers["predicted_prob"].mean()) if ids else None
     kappas = list((ctx.previous_outputs("predict") or {}).get("stopping", {}).get("kappas", []))
     previous_dir = ctx.previous_step_dir("predict")
     kappa = None
