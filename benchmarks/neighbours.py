@@ -277,13 +277,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.full)))
         return
-    from thresher.neighbours import EXACT_MAX_ROWS, AnnParams
+    from thresher.neighbours import EXACT_MAX_ROWS, REPRODUCIBLE_BUILD_MAX_ROWS, AnnParams
 
     cores = len(os.sched_getaffinity(0))
     result = {
         "what": "cosine k-NN (k=10) and semantic pairs >= 0.95: thresher ANN vs exact vs sklearn",
         "machine": f"{cores} cores, load {os.getloadavg()[0]:.1f} at start (shared)",
-        "ann": {"library": "usearch", **AnnParams().__dict__, "exact_max_rows": EXACT_MAX_ROWS},
+        "ann": {
+            "library": "usearch",
+            **AnnParams().__dict__,
+            "exact_max_rows": EXACT_MAX_ROWS,
+            "reproducible_build_max_rows": REPRODUCIBLE_BUILD_MAX_ROWS,
+        },
         "sizes": [],
     }
     for n in args.sizes:  # saved after each size: the 1M run is long

@@ -56,6 +56,20 @@ def test_ann_is_the_same_on_every_run(vectors):
     np.testing.assert_array_equal(first, again)
 
 
+def test_build_threads_one_up_to_the_reproducible_size_all_cores_above(monkeypatch, vectors):
+    monkeypatch.setattr(nb, "_all_cores", lambda: 7)
+    auto = nb.AnnParams()
+    assert nb._build_threads(auto, nb.REPRODUCIBLE_BUILD_MAX_ROWS) == 1
+    assert nb._build_threads(auto, nb.REPRODUCIBLE_BUILD_MAX_ROWS + 1) == 7
+    assert nb._build_threads(nb.AnnParams(build_threads=0), 10) == 7
+    assert nb._build_threads(nb.AnnParams(build_threads=1), 10**7) == 1
+    # a parallel build keeps recall (the graph may differ run to run, the quality does not)
+    monkeypatch.setattr(nb, "REPRODUCIBLE_BUILD_MAX_ROWS", 1000)
+    monkeypatch.setattr(nb, "_all_cores", lambda: 2)
+    exact = nb.cosine_knn(vectors[:5000], 10, method="exact")[1]
+    assert _recall(nb.cosine_knn(vectors[:5000], 10, method="ann")[1], exact) >= 0.95
+
+
 def test_exclude_self_keeps_an_identical_twin():
     x = _clustered(300, dim=16, seed=1)
     x[7] = x[42]

@@ -5,8 +5,10 @@ distances). Two paths behind one API:
 
 - exact: blocked float32 matmul of a block of query rows against all rows, the top ``k`` kept
   with ``np.partition``. Time grows as n², memory stays at one block (``BLOCK_CELLS``).
-- ann: a usearch HNSW graph (cosine, float16 storage), built single-threaded so that it is the
-  same graph on every run; searched on all cores. Candidates are re-scored with exact float32
+- ann: a usearch HNSW graph (cosine, float16 storage), built on one thread up to
+  ``REPRODUCIBLE_BUILD_MAX_ROWS`` rows, so that it is the same graph on every run, and on all
+  cores above (parallel insertion order varies, so a rare missed neighbour may differ between
+  runs); searched on all cores. Candidates are re-scored with exact float32
   cosine, so every distance returned is exact and only a missed neighbour is approximate
   (recall@10 ≥ 0.95 against exact; benchmarks/neighbours.py measures it).
 
@@ -33,6 +35,7 @@ from thresher.errors import ThresherError
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 20_000  # auto: exact up to here (ann pays off above, benchmarks/neighbours.py)
+REPRODUCIBLE_BUILD_MAX_ROWS = 200_000  # one build thread up to here (≈ 1 min), all cores above
 BLOCK_CELLS = 2**24  # similarity cells per exact block (64 MiB of float32)
 INDEX_CHUNK_ROWS = 65_536  # rows converted to float32 at a time for non-float32 inputs
 PAIR_CANDIDATES = 32  # ann neighbours per row checked by pairs_above
@@ -44,12 +47,14 @@ class AnnParams:
     """HNSW settings. ``connectivity``: graph edges per node; ``expansion_add`` /
     ``expansion_search``: candidate list sizes while building / searching (higher = better recall,
     slower). ``build_threads`` 1 keeps the graph identical run to run (parallel insertion order
-    varies); ``search_threads`` 0 = all cores (a search does not change the graph)."""
+    varies), 0 uses all cores, None (default) one thread up to ``REPRODUCIBLE_BUILD_MAX_ROWS``
+    rows and all cores above; ``search_threads`` 0 = all cores (a search does not change the
+    graph)."""
 
     connectivity: int = 16
     expansion_add: int = 64
     expansion_search: int = 64
-    build_threads: int = 1
+    build_threads: int | None = None
     search_threads: int = 0
 
 
@@ -223,17 +228,28 @@ def _ann_index(x, params: AnnParams):
         expansion_search=params.expansion_search,
         enable_key_lookups=False,
     )
+    threads = _build_threads(params, len(x))
     for start in range(0, len(x), INDEX_CHUNK_ROWS):
         chunk = np.asarray(x[start : start + INDEX_CHUNK_ROWS], dtype=np.float16)
         keys = np.arange(start, start + len(chunk), dtype=np.uint64)
-        index.add(keys, chunk, threads=params.build_threads)
+        index.add(keys, chunk, threads=threads)
     return index
 
 
-def _search_threads(params: AnnParams) -> int:
-    if params.search_threads:
-        return params.search_threads
+def _all_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+
+
+def _build_threads(params: AnnParams, n_rows: int) -> int:
+    """Insertion threads: ``params.build_threads`` when set (0 = all cores), else one thread up
+    to ``REPRODUCIBLE_BUILD_MAX_ROWS`` rows and all cores above."""
+    if params.build_threads is None:
+        return 1 if n_rows <= REPRODUCIBLE_BUILD_MAX_ROWS else _all_cores()
+    return params.build_threads or _all_cores()
+
+
+def _search_threads(params: AnnParams) -> int:
+    return params.search_threads or _all_cores()
 
 
 def _ann_candidates(x, q, want: int, drop_self: bool, params: AnnParams):
