@@ -33,6 +33,12 @@ from typing import Any
 import numpy as np
 
 from curate import minhash as mh
+from curate.dedup_clusters import (
+    Clusters,
+    choose_representatives,
+    dense_cluster_ids,
+    label_conflicts,
+)
 from curate.dedup_sketch import Corpus, sketch_batches
 from curate.normalize import NormalizeOptions
 from thresher.errors import InputError
@@ -130,82 +136,6 @@ class DedupResult:
 # --------------------------------------------------------------------------- clustering
 
 
-@dataclass
-class Clusters:
-    """Per-row cluster facts (arrays of length n)."""
-
-    dup_cluster: np.ndarray  # int64, -1 = unique
-    exact_dup: np.ndarray  # bool: another row has the same normalised text
-    is_representative: np.ndarray  # bool
-    label_conflict: np.ndarray  # bool
-    semantic_cluster: np.ndarray | None  # int64, -1 = none
-    n_clusters: int
-    n_exact_clusters: int
-    n_near_clusters: int
-    n_conflicts: int
-    n_semantic: int | None
-
-
-def _dense_cluster_ids(comp: np.ndarray) -> tuple[np.ndarray, int]:
-    """Component labels (smallest member index) → 0..C-1 for components of size ≥ 2, numbered in
-    the order of their first row; -1 for singletons."""
-    sizes = np.bincount(comp, minlength=len(comp))
-    in_cluster = sizes[comp] >= 2
-    roots = np.flatnonzero(sizes >= 2)
-    dense = np.full(len(comp), -1, dtype=np.int64)
-    lookup = np.full(len(comp), -1, dtype=np.int64)
-    lookup[roots] = np.arange(len(roots))
-    dense[in_cluster] = lookup[comp[in_cluster]]
-    return dense, len(roots)
-
-
-def _conflicts(cluster: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Rows whose cluster (-1 = none) holds ≥ 2 distinct non-null labels; and how many clusters."""
-    sel = (cluster >= 0) & (codes >= 0)
-    if not sel.any():
-        return np.zeros(len(cluster), bool), 0
-    n_codes = int(codes.max()) + 1
-    pairs = np.unique(cluster[sel] * n_codes + codes[sel]) // n_codes
-    n_labels = np.bincount(pairs, minlength=int(cluster.max()) + 1)
-    bad = n_labels >= 2
-    rows = np.zeros(len(cluster), bool)
-    rows[cluster >= 0] = bad[cluster[cluster >= 0]]
-    return rows, int(bad.sum())
-
-
-def choose_representatives(
-    cluster: np.ndarray, codes: np.ndarray, lengths: np.ndarray
-) -> np.ndarray:
-    """``is_representative`` per row: singletons are; in a cluster, the row with the majority
-    label (ties → smallest label code, i.e. alphabetical; null labels do not vote; a cluster with
-    no labels ignores this step), then the longest text, then the smallest row index."""
-    n = len(cluster)
-    rep = cluster < 0
-    members = np.flatnonzero(~rep)
-    if len(members) == 0:
-        return rep
-    n_clusters = int(cluster.max()) + 1
-    majority = np.full(n_clusters, -1, dtype=np.int64)
-    labelled = members[codes[members] >= 0]
-    if len(labelled):
-        n_codes = int(codes.max()) + 1
-        counts = np.bincount(
-            cluster[labelled] * n_codes + codes[labelled], minlength=n_clusters * n_codes
-        ).reshape(n_clusters, n_codes)
-        has = counts.sum(axis=1) > 0
-        majority[has] = np.argmax(counts[has], axis=1)  # argmax: first (smallest) code on ties
-    maj = majority[cluster[members]]
-    eligible = (maj < 0) | (codes[members] == maj)
-    # Sort members by cluster, eligible first, longest first, earliest first; take the first.
-    order = np.lexsort((members, -lengths[members], ~eligible, cluster[members]))
-    sorted_clusters = cluster[members][order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = sorted_clusters[1:] != sorted_clusters[:-1]
-    rep[members[order[first]]] = True
-    assert rep.sum() == n - len(members) + n_clusters
-    return rep
-
-
 def cluster_corpus(corpus: Corpus, opts: DedupOptions) -> tuple[Clusters, dict[str, Any]]:
     """Exact + near clusters, representatives and label conflicts for a sketched corpus."""
     sk = corpus.sketch
@@ -218,7 +148,7 @@ def cluster_corpus(corpus: Corpus, opts: DedupOptions) -> tuple[Clusters, dict[s
         [np.stack([np.arange(n), exact], axis=1), reps[pairs]] if n else [np.zeros((0, 2))]
     ).astype(np.int64)
     comp = mh.components(n, edges)
-    dup_cluster, n_clusters = _dense_cluster_ids(comp)
+    dup_cluster, n_clusters = dense_cluster_ids(comp)
     # A cluster is "exact" when all its rows share one normalised text.
     if n_clusters:
         in_c = dup_cluster >= 0
@@ -226,7 +156,7 @@ def cluster_corpus(corpus: Corpus, opts: DedupOptions) -> tuple[Clusters, dict[s
         n_exact_clusters = int((np.bincount(distinct, minlength=n_clusters) == 1).sum())
     else:
         n_exact_clusters = 0
-    conflict, n_conflicts = _conflicts(dup_cluster, corpus.label_codes)
+    conflict, n_conflicts = label_conflicts(dup_cluster, corpus.label_codes)
     rep = choose_representatives(dup_cluster, corpus.label_codes, corpus.lengths)
     stats = {"candidate_reps": int(len(reps)), "near_pairs": int(len(pairs))}
     clusters = Clusters(
@@ -285,7 +215,7 @@ def _semantic(
     linked[pairs.ravel()] = True
     has_link = np.bincount(comp, weights=linked, minlength=n) > 0
     comp_sem = np.where(has_link[comp], comp, np.arange(n))
-    dense, _ = _dense_cluster_ids(comp_sem)
+    dense, _ = dense_cluster_ids(comp_sem)
     return dense
 
 
@@ -450,19 +380,25 @@ def dedup(
         project, STAGE, stage_fp, inputs=inputs, config=config, packages=("numpy", "pyarrow")
     ) as run:
         source = _Input(src, opts)
-        with run.timed("sketch"):
-            corpus = _sketch(source, opts, progress)
-        with run.timed("cluster"):
-            clusters, stats = cluster_corpus(corpus, opts)
-        if opts.semantic:
-            with run.timed("semantic"):
-                _add_semantic(clusters, project, src, corpus, opts)
         leaked = None
-        if against is not None:
-            with run.timed("against"):
-                leaked = _leakage(src, Path(against), corpus, opts, text_col, run.path(LEAKAGE))
-        # Signatures are not needed past this point: free them before pass 2 (peak memory).
-        corpus.sketch.signatures = np.empty((0, opts.num_perm), np.uint32)
+        if _whole_search_on_ray(opts, against):
+            from curate.dedup_ray import cluster_with_ray
+
+            with run.timed("ray_search"):
+                clusters, stats = cluster_with_ray(src, opts)
+        else:
+            with run.timed("sketch"):
+                corpus = _sketch(source, opts, progress)
+            with run.timed("cluster"):
+                clusters, stats = cluster_corpus(corpus, opts)
+            if opts.semantic:
+                with run.timed("semantic"):
+                    _add_semantic(clusters, project, src, corpus, opts)
+            if against is not None:
+                with run.timed("against"):
+                    leaked = _leakage(src, Path(against), corpus, opts, text_col, run.path(LEAKAGE))
+            # Signatures are not needed past this point: free them before pass 2 (peak memory).
+            del corpus
         with run.timed("write"):
             _write(source.schema, source.second_pass(), clusters, run.path("records.parquet"))
         run.counts = _counts(clusters, stats, leaked, against)
@@ -523,8 +459,14 @@ class _Input:
         return self.parquet.iter_batches(self.batch_size, use_threads=False)
 
 
+def _whole_search_on_ray(opts: DedupOptions, against: str | Path | None) -> bool:
+    """The Ray engine runs the whole near-duplicate search on the cluster, unless semantic
+    clusters or leakage need every sketch on the driver (then only pass 1 runs on Ray)."""
+    return opts.engine == "ray" and not opts.semantic and against is None
+
+
 def _sketch(source: _Input, opts: DedupOptions, progress) -> Corpus:
-    """Pass 1 on the chosen engine."""
+    """Pass 1 on the chosen engine (``sketch_with_ray``: the hashing on Ray, the rest here)."""
     if opts.engine == "ray":
         from curate.dedup_ray import sketch_with_ray
 
@@ -539,7 +481,7 @@ def _add_semantic(
 ) -> None:
     """Semantic clusters, and the label conflicts they add, into ``clusters``."""
     sem = _semantic(project, src, mh.exact_groups(corpus.sketch.exact), opts, None)
-    sem_conflict, _ = _conflicts(sem, corpus.label_codes)
+    sem_conflict, _ = label_conflicts(sem, corpus.label_codes)
     clusters.semantic_cluster = sem
     clusters.label_conflict |= sem_conflict
     clusters.n_semantic = int(sem.max()) + 1 if len(sem) and sem.max() >= 0 else 0

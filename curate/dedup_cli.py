@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     "--engine",
     type=click.Choice(["local", "ray"]),
     default=None,
-    help="Where the hashing pass runs [dedup.engine: local]; ray needs thresher[ray].",
+    help="Where the search runs [dedup.engine: local]. ray: all of it on Ray Data (the cluster"
+    " in RAY_ADDRESS, else a local one; only hashing with --semantic/--against); thresher[ray].",
 )
 @force_option
 @json_option

@@ -1,10 +1,9 @@
 """The dedup stage on Ray Data (optional extra: ``pip install thresher[ray]``).
 
-Two entry points:
+Two entry points (``curate.dedup`` picks one for ``--engine ray``):
 
-- ``sketch_with_ray``: pass 1 only (normalise, hash, shingle, sign) as ``map_batches``; the driver
-  collects the ``Corpus`` (~541 B per document) and clusters it like the local engine.
-- ``cluster_with_ray``: the whole search on the cluster. The driver keeps a few bytes per row:
+- ``cluster_with_ray``: the whole search on the cluster (the default for ``--engine ray``). The
+  driver keeps a few bytes per row:
 
   1. sketch: one task per Parquet row group, so every row carries its index (``row``);
   2. exact groups: ``groupby`` on the 128-bit exact key; each row learns its group's first row,
@@ -19,7 +18,12 @@ Two entry points:
      round's changes. The fixed point is a star per component around its smallest row: the same
      labels as ``curate.minhash.components``;
   6. the driver reads back the (row, root) edges, and lengths and labels of the rows in a cluster,
-     and derives cluster ids, kinds, representatives and conflicts as ``curate.dedup`` does.
+     and numbers the clusters with ``curate.dedup_clusters.dense_cluster_ids``, as the local
+     engine does.
+
+- ``sketch_with_ray``: pass 1 only (normalise, hash, shingle, sign) as ``map_batches``; the driver
+  collects the ``Corpus`` (~541 B per document) and clusters it like the local engine. Used with
+  ``--semantic`` or ``--against``, which need every sketch on the driver.
 
 The result is identical to the local engine's (tests compare every array). ``ray.init()`` is left
 to the caller or to Ray's defaults (a local instance, or the cluster named by ``RAY_ADDRESS``).
@@ -29,13 +33,13 @@ The input path must be readable from every node (shared storage) on a multi-mach
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curate import minhash as mh
+from curate.dedup_clusters import Clusters, dense_cluster_ids
 from curate.dedup_sketch import Corpus, bits_to_bool, empty_corpus, label_codes, text_lengths
 from curate.normalize import NormalizeOptions, normalized_bytes
 from curate.ray_support import import_ray
@@ -108,7 +112,7 @@ def sketch_with_ray(src: Path, opts) -> Corpus:
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.read_parquet(str(src), columns=["text", "label"])
+    ds = ray.data.read_parquet(str(src)).select_columns(["text", "label"])
     out = ds.map_batches(
         _sketch_block, fn_kwargs={"opts": opts}, batch_format="pyarrow", batch_size=opts.batch_size
     )
@@ -130,22 +134,6 @@ def sketch_with_ray(src: Path, opts) -> Corpus:
 
 
 # --------------------------------------------------------------------------- the whole search
-
-
-@dataclass
-class RayClusters:
-    """What ``cluster_with_ray`` hands the driver: per-row arrays of length ``n`` as in
-    ``curate.dedup.Clusters`` (``semantic_cluster`` is None), and the stage's counts."""
-
-    dup_cluster: np.ndarray  # int64, -1 = unique
-    exact_dup: np.ndarray  # bool
-    is_representative: np.ndarray  # bool
-    label_conflict: np.ndarray  # bool
-    n_clusters: int
-    n_exact_clusters: int
-    n_near_clusters: int
-    n_conflicts: int
-    stats: dict[str, int]
 
 
 def _sketch_row_group(item, path: str, opts):
@@ -430,7 +418,9 @@ def _collect(ds, columns: list[str]) -> dict[str, np.ndarray]:
     return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
 
 
-def cluster_with_ray(src: Path, opts, num_partitions: int | None = None) -> RayClusters:
+def cluster_with_ray(
+    src: Path, opts, num_partitions: int | None = None
+) -> tuple[Clusters, dict[str, int]]:
     """Exact + near clusters, representatives and label conflicts of the records at ``src``,
     computed on Ray Data (``opts``: the stage's ``curate.dedup.DedupOptions``). Identical to
     ``curate.dedup.cluster_corpus`` on the locally sketched corpus.
@@ -449,7 +439,7 @@ def cluster_with_ray(src: Path, opts, num_partitions: int | None = None) -> RayC
         ctx.shuffle_strategy = before
 
 
-def _cluster(ray, src: Path, opts, num_partitions: int | None) -> RayClusters:
+def _cluster(ray, src: Path, opts, num_partitions: int | None) -> tuple[Clusters, dict[str, int]]:
     mopts = opts.minhash()
     bands, band_rows = (
         (mopts.bands, mopts.rows)
@@ -539,7 +529,7 @@ def _cluster(ray, src: Path, opts, num_partitions: int | None) -> RayClusters:
     return _assemble(comp, _collect(chosen, ["row", "rep", "conflict", "exact"]), exact, stats)
 
 
-def _assemble(comp: np.ndarray, chosen, exact, stats) -> RayClusters:
+def _assemble(comp: np.ndarray, chosen, exact, stats) -> tuple[Clusters, dict[str, int]]:
     """The per-row output arrays (numbered as ``curate.dedup.cluster_corpus`` numbers them)."""
     n = len(comp)
     exact_dup = np.zeros(n, bool)
@@ -549,27 +539,17 @@ def _assemble(comp: np.ndarray, chosen, exact, stats) -> RayClusters:
     rep[chosen["row"]] = chosen["rep"]
     conflict = np.zeros(n, bool)
     conflict[chosen["row"]] = chosen["conflict"]
-    return RayClusters(
+    n_exact = int((chosen["rep"] & chosen["exact"]).sum())
+    clusters = Clusters(
         dup_cluster=dup_cluster,
         exact_dup=exact_dup,
         is_representative=rep,
         label_conflict=conflict,
+        semantic_cluster=None,
         n_clusters=n_clusters,
-        n_exact_clusters=int((chosen["rep"] & chosen["exact"]).sum()),
-        n_near_clusters=n_clusters - int((chosen["rep"] & chosen["exact"]).sum()),
+        n_exact_clusters=n_exact,
+        n_near_clusters=n_clusters - n_exact,
         n_conflicts=int((chosen["rep"] & chosen["conflict"]).sum()),
-        stats=stats,
+        n_semantic=None,
     )
-
-
-def dense_cluster_ids(comp: np.ndarray) -> tuple[np.ndarray, int]:
-    """Component labels (smallest member index) → 0..C-1 for components of size ≥ 2, numbered in
-    the order of their first row; -1 for singletons (the numbering ``curate.dedup`` uses)."""
-    sizes = np.bincount(comp, minlength=len(comp))
-    in_cluster = sizes[comp] >= 2
-    roots = np.flatnonzero(sizes >= 2)
-    lookup = np.full(len(comp), -1, dtype=np.int64)
-    lookup[roots] = np.arange(len(roots))
-    dense = np.full(len(comp), -1, dtype=np.int64)
-    dense[in_cluster] = lookup[comp[in_cluster]]
-    return dense, len(roots)
+    return clusters, stats

@@ -21,7 +21,9 @@ from curate.dedup import (
     dedup,
     semantic_pairs,
 )
+from curate.dedup_clusters import dense_cluster_ids
 from curate.ingest import IngestOptions, ingest
+from curate.minhash import components
 from thresher.cli import main
 from thresher.errors import InputError, StageMissingError
 from thresher.project import Project
@@ -302,20 +304,8 @@ def test_semantic_flags_paraphrases_and_reuses_the_cache(tmp_path):
     assert sorted(cache.rglob("*.npz")) == shards  # nothing re-embedded
 
 
-@pytest.mark.slow
-def test_ray_engine_gives_the_same_output(tmp_path):
-    ray = pytest.importorskip("ray")
-    texts, _ = _planted(15, 40, seed=9)
-    rows = [{"text": t, "label": ("a", "b")[i % 2]} for i, t in enumerate(texts)]
-    project = _make_project(tmp_path, rows)
-    local = dedup(project, DedupOptions(threshold=0.7, batch_size=64))
-    expected = _read(project)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = dedup(
-            project, DedupOptions(threshold=0.7, batch_size=64, engine="ray"), force=True
-        )
-    finally:
-        ray.shutdown()
-    assert _read(project) == expected
-    assert (remote.clusters, remote.removed) == (local.clusters, local.removed)
+def test_dense_cluster_ids_follow_the_union_find_labels():
+    edges = np.array([[5, 2], [2, 7], [0, 9], [3, 3]])
+    dense, count = dense_cluster_ids(components(10, edges))
+    assert count == 2
+    assert dense.tolist() == [0, -1, 1, -1, -1, 1, -1, 1, -1, 0]
