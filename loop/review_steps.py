@@ -3,13 +3,18 @@
 - ``pull_step``: ``review.pull.pull`` (consensus, agreement, ``DIR/review/annotations.parquet``),
   then the round's ``annotations.parquet``: id, label (consensus; ties left out), label_issue
   (the annotators disagreed, or cleanlab's consensus differs from the majority: such records go
-  to re-review as ``conflict``), ``conflicts.parquet`` (ties) and ``discarded.parquet`` (ids every
-  reviewer discarded, ``thresher.decisions``: left out of the round's records for good).
+  to re-review as ``conflict``), ``conflicts.parquet`` (ties), ``discarded.parquet`` (ids every
+  reviewer discarded, ``thresher.decisions``: left out of the round's records for good) and
+  ``annotator_labels.parquet`` (id, JSON {annotator: label}: the select step's re-label
+  decision).
 - ``push_step``: the round's ``selection.parquet`` → the project's Argilla dataset as round k+1:
   metadata ``round`` (k+1), ``reason`` (uncertain / diverse / random / model-error / conflict)
   and ``priority`` (1 = first), the model's label as suggestion with its probability as score,
   the other metadata and the vector as ``thresher review push`` sends them. Upserts by record id,
-  so a rerun (or a resumed round) sends the same records again without duplicates.
+  so a rerun (or a resumed round) sends the same records again without duplicates. Selection
+  rows of kind ``relabel`` (records people answered already: re-labels, re-review, ties) go to
+  the round's re-label dataset ``<dataset>-relabel-<k+1>`` instead (one more answer each), where
+  they are pending for every annotator; pull merges its answers back.
 - ``submitted_probe``: the count of submitted responses (one GET), so ``thresher round`` starts
   round k+1 by itself once people have annotated since round k started.
 - ``records_for_round``: the curated records (and the production records,
@@ -26,11 +31,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from loop.errors import RoundStateError
+from loop.relabel import RELABEL
 from loop.rounds import Step, StepContext
 from thresher.project import Project
 
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 ROUND_METADATA = ("round", "reason")
 LABEL_MODES = ("reviewed", "all")
 DISCARDED = "discarded.parquet"  # pull step: ids every reviewer discarded
+ANNOTATORS = "annotator_labels.parquet"  # pull step: id, annotator_labels (JSON)
 
 
 def pull_step(
@@ -59,6 +67,9 @@ def pull_step(
         ann = pd.read_parquet(ctx.project.annotations_path)
         out = annotations_frame(ann)
         out.to_parquet(ctx.work_dir / "annotations.parquet", index=False)
+        # who gave which label (JSON {annotator: label}): select's re-label decision
+        given = ann.loc[ann["label"].notna(), ["id", "annotator_labels"]]
+        given.to_parquet(ctx.work_dir / ANNOTATORS, index=False)
         ties = ann.loc[ann["label"].isna() & (ann["n_annotators"] > 0), ["id", "text"]]
         ties.to_parquet(ctx.work_dir / "conflicts.parquet", index=False)
         decisions = ReviewDecisions.from_rows(ann.to_dict("records"))  # the rows already read
@@ -166,6 +177,8 @@ def with_conflicts(select: Step, limit: int) -> Step:
     def run(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
 
+        from loop.steps import selection_counts
+
         outputs = dict(select(ctx) or {})
         ties_path = ctx.step_dir("pull") / "conflicts.parquet"
         if not limit or not ties_path.exists():
@@ -186,12 +199,13 @@ def with_conflicts(select: Step, limit: int) -> Step:
                 "suggestion": None,
                 "suggestion_score": np.nan,
                 "round": ctx.round,
+                "kind": RELABEL,  # answered already: goes back to annotators as a re-label
+                "activelab": np.nan,
             }
         )
         sel = pd.concat([sel, extra], ignore_index=True) if len(sel) else extra
         sel.to_parquet(path, index=False)
-        outputs["selected"] = int(len(sel))
-        outputs["by_reason"] = {k: int(v) for k, v in sel["reason"].value_counts().items()}
+        outputs.update(selection_counts(sel))
         return outputs
 
     return run
@@ -242,10 +256,13 @@ def push_rows(
     *,
     next_round: int,
     embed: Callable[[list[str]], Any] | None = None,
+    relabel_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Upsert ``rows`` (selection rows merged with their stage columns) into the project's
     dataset with round metadata, through review push's batching and retries
-    (``review.push.send_batches``). ``options``: ``review.push.PushOptions``. Returns
+    (``review.push.send_batches``). ``options``: ``review.push.PushOptions``. With
+    ``relabel_dir`` the rows go to the round's re-label dataset instead
+    (``review.push.relabel_dataset_name``; its push state is kept in ``relabel_dir``). Returns
     ``{dataset, dataset_id, url, sent, unchanged, failed, seconds}``; raises ``PushError``
     (rerun the round to resume) when records could not be sent."""
     from review.push import (
@@ -253,8 +270,10 @@ def push_rows(
         bulk_item,
         content_hash,
         open_dataset,
+        open_relabel_dataset,
         record_payload,
         record_vectors,
+        relabel_dataset_name,
         send_batches,
     )
 
@@ -265,7 +284,13 @@ def push_rows(
     )
     if not labels:
         raise PushError(f"no labels to push; set `labels:` in {project.root / 'thresher.yaml'}")
-    state, dataset_id, questions = open_dataset(project, conn, name, options, labels)
+    if relabel_dir is None:
+        state, dataset_id, questions = open_dataset(project, conn, name, options, labels)
+    else:
+        name = relabel_dataset_name(name, int(next_round))
+        state, dataset_id, questions = open_relabel_dataset(
+            conn, name, options, labels, relabel_dir
+        )
     _ensure_round_metadata(conn, dataset_id)
 
     payloads: dict[str, dict[str, Any]] = {}
@@ -323,6 +348,7 @@ def push_step(
         if not opts.labels:  # the model's classes: every label the dataset must offer
             classes = json.loads((ctx.step_dir("predict") / "classes.json").read_text())
             opts = replace(opts, labels=tuple(str(c) for c in classes))
+        relabel = []  # answered already: to the round's re-label dataset (pending again)
         for rec in sel.to_dict(orient="records"):
             rec = {k: (v if _present(v) else None) for k, v in rec.items()}
             row = dict(extra.loc[rec["id"]]) if rec["id"] in extra.index else {}
@@ -340,44 +366,75 @@ def push_step(
                 predicted_label=rec["suggestion"],
                 predicted_prob=rec["suggestion_score"],
             )
-            rows.append(row)
-        if not rows:
-            return {"dataset": None, "sent": 0, "unchanged": 0, "failed": 0, "round": ctx.round + 1}
-        out = push_rows(
-            ctx.project, connect(), options, rows, next_round=ctx.round + 1, embed=embed
-        )
+            (relabel if rec.get("kind") == RELABEL else rows).append(row)
+        k = ctx.round + 1
+        out: dict[str, Any] = {"dataset": None, "sent": 0, "unchanged": 0, "failed": 0}
+        if rows or relabel:
+            conn = connect()
+        if rows:
+            out = push_rows(ctx.project, conn, options, rows, next_round=k, embed=embed)
+        if relabel:
+            state_dir = ctx.work_dir / "relabel"
+            state_dir.mkdir()
+            again = push_rows(
+                ctx.project,
+                conn,
+                opts,  # the dataset offers every class of the model
+                relabel,
+                next_round=k,
+                embed=embed,
+                relabel_dir=state_dir,
+            )
+            out["dataset"] = out["dataset"] or (options.dataset or ctx.project.root.resolve().name)
+            out["sent"] += again["sent"]
+            out.update(relabel_dataset=again["dataset"], relabel_sent=again["sent"])
+        out.update(new_sent=out["sent"] - out.get("relabel_sent", 0), round=k)
         (ctx.work_dir / "pushed.json").write_text(
-            json.dumps({"round": ctx.round + 1, "ids": [r["id"] for r in rows]}), encoding="utf-8"
+            json.dumps(
+                {
+                    "round": k,
+                    "ids": [r["id"] for r in rows],
+                    "relabel_ids": [r["id"] for r in relabel],
+                    "relabel_dataset": out.get("relabel_dataset"),
+                }
+            ),
+            encoding="utf-8",
         )
-        out["round"] = ctx.round + 1
         return out
 
     return push
 
 
-def submitted_probe(connect: Callable[[], Any]) -> Callable[[Project], dict[str, Any]]:
-    """``project → {"submitted": n}``: submitted responses in the project's dataset (or
-    ``{"submitted": 0}`` before the first push)."""
+def submitted_probe(
+    connect: Callable[[], Any], workspace: str = "thresher"
+) -> Callable[[Project], dict[str, Any]]:
+    """``project → {"submitted": n}``: submitted responses in the project's dataset and its
+    per-round re-label datasets in ``workspace`` (``{"submitted": 0}`` before the first
+    push)."""
 
     def probe(project: Project) -> dict[str, Any]:
         from review.client import open_client
+        from review.pull import relabel_datasets
         from review.push import PushState
 
         state = PushState.load(project.root / "review")
         if not state.dataset_id:
             return {"submitted": 0}
         conn = connect()
-        with open_client(conn) as client:
-            resp = client.send(
-                "GET", f"/api/v1/datasets/{state.dataset_id}/users/progress", "annotation progress"
-            )
-            if resp.status_code != 200:
-                return {"submitted": None}
-            users = resp.json().get("users") or []
+        ids = [state.dataset_id]
+        if state.dataset:
+            ids += [i for _, _, i in relabel_datasets(conn, state.dataset, workspace)]
         total = 0
-        for user in users:
-            for part in ("completed", "pending"):
-                total += int((user.get(part) or {}).get("submitted") or 0)
+        with open_client(conn) as client:
+            for dataset_id in ids:
+                resp = client.send(
+                    "GET", f"/api/v1/datasets/{dataset_id}/users/progress", "annotation progress"
+                )
+                if resp.status_code != 200:
+                    return {"submitted": None}
+                for user in resp.json().get("users") or []:
+                    for part in ("completed", "pending"):
+                        total += int((user.get(part) or {}).get("submitted") or 0)
         return {"submitted": total}
 
     return probe

@@ -109,6 +109,18 @@ def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _relabel_lines(sel: dict[str, Any]) -> list[str]:
+    """``re-label N, new M: why`` (nothing before the round selected)."""
+    kinds, info = sel.get("kinds"), sel.get("relabel") or {}
+    if not kinds:
+        return []
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted((info.get("by_reason") or {}).items()))
+    why = info.get("why") or ""
+    if info.get("active"):
+        why = f"{why}{'; ' + reasons if reasons else ''}"
+    return [f"  re-label {kinds['relabel']}, new {kinds['new']}: {why}"]
+
+
 def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
     ev = result.outputs("eval")
     reb = result.outputs("rebuild")
@@ -127,7 +139,13 @@ def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
         f" (n={ev.get('n_test')})",
         *_stopping_lines(result.outputs("predict").get("stopping")),
         f"  selected {sel.get('selected')} by {sel.get('strategy')}: {sel.get('by_reason')}",
-        f"  pushed to {push.get('dataset')} as round {push.get('round')}: sent {push.get('sent')}",
+        *_relabel_lines(sel),
+        f"  pushed to {push.get('dataset')} as round {push.get('round')}: sent {push.get('sent')}"
+        + (
+            f" ({push.get('relabel_sent')} re-labels to {push.get('relabel_dataset')})"
+            if push.get("relabel_dataset")
+            else ""
+        ),
         "  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()),
         f"  → {summary['path']}/manifest.json",
     ]

@@ -133,6 +133,7 @@ def build_runner(
                 rereview_size=int(loop["rereview_size"]),
                 diversity_factor=int(loop["diversity_factor"]),
                 seed=int(config.get("seed")),
+                relabel=str(loop.get("relabel", "auto")),
             ),
             int(loop["rereview_size"]),
         ),
@@ -144,4 +145,5 @@ def build_runner(
         "embedding_model": str(config.get("models.embedding")),
         "dataset": review["dataset"],
     }
-    return RoundRunner(project, steps, options=options, probe=submitted_probe(connect))
+    probe = submitted_probe(connect, str(review["workspace"]))
+    return RoundRunner(project, steps, options=options, probe=probe)

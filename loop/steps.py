@@ -11,7 +11,9 @@ through files in ``DIR/rounds/<k>/<step>/`` (the contract review and tune steps 
 - predict  → ``predictions.parquet``: id, split (pool|labeled), label, predicted_label,
              predicted_prob, probs (list, columns in ``classes`` order)
 - select   → ``selection.parquet``: id, text, reason (uncertain|diverse|random|model-error|
-             conflict), priority (1 = first), score, suggestion, suggestion_score, round
+             conflict|low-agreement|model-disputes-label|low-consensus-quality|coverage),
+             priority (1 = first), score, suggestion, suggestion_score, round, kind (new: a pool
+             record | relabel: one more annotation of a labelled record), activelab
 - push     → outputs ``{dataset, sent, unchanged, failed}``
 
 The test split is fixed: round 1 holds out ``test_fraction`` of the labelled records with the
@@ -31,6 +33,7 @@ import numpy as np
 
 from loop.errors import LearnerError, RoundStateError
 from loop.learners import Learner
+from loop.relabel import NEW, RELABEL
 from loop.rounds import Step, StepContext
 from loop.stopping import StoppingOptions, check_rules, cohen_kappa, recommend
 from loop.strategies import Diverse, coverage_pick, get_strategy, reason_of, rereview
@@ -330,11 +333,18 @@ def select_step(
     diversity_factor: int = 10,
     embed: Callable[[Sequence[str], StepContext], np.ndarray] | None = None,
     seed: int = 0,
+    relabel: str = "off",
 ) -> Step:
     """Pick ``size`` pool records with ``strategy`` and up to ``rereview_size`` labelled records
     a confident model disputes; write them, in priority order, to ``selection.parquet``. In a
     cold start (no model yet) the ``size`` picks cover the pool's embeddings instead
-    (``loop.strategies.coverage_pick``, reason ``coverage``, no suggestion)."""
+    (``loop.strategies.coverage_pick``, reason ``coverage``, no suggestion).
+
+    ``relabel="auto"``: when pull's annotations hold labels of two or more annotators on some
+    record, the ``size`` annotations are split between re-labels and new records by ActiveLab
+    (``loop.relabel.decide``: the lowest scores across the labelled records and the pool); the
+    re-labels carry their reason, the new ones are the strategy's picks, and re-review is not
+    run (ActiveLab covers a label the model disputes). Outputs ``relabel`` say what happened."""
 
     def select(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
@@ -351,8 +361,18 @@ def select_step(
                 flags = part["label_issue"].fillna(False).astype(bool)
                 issues.update(zip(part["id"], flags, strict=True))
         pool = preds[preds["split"] == "pool"]
-        rows = []
-        if len(pool):
+        labeled = preds[preds["split"] == "labeled"]
+        decision, info = _relabel_decision(ctx, relabel, labeled, pool, classes, size)
+        n_new = size if decision is None else decision.counts()[NEW]
+        # rows: (id, reason, score: high = more wanted, probs, kind, ActiveLab score)
+        rows: list[tuple] = []
+        if decision is not None:
+            lab_probs = dict(zip(labeled["id"].astype(str), labeled["probs"], strict=True))
+            d = decision
+            for rid, kind, why, score in zip(d.ids, d.kinds, d.reasons, d.scores, strict=True):
+                if kind == RELABEL:
+                    rows.append((rid, why, 1.0 - score, np.asarray(lab_probs[rid]), RELABEL, score))
+        if len(pool) and n_new:
             probs = np.stack(pool["probs"].to_numpy())
             strat = get_strategy(strategy, factor=diversity_factor)
             emb = lab_emb = None
@@ -360,22 +380,23 @@ def select_step(
                 fn = embed or _project_embeddings
                 emb = fn([texts[i] for i in pool["id"]], ctx)
             picked = strat(
-                probs, size, embeddings=emb, labeled_embeddings=lab_emb, seed=seed + ctx.round
+                probs, n_new, embeddings=emb, labeled_embeddings=lab_emb, seed=seed + ctx.round
             )
             reason = reason_of(strategy)
+            scored = dict(zip(decision.ids, decision.scores, strict=True)) if decision else {}
             for pos in picked:
+                rid = pool["id"].iloc[pos]
                 rows.append(
-                    (pool["id"].iloc[pos], reason, 1.0 - float(probs[pos].max()), probs[pos])
+                    (rid, reason, 1.0 - float(probs[pos].max()), probs[pos], NEW, scored.get(rid))
                 )
-        labeled = preds[preds["split"] == "labeled"]
-        if rereview_size and len(labeled):
+        if decision is None and rereview_size and len(labeled):
             probs = np.stack(labeled["probs"].to_numpy())
             index = {c: i for i, c in enumerate(classes)}
             y = np.array([index.get(str(lab), -1) for lab in labeled["label"]])
             flagged = np.array([issues.get(i, False) for i in labeled["id"]], dtype=bool)
             rr = rereview(probs, y, rereview_size, threshold=rereview_threshold, flagged=flagged)
             for pos, why, score in zip(rr.positions, rr.reasons, rr.scores, strict=True):
-                rows.append((labeled["id"].iloc[pos], why, float(score), probs[pos]))
+                rows.append((labeled["id"].iloc[pos], why, float(score), probs[pos], RELABEL, None))
         out = pd.DataFrame(
             {
                 "id": [r[0] for r in rows],
@@ -386,16 +407,22 @@ def select_step(
                 "suggestion": [classes[int(np.argmax(r[3]))] for r in rows],
                 "suggestion_score": [float(np.max(r[3])) for r in rows],
                 "round": ctx.round,
+                "kind": pd.Series([r[4] for r in rows], dtype=object),
+                "activelab": [np.nan if r[5] is None else float(r[5]) for r in rows],
             }
         )
         out.to_parquet(ctx.work_dir / "selection.parquet", index=False)
-        by_reason = out["reason"].value_counts().to_dict() if len(out) else {}
-        return {"selected": int(len(out)), "by_reason": by_reason, "strategy": strategy}
+        return {
+            **selection_counts(out),
+            "strategy": strategy,
+            "relabel": info,
+        }
 
     return select
 
 
 COVERAGE = "coverage"
+ANNOTATOR_LABELS = "annotator_labels.parquet"  # pull's id, annotator_labels (JSON), if any
 
 
 def _coverage_selection(ctx: StepContext, size: int, embed, seed: int) -> dict[str, Any]:
@@ -417,11 +444,64 @@ def _coverage_selection(ctx: StepContext, size: int, embed, seed: int) -> dict[s
             "suggestion": pd.Series([None] * len(picked), dtype=object),
             "suggestion_score": np.full(len(picked), np.nan),
             "round": ctx.round,
+            "kind": NEW,
+            "activelab": np.full(len(picked), np.nan),
         }
     )
     out.to_parquet(ctx.work_dir / "selection.parquet", index=False)
     by_reason = {COVERAGE: int(len(out))} if len(out) else {}
     return {"selected": int(len(out)), "by_reason": by_reason, "strategy": COVERAGE}
+
+
+def selection_counts(sel) -> dict[str, Any]:
+    """``selected``, ``by_reason`` and ``kinds`` ({relabel, new}) of a selection frame."""
+    kinds = sel["kind"] if "kind" in sel else None
+    n_relabel = int((kinds == RELABEL).sum()) if kinds is not None else 0
+    return {
+        "selected": int(len(sel)),
+        "by_reason": {str(k): int(v) for k, v in sel["reason"].value_counts().items()},
+        "kinds": {RELABEL: n_relabel, NEW: int(len(sel)) - n_relabel},
+    }
+
+
+def _relabel_decision(ctx: StepContext, mode: str, labeled, pool, classes, size: int):
+    """(``loop.relabel.decide``'s decision or None, what happened for the outputs). ``auto``
+    decides only when pull's ``annotator_labels`` show two annotators on some record."""
+    from loop.relabel import MODES, RelabelError, annotator_table, decide
+
+    if mode not in MODES:
+        raise RoundStateError(f"loop.relabel must be one of {', '.join(MODES)}, not {mode!r}")
+    info: dict[str, Any] = {"mode": mode, "active": False}
+    if mode == "off":
+        return None, {**info, "why": "loop.relabel is off"}
+    path = ctx.step_dir("pull") / ANNOTATOR_LABELS
+    ann = _read(path) if path.exists() else None
+    if ann is None or not len(labeled):
+        return None, {**info, "why": "no per-annotator labels"}
+    ids = set(labeled["id"].astype(str))
+    ann = ann[ann["id"].astype(str).isin(ids)]
+    given = zip(ann["id"].astype(str), ann["annotator_labels"], strict=True)
+    table = annotator_table(given, classes)
+    if not table.multi:
+        return None, {**info, "why": "no record has labels from two annotators"}
+    by_id = dict(zip(labeled["id"].astype(str), labeled["probs"], strict=True))
+    lab_probs = np.stack([np.asarray(by_id[i], dtype=np.float64) for i in table.ids])
+    pool_probs = np.stack(pool["probs"].to_numpy()) if len(pool) else np.zeros((0, len(classes)))
+    try:
+        decision = decide(table, lab_probs, pool["id"].astype(str).tolist(), pool_probs, size)
+    except RelabelError as err:
+        log.warning("re-label decision skipped: %s", err)
+        return None, {**info, "why": str(err)[:300]}
+    counts = decision.counts()
+    return decision, {
+        **info,
+        "active": True,
+        **counts,
+        "by_reason": decision.by_reason(RELABEL),
+        "candidates": {RELABEL: len(table.ids), NEW: int(len(pool))},
+        "why": f"ActiveLab: the {size} lowest scores of {len(table.ids)} labelled records "
+        f"({len(table.annotators)} annotators) and {len(pool)} pool records",
+    }
 
 
 def _project_embeddings(texts: Sequence[str], ctx: StepContext) -> np.ndarray:

@@ -14,6 +14,9 @@ Writes into ``DIR/review/`` (each file atomically):
   annotator quality where the model's probabilities exist (``crowdlab_note`` says why not); and
   under ``prelabeller`` the pre-labels of ``thresher review prelabel`` against the consensus,
   overall and per bias slice (a non-human annotator: measured, never part of the consensus).
+* Re-labels: the answers in the per-round re-label datasets ``<dataset>-relabel-<k>``
+  (records sent back by ``thresher round``) are merged into their records first; an annotator
+  who answered a record twice counts with the later answer.
 * ``curated.parquet``: the latest stage's records with reviewed labels merged in: ``label`` is the
   consensus where reviewers reached one, ``original_label`` keeps the input label and
   ``label_source`` says ``reviewed`` or ``original``; records every reviewer discarded are
@@ -26,7 +29,8 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ from review.agreement import (
     prelabeller_agreement,
 )
 from review.client import ArgillaClient, open_client
-from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState
+from review.push import LABEL_QUESTION, NOTE_QUESTION, TEXT_FIELD, PushState, relabel_round
 from review.server import Connection
 from thresher.decisions import (
     CLUSTER_COLUMNS,
@@ -88,6 +92,8 @@ class PullResult:
     path: str
     # the pre-labeller (DIR/review/prelabels.parquet) against the consensus; None without one
     prelabeller: dict[str, Any] | None = None
+    # the per-round re-label datasets whose answers were merged in (``merge_relabels``)
+    relabel_datasets: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(x: Any) -> Any:
@@ -99,16 +105,45 @@ class PullResult:
         return out
 
 
-def _resolve_dataset(client: ArgillaClient, name: str, workspace: str) -> str:
+def _datasets_in(client: ArgillaClient, workspace: str) -> dict[str, str]:
+    """Dataset name → id of the datasets in ``workspace`` (two GETs)."""
     items = client.get("/api/v1/me/datasets", "list datasets")["items"]
     workspaces = client.get("/api/v1/me/workspaces", "list workspaces")["items"]
     spaces = {w["id"]: w["name"] for w in workspaces}
-    for d in items:
-        if d["name"] == name and spaces.get(d["workspace_id"]) == workspace:
-            return d["id"]
-    raise PullError(
-        f"no dataset {name!r} in workspace {workspace!r}; run `thresher review push` first"
-    )
+    return {d["name"]: d["id"] for d in items if spaces.get(d["workspace_id"]) == workspace}
+
+
+def _relabels_of(name: str, found: dict[str, str]) -> list[tuple[int, str, str]]:
+    out = [(relabel_round(name, n), n, i) for n, i in found.items()]
+    return sorted((k, n, i) for k, n, i in out if k is not None)
+
+
+def relabel_datasets(conn: Connection, name: str, workspace: str) -> list[tuple[int, str, str]]:
+    """``(round, dataset name, id)`` of the per-round re-label datasets of ``name``
+    (``review.push.relabel_dataset_name``) in ``workspace``, by round."""
+    with open_client(conn) as client:
+        return _relabels_of(name, _datasets_in(client, workspace))
+
+
+def merge_relabels(
+    records: list[dict[str, Any]], later: Sequence[list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The project dataset's ``records`` with the responses of the re-label datasets'
+    records (``later``, in round order) appended to the record of the same id (pure). A record
+    found only in a re-label dataset is added. ``_responses`` then keeps each annotator's last
+    answer, so a second annotation by another annotator is added and one by the same
+    annotator replaces theirs."""
+    merged = [dict(r, responses=list(r.get("responses") or [])) for r in records]
+    by_id = {record_id(r): r for r in merged}
+    for batch in later:
+        for rec in batch:
+            rid = record_id(rec)
+            if rid in by_id:
+                by_id[rid]["responses"].extend(rec.get("responses") or [])
+            else:
+                by_id[rid] = dict(rec, responses=list(rec.get("responses") or []))
+                merged.append(by_id[rid])
+    return merged
 
 
 def fetch_records(conn: Connection, dataset_id: str) -> list[dict[str, Any]]:
@@ -153,7 +188,8 @@ def record_id(record: dict[str, Any]) -> str:
 
 
 def _responses(rec: dict[str, Any], names: dict[str, str]):
-    """(submitted labels by annotator, notes by annotator, who discarded) of one record."""
+    """(submitted labels by annotator, notes by annotator, who discarded) of one record. An
+    annotator with several answers (a re-label, ``merge_relabels``) counts with the last one."""
     labels: dict[str, str] = {}
     notes: dict[str, str] = {}
     discarded: list[str] = []
@@ -166,8 +202,12 @@ def _responses(rec: dict[str, Any], names: dict[str, str]):
             value = _value(resp.get("values"), LABEL_QUESTION)
             if value is not None:
                 labels[who] = str(value)
+                if who in discarded:
+                    discarded.remove(who)
         elif resp["status"] == "discarded":
-            discarded.append(who)
+            labels.pop(who, None)
+            if who not in discarded:
+                discarded.append(who)
     return labels, notes, discarded
 
 
@@ -357,12 +397,22 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
     t0 = time.perf_counter()
     state = PushState.load(project.root / "review")
     name = options.dataset or state.dataset or project.root.resolve().name
+    with open_client(conn) as client:  # one listing: the dataset and its re-label datasets
+        found = _datasets_in(client, options.workspace)
     if state.dataset_id and state.dataset == name and state.url == conn.url:
         dataset_id = state.dataset_id
+    elif name in found:
+        dataset_id = found[name]
     else:
-        with open_client(conn) as client:
-            dataset_id = _resolve_dataset(client, name, options.workspace)
+        raise PullError(
+            f"no dataset {name!r} in workspace {options.workspace!r}; run `thresher review "
+            "push` first"
+        )
     records = fetch_records(conn, dataset_id)
+    relabels = _relabels_of(name, found)
+    if relabels:
+        later = [fetch_records(conn, rid) for _, _, rid in relabels]
+        records = merge_relabels(records, later)
     stage_rows: dict[str, dict[str, Any]] = {}
     model_classes = None
     try:
@@ -397,6 +447,7 @@ def pull(project: Project, conn: Connection, options: PullOptions) -> PullResult
         write_curated(stage_path, rows, review_dir / CURATED, project)
     result = PullResult(
         dataset=name,
+        relabel_datasets=[n for _, n, _ in relabels],
         records=len(records),
         seconds=time.perf_counter() - t0,
         path=str(out),

@@ -495,6 +495,56 @@ def push_options_from_config(config: Any, *, limit: int | None = None) -> PushOp
     )
 
 
+RELABEL_INFIX = "-relabel-"
+MAX_DATASET_NAME = 200  # Argilla's limit
+
+
+def relabel_dataset_name(dataset: str, round: int) -> str:
+    """The per-round review dataset of ``dataset``: ``<dataset>-relabel-<round>``, where the
+    records of round ``round`` that people already answered go back to them (in Argilla 2.8 a
+    submitted record stays answered in its dataset, so it would never be pending again)."""
+    if not isinstance(round, int) or round < 1:
+        raise PushError(f"a re-label dataset needs a round number >= 1, not {round!r}")
+    name = f"{dataset}{RELABEL_INFIX}{round}"
+    if not dataset or len(name) > MAX_DATASET_NAME or any(ord(c) < 32 for c in name):
+        raise PushError(
+            f"dataset name {name[:80]!r} is not usable in Argilla (1-{MAX_DATASET_NAME} printable "
+            "characters); set a shorter `review.dataset`"
+        )
+    return name
+
+
+def relabel_round(dataset: str, name: str) -> int | None:
+    """The round of a per-round review dataset ``name`` of ``dataset`` (None when it is not
+    one): the inverse of ``relabel_dataset_name``."""
+    prefix = f"{dataset}{RELABEL_INFIX}"
+    tail = name[len(prefix) :] if name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() and not tail.startswith("0") else None
+
+
+def open_relabel_dataset(
+    conn: Connection, name: str, options: PushOptions, labels: list[str], state_dir: Path
+) -> tuple[PushState, str, dict[str, str]]:
+    """A per-round review dataset (found or created, same questions as the project's; each
+    record needs one more answer: ``min_submitted`` 1) and a push state of its own in
+    ``state_dir`` (the project's push state is left alone)."""
+    from dataclasses import replace
+
+    state = PushState.load(state_dir)
+    opts = replace(options, min_submitted=1)
+    dataset_id, questions = ensure_dataset(conn, name, opts, labels, _vector_dims(options))
+    state.reset(conn.url, name, dataset_id)
+    state.save()
+    return state, dataset_id, questions
+
+
+def _vector_dims(options: PushOptions) -> int | None:
+    if not options.vectors:
+        return None
+    dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
+    return dims or _dims(options)
+
+
 def open_dataset(
     project: Project, conn: Connection, name: str, options: PushOptions, labels: list[str]
 ) -> tuple[PushState, str, dict[str, str]]:
@@ -502,10 +552,7 @@ def open_dataset(
     and the push state, reset to that (server, dataset) and saved. Returns
     ``(state, dataset_id, question ids by name)``."""
     state = PushState.load(project.root / "review")
-    dims = None
-    if options.vectors:
-        dims = options.vector_dims or (384 if options.embedding_model == "default" else None)
-        dims = dims or _dims(options)
+    dims = _vector_dims(options)
     known = (
         _known_dataset(conn, state.dataset_id, labels)
         if state.dataset_id and (state.url, state.dataset) == (conn.url, name)

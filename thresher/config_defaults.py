@@ -115,6 +115,10 @@ loop:
   # probability (reason "model-error"), at most rereview_size per round.
   rereview_threshold: 0.9
   rereview_size: 10
+  # Re-label or label new: auto = when some record has labels from two annotators, ActiveLab
+  # (cleanlab) splits the `size` annotations between one more label on already labelled records
+  # (low agreement, weak consensus, a label the model disputes) and new records; off = new only.
+  relabel: auto
   # fast (sentence embeddings + logistic regression) | tfidf | lora (tune's classifier)
   learner: fast
   # --learner lora: start round k from round k-1's adapter and head (true) or from the base

@@ -127,6 +127,7 @@ KEYS: dict[str, Spec] = {
     "loop.diversity_factor": _COUNT,
     "loop.rereview_threshold": _FRACTION,
     "loop.rereview_size": _STEPS,
+    "loop.relabel": _choice("auto", "off"),
     "loop.learner": _choice("fast", "tfidf", "lora"),
     "loop.warm_start": Spec("bool"),
     "loop.labels": _choice("reviewed", "all"),
