@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,7 +148,9 @@ def activelab_scores(
         return np.zeros(0), np.zeros(0)
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):  # cleanlab prints its notes
+        # cleanlab prints and warns its notes ("annotators do not agree on any example"): logged
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
             lab, pool = get_active_learning_scores(
                 table.labels if has_labeled else None,
                 labeled_probs if has_labeled else None,
@@ -155,8 +158,9 @@ def activelab_scores(
             )
     except (ValueError, AssertionError) as err:
         raise RelabelError(f"ActiveLab could not score these annotations: {err}") from err
-    if printed.getvalue().strip():
-        log.debug("cleanlab: %s", printed.getvalue().strip())
+    for note in [printed.getvalue().strip(), *(str(w.message) for w in notes)]:
+        if note:
+            log.debug("cleanlab: %s", note)
     return np.asarray(lab, dtype=np.float64), np.asarray(pool, dtype=np.float64)
 
 
