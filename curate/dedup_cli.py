@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     help="Where the search runs [dedup.engine: local]. ray: all of it on Ray Data (the cluster"
     " in RAY_ADDRESS, else a local one; only hashing with --semantic/--against); thresher[ray].",
 )
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to run on (--engine ray), e.g. HEAD:6379 [env RAY_ADDRESS, else local].",
+)
 @force_option
 @json_option
 def dedup_command(
@@ -64,6 +69,7 @@ def dedup_command(
     semantic_threshold: float | None,
     against: str | None,
     engine: str | None,
+    address: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -76,6 +82,7 @@ def dedup_command(
       thresher curate dedup -p proj
       thresher curate dedup -p proj --threshold 0.7 --semantic
       thresher curate dedup -p proj --against eval.jsonl --json
+      thresher curate dedup -p proj --engine ray --address HEAD:6379
     """
     from curate.dedup import dedup
     from thresher.project import Project
@@ -83,10 +90,17 @@ def dedup_command(
     _tune_allocator()
     project = Project.at(project_dir)
     config = config_for(project.root, "curate dedup")
+    options = _dedup_options(config)
+    if address is not None:
+        if options.engine != "ray":
+            raise click.UsageError("--address needs --engine ray (or dedup.engine: ray)")
+        from curate.ray_support import connect
+
+        connect(address)
     run = functools.partial(
         dedup,
         project,
-        _dedup_options(config),
+        options,
         force=force,
         against=against,
         text_col=config.get("columns.text"),

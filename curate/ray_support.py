@@ -15,3 +15,13 @@ def import_ray():
             "the ray engine needs Ray Data; pip install 'thresher[ray]'"
         ) from err
     return ray
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` (``HOST:6379`` from ``ray start --head``, ``auto``,
+    or ``ray://HOST:10001``) unless this process is connected already. Without a call, Ray's own
+    defaults apply at first use: env ``RAY_ADDRESS``, else the cluster ``ray start`` began on
+    this machine, else a new local instance."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address)

@@ -65,7 +65,7 @@ dedup:
   semantic_threshold: 0.95
   # Rows per Arrow batch while streaming (small batches stay in CPU cache).
   batch_size: 4096
-  # Where the hashing pass runs: local | ray (Ray Data map_batches; pip install thresher[ray]).
+  # Where the search runs: local | ray (Ray Data; pip install thresher[ray]). See docs/dedup.md.
   engine: local
 
 score:

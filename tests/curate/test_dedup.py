@@ -259,6 +259,8 @@ def test_cli_json_and_errors(tmp_path):
     assert res.exit_code == 1 and "thresher curate ingest" in res.output
     res = runner.invoke(main, ["curate", "dedup", "-p", str(project.root), "--threshold", "2"])
     assert res.exit_code == 1 and "--threshold" in res.output
+    res = runner.invoke(main, ["curate", "dedup", "-p", str(project.root), "--address", "h:6379"])
+    assert res.exit_code == 2 and "--address needs --engine ray" in res.output
 
 
 def test_dedup_command_does_not_import_heavy_libraries(tmp_path):
