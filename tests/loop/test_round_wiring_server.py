@@ -118,7 +118,10 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     assert rebuilt["labeled"] == pulled["annotations"]
     assert r1.outputs("eval")["n_test"] == rebuilt["test"] > 0
     sel = pd.read_parquet(project.root / "rounds" / "1" / "select" / "selection.parquet")
-    assert sel["reason"].eq("uncertain").sum() == 20
+    # two annotators: ActiveLab splits the 20 annotations between re-labels and new records
+    split = r1.outputs("select")["relabel"]
+    assert split["active"] and split["relabel"] + split["new"] == 20 and split["new"] >= 1
+    assert sel["reason"].eq("uncertain").sum() == split["new"]
     # ties (no consensus) are neither trained on nor pooled: they go back as `conflict`
     assert sel["reason"].eq("conflict").sum() == min(5, pulled["ties"])
     assert rebuilt["pool"] == 150 - 45
@@ -126,12 +129,19 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     manifest = read_round(project, 1)
     assert all(manifest["steps"][s]["seconds"] >= 0 for s in manifest["order"])
 
-    # in Argilla: the round-2 records carry round, reason, priority and the model's suggestion
+    # in Argilla: the round-2 records carry round, reason, priority and the model's suggestion;
+    # new records go to the project's dataset, answered ones to the round's re-label dataset
+    new = sel[sel["kind"] == "new"]
     in_argilla = _round_records(conn, first.dataset_id, 2)
-    assert {r["external_id"] for r in in_argilla} == set(sel["id"])
+    assert {r["external_id"] for r in in_argilla} == set(new["id"])
     meta = {r["external_id"]: r["metadata"] for r in in_argilla}
-    for row in sel.itertuples():
+    for row in new.itertuples():
         assert meta[row.id]["reason"] == row.reason and meta[row.id]["priority"] == row.priority
+    with open_client(conn) as client:
+        found = client.get("/api/v1/me/datasets", "list datasets")["items"]
+    relabel_id = next(d["id"] for d in found if d["name"] == "loop2-relabel-2")
+    relabelled = _round_records(conn, relabel_id, 2)
+    assert {r["external_id"] for r in relabelled} == set(sel.loc[sel["kind"] == "relabel", "id"])
     # upserts by id: tie records (already in Argilla) are updated, new pool records added
     annotated = set(pd.read_parquet(project.root / "review" / "annotations.parquet")["id"])
     assert len(annotated) == 45
@@ -143,7 +153,7 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
             json={"query": {}},
             params={"limit": 1},
         )["total"]
-    assert total == len(annotated | set(sel["id"]))
+    assert total == len(annotated | set(new["id"]))
 
     # nothing new annotated: a rerun is a no-op
     again = build_runner(project, config, connect=argilla.conn, embed=embed384).run()
@@ -153,7 +163,7 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     reports = demo_annotators.run(
         project, conn, annotators=2, disagreement=0.1, seed=2, round=2, paths=argilla.paths
     )
-    assert [r.submitted for r in reports] == [20, 20]  # the new ones; ties were answered
+    assert [r.submitted for r in reports] == [len(new)] * 2  # the new ones
 
     def broken():
         raise ConnectionError("server gone")  # the push step of round 2 crashes
@@ -178,7 +188,7 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     lab1 = pd.read_parquet(project.root / "rounds" / "1" / "rebuild" / "labeled.parquet")
     lab2 = pd.read_parquet(project.root / "rounds" / "2" / "rebuild" / "labeled.parquet")
     assert set(lab1.loc[lab1.split == "test", "id"]) == set(lab2.loc[lab2.split == "test", "id"])
-    assert len(_round_records(conn, first.dataset_id, 3)) == r2.outputs("push")["sent"]
+    assert len(_round_records(conn, first.dataset_id, 3)) == r2.outputs("push")["new_sent"]
 
 
 def test_round_cli_tiny_tfidf(argilla, tmp_path, make_planted, monkeypatch):
