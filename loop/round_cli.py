@@ -110,15 +110,16 @@ def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
 
 
 def _relabel_lines(sel: dict[str, Any]) -> list[str]:
-    """``re-label N, new M: why`` (nothing before the round selected)."""
+    """``re-label N (reasons), new M; ActiveLab: ...`` (nothing before the round selected)."""
     kinds, info = sel.get("kinds"), sel.get("relabel") or {}
     if not kinds:
         return []
-    reasons = ", ".join(f"{r} {n}" for r, n in sorted((info.get("by_reason") or {}).items()))
-    why = info.get("why") or ""
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted((sel.get("relabel_reasons") or {}).items()))
+    line = f"  re-label {kinds['relabel']}{f' ({reasons})' if reasons else ''}, new {kinds['new']}"
     if info.get("active"):
-        why = f"{why}{'; ' + reasons if reasons else ''}"
-    return [f"  re-label {kinds['relabel']}, new {kinds['new']}: {why}"]
+        picked = f"{info['relabel']} re-label, {info['new']} new"
+        return [f"{line}; ActiveLab chose {picked}: {info.get('why')}"]
+    return [f"{line}; ActiveLab not used: {info.get('why', 'loop.relabel is off')}"]
 
 
 def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:

@@ -454,13 +454,14 @@ def _coverage_selection(ctx: StepContext, size: int, embed, seed: int) -> dict[s
 
 
 def selection_counts(sel) -> dict[str, Any]:
-    """``selected``, ``by_reason`` and ``kinds`` ({relabel, new}) of a selection frame."""
-    kinds = sel["kind"] if "kind" in sel else None
-    n_relabel = int((kinds == RELABEL).sum()) if kinds is not None else 0
+    """``selected``, ``by_reason``, ``kinds`` ({relabel, new}) and ``relabel_reasons`` (the
+    reasons of the re-label rows) of a selection frame."""
+    relabels = sel[sel["kind"] == RELABEL] if "kind" in sel else sel.iloc[:0]
     return {
         "selected": int(len(sel)),
         "by_reason": {str(k): int(v) for k, v in sel["reason"].value_counts().items()},
-        "kinds": {RELABEL: n_relabel, NEW: int(len(sel)) - n_relabel},
+        "kinds": {RELABEL: int(len(relabels)), NEW: int(len(sel) - len(relabels))},
+        "relabel_reasons": {str(k): int(v) for k, v in relabels["reason"].value_counts().items()},
     }
 
 
@@ -499,7 +500,7 @@ def _relabel_decision(ctx: StepContext, mode: str, labeled, pool, classes, size:
         **counts,
         "by_reason": decision.by_reason(RELABEL),
         "candidates": {RELABEL: len(table.ids), NEW: int(len(pool))},
-        "why": f"ActiveLab: the {size} lowest scores of {len(table.ids)} labelled records "
+        "why": f"the {size} lowest scores of {len(table.ids)} labelled records "
         f"({len(table.annotators)} annotators) and {len(pool)} pool records",
     }
 

@@ -189,7 +189,7 @@ def test_select_splits_the_budget_and_says_why(tmp_path):
     assert "sure" not in set(sel["id"])
     assert set(sel.loc[sel["kind"] == NEW, "reason"]) == {"uncertain"}
     assert sel["activelab"].between(0, 1).all() and sel["priority"].tolist() == list(range(1, 9))
-    assert info["by_reason"][LOW_AGREEMENT] >= 1 and "ActiveLab" in info["why"]
+    assert info["by_reason"][LOW_AGREEMENT] >= 1 and "lowest scores" in info["why"]
 
 
 def test_select_without_annotator_data_or_when_off_keeps_the_strategy(tmp_path):
