@@ -41,37 +41,23 @@ class RayEmbedOptions:
 
 
 class _Embedder:
-    """An actor: the encoder loaded once, then ``embed_texts`` per block (pos, text) → (pos,
-    vector)."""
+    """An actor: the encoder loaded and the cache read once (``thresher.embeddings.Embedder``),
+    then one block (pos, text) → (pos, vector) per call."""
 
     def __init__(self, model, device, precision, batch_size, cache_dir, threads) -> None:
         import torch
 
-        from thresher.embeddings import load_encoder
+        from thresher.embeddings import Embedder, load_encoder
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.args = {
-            "model": model,
-            "device": device,
-            "precision": precision,
-            "batch_size": batch_size,
-            "cache_dir": Path(cache_dir) if cache_dir else None,
-        }
+        cache = Path(cache_dir) if cache_dir else None
+        self.embedder = Embedder(model, cache, batch_size, device, precision)
         load_encoder(model, device, precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from thresher.embeddings import embed_texts
-
-        a = self.args
-        vectors = embed_texts(
-            [str(t) for t in batch["text"]],
-            a["model"],
-            cache_dir=a["cache_dir"],
-            batch_size=a["batch_size"],
-            device=a["device"],
-            precision=a["precision"],
-        )
+        rows = self.embedder.rows([str(t) for t in batch["text"]])
+        vectors = np.stack(rows).astype(np.float32, copy=False)
         return {"pos": batch["pos"], "vector": vectors}
 
 

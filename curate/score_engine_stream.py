@@ -3,7 +3,10 @@
 The passes over the input's Arrow batches are ``curate.score_stream``'s; this module runs them
 for the stage: the bias tables from the streamed counts, CROWDLAB on the annotated records,
 ``records.parquet`` written batch by batch, and the report's rows (texts read back only for the
-rows it shows). No embeddings, outliers or map: ``outlier_score`` and ``near_ood`` are null.
+rows it shows). With embeddings (the default) the representatives' sentence embeddings go to a
+float16 file (cached ones reused) and their neighbours, found on the ANN index above 20k rows
+(``thresher.neighbours``), give the outlier scores and near-OOD flags the in-memory engine gives;
+with ``--no-embeddings`` ``outlier_score`` and ``near_ood`` are null. No map either way.
 ``curate.score_outputs`` writes the rest.
 """
 
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RAY_EMBED_ROWS = 200_000  # texts handed to the Ray actor pool at a time (one pool per chunk)
+
 
 class StreamEngine:
     """One streaming run: the input's small columns read and checked on creation (before the
@@ -39,7 +44,7 @@ class StreamEngine:
         if opts.probs_from:
             raise InputError("--probs-from works with the local engine only; add --engine local")
         if opts.embeddings and "emb" in opts.learners:
-            log.info("%s engine: hashed naive Bayes only (no embeddings, outliers or map)",
+            log.info("%s engine: hashed naive Bayes for label noise; embeddings for outliers only",
                      plan.engine)  # fmt: skip
         self.plan = plan
         self.index = ss.read_index(plan.path_in)
@@ -55,8 +60,10 @@ class StreamEngine:
                 f"{plan.path_in}: {reason}; the {plan.engine} engine needs them: "
                 "add --engine local to score unlabelled records"
             )
-        self.packages = ("cleanlab", "scikit-learn", "numpy", "pyarrow") + (
-            ("ray",) * (plan.engine == "ray")
+        self.packages = (
+            ("cleanlab", "scikit-learn", "numpy", "pyarrow")
+            + (("ray",) * (plan.engine == "ray"))
+            + (("sentence-transformers",) * bool(opts.embeddings))
         )
 
     def score(self, run: StageRun) -> ScoreOutputs:
@@ -72,13 +79,15 @@ class StreamEngine:
         with run.timed("bias"):
             report = self._bias(out)
         consensus, annotator_quality = self._annotations(res)
+        outliers = self._outliers(run)
         with run.timed("write"):
             rows = _RowScores.expand(index, res, out)
             written = ss.write_records(
                 plan.path_in, run.path("records.parquet"), index=index, row_of=rows.row_of,
                 quality=rows.quality, issue=rows.issue, res=res, groups=rows.groups,
-                consensus=consensus, batch_size=opts.batch_size,
+                consensus=consensus, batch_size=opts.batch_size, outliers=outliers,
             )  # fmt: skip
+        near_ood = None if outliers is None else outliers[1][rows.row_of]
         return ScoreOutputs(
             res=res,
             bias=report,
@@ -87,12 +96,44 @@ class StreamEngine:
             records=written,
             labeled=sum(v is not None for v in index.labels),
             label_issues=int(rows.issue.sum()),
-            near_ood=0,
+            near_ood=0 if near_ood is None else int(near_ood.sum()),
             scoring=self._scoring(out),
-            report_records=lambda: _report_frame(plan, index, rows, res),
+            report_records=lambda: _report_frame(plan, index, rows, res, near_ood),
             coords=None,
             time_report=True,
         )
+
+    def _outliers(self, run: StageRun) -> tuple[np.ndarray, np.ndarray] | None:
+        """The representatives' kNN outlier scores and near-OOD flags on their sentence
+        embeddings (None with ``--no-embeddings``). The embeddings go to a float16 file a batch
+        of texts at a time (unlinked once mapped, as the in-memory engine's); the ray engine
+        embeds on a Ray actor pool (``curate.embed_ray``, a GPU per actor where there are GPUs)."""
+        plan, opts = self.plan, self.plan.opts
+        if not opts.embeddings:
+            return None
+        from curate.noise import outlier_scores
+        from thresher.embeddings import write_float16_rows
+
+        batches = ss.rep_text_batches(plan.path_in, self.index.rep, opts.batch_size)
+        cache = plan.project.embedding_cache
+        if plan.engine == "ray":
+            from curate.embed_ray import embed_texts_ray
+
+            chunks = (
+                embed_texts_ray(texts, opts.model, cache_dir=cache)
+                for texts in _regroup(batches, RAY_EMBED_ROWS)
+            )
+        else:
+            from thresher.embeddings import Embedder
+
+            embedder = Embedder(opts.model, cache, progress=plan.progress)
+            chunks = (np.stack(embedder.rows(texts)) for texts in batches if texts)
+        path = run.path("embeddings.f16.npy")
+        with run.timed("embed"):
+            vectors = write_float16_rows(chunks, int(self.index.rep.sum()), path)
+        path.unlink(missing_ok=True)
+        with run.timed("outliers"):
+            return outlier_scores(vectors)
 
     def _bias(self, out: ss.StreamScores) -> BiasReport:
         from curate.noise import encode_labels
@@ -141,9 +182,24 @@ class _RowScores:
         return cls(row_of, quality, issue, groups)
 
 
-def _report_frame(plan: ScorePlan, index: ss.Index, rows: _RowScores, res: NoiseResult):
+def _regroup(batches, rows: int):
+    """Lists of texts regrouped into lists of about ``rows`` texts."""
+    chunk: list[str] = []
+    for texts in batches:
+        chunk.extend(texts)
+        if len(chunk) >= rows:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _report_frame(
+    plan: ScorePlan, index: ss.Index, rows: _RowScores, res: NoiseResult, near_ood=None
+):
     """What the report needs for every row, without the texts: the text (and id) is read back
-    only for the rows the report shows (top issues, first member of conflicted clusters)."""
+    only for the rows the report shows (top issues, first member of conflicted clusters).
+    ``near_ood``: every row's flag (all False without embeddings)."""
     import pandas as pd
 
     row_of = rows.row_of
@@ -154,7 +210,7 @@ def _report_frame(plan: ScorePlan, index: ss.Index, rows: _RowScores, res: Noise
             "label_issue": rows.issue,
             "predicted_label": np.asarray(res.predicted_label, dtype=object)[row_of],
             "predicted_prob": res.predicted_prob[row_of],
-            "near_ood": np.zeros(len(index.ids), dtype=bool),
+            "near_ood": (np.zeros(len(index.ids), dtype=bool) if near_ood is None else near_ood),
             "bias_groups": _group_lists(rows.groups, row_of),
         }
     )

@@ -14,9 +14,11 @@ No step holds all texts or features: the input Parquet is read in record batches
 3. Write ``records.parquet`` batch by batch (``ParquetWriter``): input columns + score columns.
    The report reads back only the texts it shows.
 
-What the streaming engines do not compute: the embedding learner, outlier scores, the near-OOD
-flag and the embedding map (they need all vectors at once): ``outlier_score`` and ``near_ood`` are
-null. With dedup output only representatives are featurised, as in the in-memory path.
+What the streaming passes do not compute: the embedding learner and the embedding map. Outlier
+scores and the near-OOD flag come from the engine's neighbour step (``rep_text_batches`` feeds
+the embeddings into a float16 file, ``thresher.neighbours`` finds the neighbours); without
+embeddings ``outlier_score`` and ``near_ood`` are null. With dedup output only representatives
+are featurised, as in the in-memory path.
 """
 
 from __future__ import annotations
@@ -464,8 +466,10 @@ def write_records(
     groups: tuple[np.ndarray, np.ndarray],
     consensus: dict[str, tuple[str, float, float]] | None,
     batch_size: int,
+    outliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> int:
-    """Pass 3: every input row + the score columns, written batch by batch (zstd Parquet)."""
+    """Pass 3: every input row + the score columns, written batch by batch (zstd Parquet).
+    ``outliers``: the representatives' outlier scores and near-OOD flags (null columns without)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -475,7 +479,7 @@ def write_records(
         for batch in pq.ParquetFile(path_in).iter_batches(batch_size=batch_size):
             sl = slice(start, start + batch.num_rows)
             cols = dict(zip(batch.schema.names, batch.columns, strict=True))
-            cols.update(_score_columns(row_of[sl], quality[sl], issue[sl], res, groups))
+            cols.update(_score_columns(row_of[sl], quality[sl], issue[sl], res, groups, outliers))
             if consensus is not None:
                 cols.update(_consensus_columns(index.ids[sl], consensus))
             table = pa.table(cols)
@@ -495,9 +499,10 @@ def _score_columns(
     issue: np.ndarray,
     res,
     groups: tuple[np.ndarray, np.ndarray],
+    outliers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The score columns of one batch's rows, whose representatives are ``r`` (positions);
-    ``quality`` and ``issue`` are the rows' own. No outliers on this engine: null columns."""
+    ``quality`` and ``issue`` are the rows' own. Without ``outliers``: null outlier columns."""
     import pyarrow as pa
 
     n, k = len(r), len(res.classes)
@@ -517,8 +522,16 @@ def _score_columns(
             pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
             pa.array(probs.reshape(-1), type=pa.float64()),
         ),
-        "outlier_score": pa.nulls(n, pa.float64()),
-        "near_ood": pa.nulls(n, pa.bool_()),
+        "outlier_score": (
+            pa.nulls(n, pa.float64())
+            if outliers is None
+            else pa.array(outliers[0][r], type=pa.float64())
+        ),
+        "near_ood": (
+            pa.nulls(n, pa.bool_())
+            if outliers is None
+            else pa.array(outliers[1][r], type=pa.bool_())
+        ),
         "bias_groups": pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)),
             pa.array(values[starts].tolist(), type=pa.string()),
@@ -540,6 +553,19 @@ def _consensus_columns(
         name: pa.array([h[j] if h else None for h in hit], kind)
         for j, (name, kind) in enumerate(kinds)
     }
+
+
+def rep_text_batches(path: Path, rep: np.ndarray, batch_size: int) -> Iterator[list[str]]:
+    """The representatives' texts (``rep``: a mask over the file's rows), a batch at a time,
+    in file order."""
+    import pyarrow.parquet as pq
+
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["text"]):
+        keep = rep[start : start + batch.num_rows]
+        start += batch.num_rows
+        texts = batch.column(0).to_pylist()
+        yield [str(t) for t, k in zip(texts, keep, strict=True) if k]
 
 
 def take_rows(path: Path, rows: np.ndarray, columns: list[str], batch_size: int) -> dict[int, dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from thresher.assets import resolve_model
@@ -199,48 +199,8 @@ def embed_texts(
     in memory a second time beside the cache."""
     import numpy as np
 
-    ref = resolve_model(model, "embedding")
-    keys = _hash_texts(texts)
-    result: list = [None] * len(texts)
-    cache = EmbeddingCache(cache_dir, ref.path) if cache_dir is not None else None
-    if cache is not None:
-        hits, vectors = cache.lookup(keys)
-        for pos, vec in zip(hits, vectors, strict=True):
-            result[pos] = vec
-    # Embed each distinct missing text once.
-    missing: dict[bytes, list[int]] = {}
-    for pos, key in enumerate(keys.tolist()):
-        if result[pos] is None:
-            missing.setdefault(key, []).append(pos)
-    log.info(
-        "embeddings: %d cached, %d to compute",
-        len(texts) - sum(map(len, missing.values())),
-        len(missing),
-    )
-    if missing:
-        encoder = load_encoder(model, device, precision)
-        firsts = [positions[0] for positions in missing.values()]
-        new_keys = np.array(list(missing.keys()), dtype="S16")
-        new_vectors = np.empty((len(firsts), embedding_dim(encoder)), "float32")
-        step = max(batch_size * 16, 1024)
-        for start in range(0, len(firsts), step):
-            chunk = [texts[i] for i in firsts[start : start + step]]
-            vectors = encoder.encode(
-                chunk,
-                batch_size=batch_size,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            ).float()
-            # Normalize in float32: reduced-precision norms would cost agreement.
-            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            new_vectors[start : start + len(chunk)] = vectors.cpu().numpy()
-            if progress is not None:
-                progress(len(chunk))
-        if cache is not None:
-            cache.add(new_keys, new_vectors)
-        for (_, positions), vec in zip(missing.items(), new_vectors, strict=True):
-            for pos in positions:
-                result[pos] = vec
+    embedder = Embedder(model, cache_dir, batch_size, device, precision, progress)
+    result = embedder.rows(texts)
     if out is not None:
         return _write_float16(result, Path(out))
     if not texts:
@@ -248,17 +208,106 @@ def embed_texts(
     return np.stack(result).astype("float32", copy=False)
 
 
-def _write_float16(rows: list, out: Path, block: int = 65_536):
-    """``rows`` (vectors) into a float16 ``.npy`` at ``out`` a block at a time (written to a
-    temporary file, then renamed), opened again as a read-only memmap."""
+def write_float16_rows(chunks: Iterable, n: int, out: Path):
+    """``n`` vectors arriving in ``chunks`` (arrays of rows) into a float16 ``.npy`` at ``out``
+    (written to a temporary file, then renamed), returned memory-mapped read-only: the vectors
+    are never all in memory at once."""
     import numpy as np
 
-    dim = len(rows[0]) if rows else 384
     tmp = out.with_name(out.name + ".tmp")
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), dim))
-    for start in range(0, len(rows), block):
-        matrix[start : start + block] = np.stack(rows[start : start + block])
+    matrix = None
+    start = 0
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if matrix is None:
+            shape = (n, np.shape(chunk)[1])
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        if start + len(chunk) > n:
+            raise ValueError(f"more than the {n} vectors announced")
+        matrix[start : start + len(chunk)] = chunk
+        start += len(chunk)
+    if start != n:
+        raise ValueError(f"{start} vectors written, {n} announced")
+    if matrix is None:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(0, 384))
     matrix.flush()
     del matrix
     os.replace(tmp, out)
     return np.load(out, mmap_mode="r")
+
+
+class Embedder:
+    """One model and one cache, embedding any number of text lists: cached texts are looked up,
+    each distinct missing text is embedded once and added to the cache. The cache is read once,
+    so a long run of batches should share one ``Embedder``."""
+
+    def __init__(
+        self,
+        model: str | None = "default",
+        cache_dir: Path | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        precision: str = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.device, self.precision, self.progress = device, precision, progress
+        ref = resolve_model(model, "embedding")
+        self.cache = EmbeddingCache(cache_dir, ref.path) if cache_dir is not None else None
+        self._encoder = None
+
+    def rows(self, texts: Sequence[str]) -> list:
+        """One L2-normalized float32 vector per text, in order."""
+        import numpy as np
+
+        keys = _hash_texts(texts)
+        result: list = [None] * len(texts)
+        if self.cache is not None:
+            hits, vectors = self.cache.lookup(keys)
+            for pos, vec in zip(hits, vectors, strict=True):
+                result[pos] = vec
+        missing: dict[bytes, list[int]] = {}
+        for pos, key in enumerate(keys.tolist()):
+            if result[pos] is None:
+                missing.setdefault(key, []).append(pos)
+        log.info(
+            "embeddings: %d cached, %d to compute",
+            len(texts) - sum(map(len, missing.values())),
+            len(missing),
+        )
+        if not missing:
+            return result
+        if self._encoder is None:
+            self._encoder = load_encoder(self.model, self.device, self.precision)
+        firsts = [positions[0] for positions in missing.values()]
+        new_keys = np.array(list(missing.keys()), dtype="S16")
+        new_vectors = np.empty((len(firsts), embedding_dim(self._encoder)), "float32")
+        step = max(self.batch_size * 16, 1024)
+        for start in range(0, len(firsts), step):
+            chunk = [texts[i] for i in firsts[start : start + step]]
+            vectors = self._encoder.encode(
+                chunk,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            ).float()
+            # Normalize in float32: reduced-precision norms would cost agreement.
+            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            new_vectors[start : start + len(chunk)] = vectors.cpu().numpy()
+            if self.progress is not None:
+                self.progress(len(chunk))
+        if self.cache is not None:
+            self.cache.add(new_keys, new_vectors)
+        for (_, positions), vec in zip(missing.items(), new_vectors, strict=True):
+            for pos in positions:
+                result[pos] = vec
+        return result
+
+
+def _write_float16(rows: list, out: Path, block: int = 65_536):
+    """``rows`` (vectors) into a float16 ``.npy`` at ``out`` a block at a time."""
+    import numpy as np
+
+    chunks = (np.stack(rows[i : i + block]) for i in range(0, len(rows), block))
+    return write_float16_rows(chunks, len(rows), out)

@@ -96,3 +96,31 @@ def test_a_model_folder_naming_foreign_code_is_refused_and_not_imported(tmp_path
         load_encoder(str(folder), "cpu", "float32")
     assert "\n" not in str(err.value)
     assert not marker.exists() and "planted_st_mod" not in sys.modules
+
+
+def test_embedder_serves_batches_from_one_cache_read_into_a_float16_file(tmp_path, monkeypatch):
+    from thresher.assets import resolve_model
+    from thresher.embeddings import Embedder, EmbeddingCache, _hash_texts, write_float16_rows
+
+    texts = [f"text number {i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cache_dir = tmp_path / "cache"
+    EmbeddingCache(cache_dir, resolve_model("default").path).add(_hash_texts(texts), vectors)
+    loads = []
+    original = EmbeddingCache._load
+    monkeypatch.setattr(
+        EmbeddingCache, "_load", lambda self: (loads.append(self._index is None), original(self))
+    )
+    monkeypatch.setattr(embeddings, "load_encoder", lambda *a, **k: pytest.fail("not cached"))
+    embedder = Embedder(cache_dir=cache_dir)
+    batches = [texts[:4], texts[4:], texts[2:3]]
+    out = write_float16_rows((np.stack(embedder.rows(b)) for b in batches), 11, tmp_path / "x.npy")
+    assert out.dtype == np.float16 and out.shape == (11, 8)
+    np.testing.assert_allclose(out[:10], vectors, atol=1e-3)
+    np.testing.assert_allclose(out[10], vectors[2], atol=1e-3)
+    assert len(loads) == 3 and sum(loads) == 1  # three batches, the shards read once
+    assert not (tmp_path / "x.npy.tmp").exists()
+    with pytest.raises(ValueError, match="12 announced"):
+        write_float16_rows(iter([vectors]), 12, tmp_path / "y.npy")

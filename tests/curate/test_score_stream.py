@@ -288,3 +288,34 @@ def test_bad_class_prior_fails_before_the_passes_with_the_local_message(tmp_path
             score(project, replace(opts, class_prior="nosuchlabel=1"))
         messages.append(str(err.value))
     assert messages[0] == messages[1]
+
+
+def test_stream_engine_with_embeddings_gives_the_local_engines_outlier_scores(tmp_path):
+    """With embeddings the stream engine embeds the representatives into a float16 file and
+    scores outliers as the in-memory engine does: same scores (float16 rounding aside), and
+    planted off-topic texts flagged near-OOD by both."""
+    rows, _ = _rows(n=240, seed=3)
+    planted = [
+        "SELECT * FROM users WHERE id = 42; DROP TABLE accounts;",
+        "Preheat the oven to 220 C and knead the dough for ten minutes.",
+        "The quarterly VAT return is due on the seventh of the second month.",
+    ]
+    rows += [{"text": t, "label": "pos", "uid": f"ood{i}"} for i, t in enumerate(planted)]
+    project = _write_project(tmp_path, rows)
+    frames = {}
+    for engine in ("local", "stream"):
+        opts = ScoreOptions(embeddings=True, learners=("nb", "svm"), folds=4, repeats=1,
+                            engine=engine, batch_size=64)  # fmt: skip
+        result = score(project, opts)
+        assert result.engine == engine
+        frames[engine] = pd.read_parquet(project.records_path("score")).set_index("id").sort_index()
+        assert not (project.stage_dir("score") / "embeddings.f16.npy").exists()
+    local, stream = frames["local"], frames["stream"]
+    assert stream["outlier_score"].notna().all()
+    np.testing.assert_allclose(stream["outlier_score"], local["outlier_score"], atol=5e-3)
+    assert (stream["near_ood"] == local["near_ood"]).mean() >= 0.98
+    ood = [f"ood{i}" for i in range(len(planted))]
+    assert stream.loc[ood, "near_ood"].all() and local.loc[ood, "near_ood"].all()
+    assert stream["near_ood"].sum() < 0.2 * len(stream)
+    manifest = project.read_manifest("score")
+    assert manifest["counts"]["near_ood"] == int(stream["near_ood"].sum())
