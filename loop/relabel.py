@@ -11,8 +11,9 @@ takes the lowest ``budget`` scores across both sets and says, per chosen record,
 re-label or a new one and why.
 
 Pure: arrays in, a ``RelabelDecision`` out; the round's select step (``loop.steps``) does the
-I/O. The model's probabilities on labelled records are best out-of-sample (the model trained on
-them leans towards their labels, so re-labels are proposed less often than they should be).
+I/O. The model's probabilities on labelled records should be out-of-sample (a model trained on
+them leans towards their labels, so re-labels are proposed less often than they should be):
+the select step passes ``loop.steps.out_of_fold_probs`` where the learner is cheap to refit.
 """
 
 from __future__ import annotations

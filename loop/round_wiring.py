@@ -109,7 +109,14 @@ def build_runner(
         submitted_probe,
         with_conflicts,
     )
-    from loop.steps import eval_step, predict_step, rebuild_step, select_step, train_step
+    from loop.steps import (
+        eval_step,
+        out_of_fold_probs,
+        predict_step,
+        rebuild_step,
+        select_step,
+        train_step,
+    )
     from loop.strategies import get_strategy
 
     loop = config.section("loop")
@@ -134,6 +141,10 @@ def build_runner(
                 diversity_factor=int(loop["diversity_factor"]),
                 seed=int(config.get("seed")),
                 relabel=str(loop.get("relabel", "auto")),
+                # LoRA is too slow to fit five more times a round: its own probabilities serve
+                out_of_fold=None
+                if learner == "lora"
+                else out_of_fold_probs(factory, seed=int(config.get("seed"))),
             ),
             int(loop["rereview_size"]),
         ),

@@ -42,6 +42,8 @@ from thresher.records import representative_mask
 log = logging.getLogger(__name__)
 
 LearnerFactory = Callable[[Sequence[str], StepContext], Learner]
+# (ctx, texts, labels, classes) -> out-of-fold probabilities, or None (see out_of_fold_probs)
+OutOfFold = Callable[[StepContext, list, list, list], "np.ndarray | None"]
 
 
 def _read(path: Path):
@@ -334,6 +336,7 @@ def select_step(
     embed: Callable[[Sequence[str], StepContext], np.ndarray] | None = None,
     seed: int = 0,
     relabel: str = "off",
+    out_of_fold: OutOfFold | None = None,
 ) -> Step:
     """Pick ``size`` pool records with ``strategy`` and up to ``rereview_size`` labelled records
     a confident model disputes; write them, in priority order, to ``selection.parquet``. In a
@@ -344,7 +347,9 @@ def select_step(
     record, the ``size`` annotations are split between re-labels and new records by ActiveLab
     (``loop.relabel.decide``: the lowest scores across the labelled records and the pool); the
     re-labels carry their reason, the new ones are the strategy's picks, and re-review is not
-    run (ActiveLab covers a label the model disputes). Outputs ``relabel`` say what happened."""
+    run (ActiveLab covers a label the model disputes). Outputs ``relabel`` say what happened.
+    ``out_of_fold`` (``out_of_fold_probs``) gives ActiveLab probabilities on the labelled records
+    from models that did not train on them; without it the round model's (in-sample) are used."""
 
     def select(ctx: StepContext) -> dict[str, Any]:
         import pandas as pd
@@ -362,7 +367,7 @@ def select_step(
                 issues.update(zip(part["id"], flags, strict=True))
         pool = preds[preds["split"] == "pool"]
         labeled = preds[preds["split"] == "labeled"]
-        decision, info = _relabel_decision(ctx, relabel, labeled, pool, classes, size)
+        decision, info = _relabel_decision(ctx, relabel, labeled, pool, classes, size, out_of_fold)
         n_new = size if decision is None else decision.counts()[NEW]
         # rows: (id, reason, score: high = more wanted, probs, kind, ActiveLab score)
         rows: list[tuple] = []
@@ -465,7 +470,9 @@ def selection_counts(sel) -> dict[str, Any]:
     }
 
 
-def _relabel_decision(ctx: StepContext, mode: str, labeled, pool, classes, size: int):
+def _relabel_decision(
+    ctx: StepContext, mode: str, labeled, pool, classes, size: int, out_of_fold=None
+):
     """(``loop.relabel.decide``'s decision or None, what happened for the outputs). ``auto``
     decides only when pull's ``annotator_labels`` show two annotators on some record."""
     from loop.relabel import MODES, RelabelError, annotator_table, decide
@@ -485,8 +492,16 @@ def _relabel_decision(ctx: StepContext, mode: str, labeled, pool, classes, size:
     table = annotator_table(given, classes)
     if not table.multi:
         return None, {**info, "why": "no record has labels from two annotators"}
-    by_id = dict(zip(labeled["id"].astype(str), labeled["probs"], strict=True))
-    lab_probs = np.stack([np.asarray(by_id[i], dtype=np.float64) for i in table.ids])
+    lab_probs, source = None, "in-sample"
+    if out_of_fold is not None:
+        rows = _read(ctx.step_dir("rebuild") / "labeled.parquet").set_index("id")
+        rows = rows.loc[list(table.ids)]
+        texts, labels = rows["text"].tolist(), rows["label"].astype(str).tolist()
+        lab_probs = out_of_fold(ctx, texts, labels, list(classes))
+        source = "out-of-fold" if lab_probs is not None else source
+    if lab_probs is None:
+        by_id = dict(zip(labeled["id"].astype(str), labeled["probs"], strict=True))
+        lab_probs = np.stack([np.asarray(by_id[i], dtype=np.float64) for i in table.ids])
     pool_probs = np.stack(pool["probs"].to_numpy()) if len(pool) else np.zeros((0, len(classes)))
     try:
         decision = decide(table, lab_probs, pool["id"].astype(str).tolist(), pool_probs, size)
@@ -500,9 +515,40 @@ def _relabel_decision(ctx: StepContext, mode: str, labeled, pool, classes, size:
         **counts,
         "by_reason": decision.by_reason(RELABEL),
         "candidates": {RELABEL: len(table.ids), NEW: int(len(pool))},
+        "labelled_probabilities": source,
         "why": f"the {size} lowest scores of {len(table.ids)} labelled records "
         f"({len(table.annotators)} annotators) and {len(pool)} pool records",
     }
+
+
+def out_of_fold_probs(factory: LearnerFactory, folds: int = 5, seed: int = 0) -> OutOfFold:
+    """``(ctx, texts, labels, classes) -> probabilities`` (n × k, ``classes`` order): each
+    record predicted by a learner from ``factory`` fitted on the other ``folds`` folds (shuffled,
+    seeded by ``seed`` + round), or None when a fold would train on fewer than two classes.
+    ActiveLab wants probabilities on labelled records from a model that did not see them."""
+
+    def run(ctx: StepContext, texts, labels, classes) -> np.ndarray | None:
+        n, k = len(texts), min(folds, len(texts))
+        if k < 2:
+            return None
+        fold = np.random.default_rng(seed + ctx.round).permutation(n) % k
+        y = np.asarray(labels, dtype=object)
+        if any(len(set(y[fold != f])) < 2 for f in range(k)):
+            return None
+        out = np.zeros((n, len(classes)))
+        for f in range(k):
+            fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            learner = factory(classes, ctx)
+            learner.fit([texts[i] for i in fit], [labels[i] for i in fit])
+            probs = learner.predict_proba([texts[i] for i in held])
+            column = {str(c): j for j, c in enumerate(learner.classes)}
+            for j, c in enumerate(classes):
+                if str(c) in column:
+                    out[held, j] = probs[:, column[str(c)]]
+        sums = out.sum(axis=1, keepdims=True)
+        return out / np.where(sums > 0, sums, 1.0)
+
+    return run
 
 
 def _project_embeddings(texts: Sequence[str], ctx: StepContext) -> np.ndarray:

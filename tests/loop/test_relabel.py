@@ -264,3 +264,44 @@ def test_pull_merges_a_second_annotation_by_another_and_by_the_same_annotator():
     assert json.loads(by_id["b"]["annotator_labels"]) == {"ann": "neg", "bob": "neg"}
     assert by_id["c"]["label"] == "pos"  # not answered again: unchanged
     assert summary["ties"] == 0
+
+
+def test_out_of_fold_probabilities_dispute_a_planted_wrong_label(make_planted):
+    from loop.learners import make_learner
+    from loop.steps import out_of_fold_probs
+
+    texts, labels = make_planted(120, seed=4, signal=3)
+    classes = sorted(set(labels))
+    wrong = list(labels)
+    wrong[7] = next(c for c in classes if c != labels[7])  # planted: a wrong human label
+
+    def factory(cls, ctx):
+        return make_learner("tfidf", cls, seed=0)
+
+    ctx = StepContext(None, 1, "select", None, None, {}, {}, None)
+    probs = out_of_fold_probs(factory, folds=5)(ctx, texts, wrong, classes)
+    assert probs.shape == (120, 3) and np.allclose(probs.sum(axis=1), 1.0)
+    # record 7 was predicted by models that never saw its wrong label
+    assert classes[int(probs[7].argmax())] == labels[7]
+    agree = np.mean([classes[int(p.argmax())] == y for p, y in zip(probs, labels, strict=True)])
+    assert agree > 0.8
+    # a fold that would train on one class: no out-of-fold probabilities
+    assert out_of_fold_probs(factory)(ctx, texts[:6], ["a"] * 5 + ["b"], ["a", "b"]) is None
+
+
+def test_select_uses_out_of_fold_probabilities_when_given(tmp_path):
+    ctx = _round(tmp_path)
+    seen = {}
+
+    def oof(ctx, texts, labels, classes):
+        seen["n"] = len(texts)
+        return np.tile([0.05, 0.95], (len(texts), 1))  # a model sure of "pos" everywhere
+
+    out = select_step("margin", 8, relabel="auto", out_of_fold=oof)(ctx)
+    assert seen["n"] == 62 and out["relabel"]["labelled_probabilities"] == "out-of-fold"
+    again = _round(tmp_path / "again")
+    in_sample = select_step("margin", 8, relabel="auto")(again)
+    assert in_sample["relabel"]["labelled_probabilities"] == "in-sample"
+    # the scores came from the probabilities given (ActiveLab calibrates on the labelled ones)
+    scored = [pd.read_parquet(c.work_dir / "selection.parquet")["activelab"] for c in (ctx, again)]
+    assert not np.allclose(scored[0].to_numpy(), scored[1].to_numpy(), atol=1e-3)
