@@ -15,8 +15,9 @@
   rows of kind ``relabel`` (records people answered already: re-labels, re-review, ties) go to
   the round's re-label dataset ``<dataset>-relabel-<k+1>`` instead (one more answer each), where
   they are pending for every annotator; pull merges its answers back.
-- ``submitted_probe``: the count of submitted responses (one GET), so ``thresher round`` starts
-  round k+1 by itself once people have annotated since round k started.
+- ``submitted_probe``: the count of submitted responses in the project's dataset and its
+  re-label datasets (a few GETs), so ``thresher round`` starts round k+1 by itself once people
+  have annotated since round k started.
 - ``records_for_round``: the curated records (and the production records,
   ``thresher.production``) the rebuild step starts from; with
   ``labels="reviewed"`` only human labels count (the input labels become the unlabelled pool,
