@@ -100,12 +100,21 @@ def _simulate_lines(result: SimulationResult, opts: SimulateOptions) -> list[str
         f"pool {result.pool_size}, test {result.test_size}, full-data macro-F1 "
         f"{result.full_macro_f1:.4f}"
     )
+    paired = result.vs_random()
     for name in opts.strategies:
         need = result.labels_to_target.get(name)
         reach = f"{need} labels" if need is not None else "not reached"
+        cost = result.labels_per_f1_point.get(name)
+        vs = paired.get(name)
         lines.append(
             f"  {name:<20} AULC {result.aulc[name]:.4f} ± {result.aulc_std[name]:.4f}"
-            f"   {opts.target:.0%} of full F1: {reach}"
+            + (
+                f" ({vs['gain']:+.4f} vs random, {vs['seeds_won']}/{vs['seeds']} seeds)"
+                if vs
+                else ""
+            )
+            + f"   {opts.target:.0%} of full F1: {reach}"
+            + f"   labels per F1 point: {'–' if cost is None else f'{cost:.1f}'}"
         )
     stopping = result.stopping.get(opts.strategies[0]) if result.stopping else None
     if stopping:

@@ -11,6 +11,10 @@ Metric: macro-F1 on the test split (high = better). AULC: the area under the mac
 number-of-labels curve divided by the x-range, i.e. the curve's mean height, in [0, 1] (high =
 better). ``labels_to_target``: the fewest labels at which the mean curve reaches
 ``target`` × the macro-F1 of the same learner trained on the whole pool with gold labels.
+``labels_per_f1_point``: the cost of the rounds, labels added per macro-F1 percentage point
+gained from the seed set to the last round on the mean curve (low = cheaper; None when the curve
+did not rise). ``vs_random``: each strategy's AULC minus random's, paired by seed (the same seed
+set, oracle answers and test split), with the seeds won and the standard error of the gain.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class SimulationResult:
     test_size: int
     options: SimulateOptions
     stopping: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels_per_f1_point: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
     path: str | None = None
     noop: bool = False
@@ -132,13 +137,35 @@ class SimulationResult:
             "seeds": len(self.aulc_per_seed[best]),
         }
 
+    def vs_random(self) -> dict[str, dict[str, Any]]:
+        """Per strategy: AULC gain over random paired by seed (mean of the per-seed
+        differences), seeds won, and the gain's standard error over seeds (0 for one seed)."""
+        if "random" not in self.aulc_per_seed:
+            return {}
+        base = np.asarray(self.aulc_per_seed["random"])
+        out = {}
+        for name, values in self.aulc_per_seed.items():
+            if name == "random":
+                continue
+            diff = np.asarray(values) - base
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            out[name] = {
+                "gain": round(float(diff.mean()), 6),
+                "gain_se": round(se, 6),
+                "seeds_won": int((diff > 0).sum()),
+                "seeds": len(diff),
+            }
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "aulc": self.aulc,
             "aulc_std": self.aulc_std,
             "aulc_per_seed": self.aulc_per_seed,
+            "vs_random": self.vs_random(),
             "full_macro_f1": self.full_macro_f1,
             "labels_to_target": self.labels_to_target,
+            "labels_per_f1_point": self.labels_per_f1_point,
             "target": self.options.target,
             "stopping": self.stopping,
             "best_vs_random": self.best_vs_random(),
@@ -316,6 +343,7 @@ def summarize(
     """AULC mean/std over seeds, and labels needed to reach ``target`` × full-data macro-F1."""
     per_seed: dict[str, list[float]] = {}
     to_target: dict[str, int | None] = {}
+    per_point: dict[str, float | None] = {}
     stopping: dict[str, dict[str, Any]] = {}
     for name in opts.strategies:
         runs: dict[int, list[CurvePoint]] = {}
@@ -330,6 +358,7 @@ def summarize(
         xs = [p.n_labels for p in next(iter(runs.values()))]
         hit = np.flatnonzero(mean_curve >= opts.target * full_f1)
         to_target[name] = int(xs[hit[0]]) if hit.size else None
+        per_point[name] = labels_per_point(xs, mean_curve)
         stopping[name] = stopping_summary(list(runs.values()), full_f1, pool_size, opts.stopping)
     ddof = 1 if opts.seeds > 1 else 0
     return SimulationResult(
@@ -341,11 +370,21 @@ def summarize(
         labels_to_target=to_target,
         classes=classes,
         stopping=stopping,
+        labels_per_f1_point=per_point,
         pool_size=pool_size,
         test_size=test_size,
         options=opts,
         seconds=seconds,
     )
+
+
+def labels_per_point(n_labels: Sequence[float], macro_f1: Sequence[float]) -> float | None:
+    """Labels added per macro-F1 percentage point gained, first point of the curve to the last
+    (low = cheaper); None when the curve did not rise."""
+    gain = 100.0 * (float(macro_f1[-1]) - float(macro_f1[0]))
+    if len(n_labels) < 2 or gain <= 0.0:
+        return None
+    return round((float(n_labels[-1]) - float(n_labels[0])) / gain, 2)
 
 
 def stopping_summary(
@@ -524,6 +563,7 @@ def _result_from_summary(data: dict[str, Any], opts: SimulateOptions) -> Simulat
         labels_to_target=data["labels_to_target"],
         classes=tuple(data["classes"]),
         stopping=data.get("stopping", {}),
+        labels_per_f1_point=data.get("labels_per_f1_point", {}),
         pool_size=data["pool_size"],
         test_size=data["test_size"],
         options=opts,

@@ -12,9 +12,12 @@ Uncertainty scores are pure functions over ``probs``; **high = more uncertain** 
 (least-confidence ``1 - max p``; margin ``1 - (p1 - p2)``; entropy normalized to 0..1). Ties are
 broken deterministically: by the least-confidence score, then by the lower row position.
 
-A diversity step (``"margin+kmeans"``, ``"entropy+coreset"``) takes the ``factor * n`` most
-uncertain rows and keeps ``n`` of them spread over embedding space, so a batch is not n
-near-copies. ``rereview`` picks *labelled* rows whose label a confident model disputes.
+A diversity step (``"margin+kmeans"``, ``"entropy+coreset"``, ``"margin+badge"``) takes the
+``factor * n`` most uncertain rows and keeps ``n`` of them spread over embedding space, so a batch
+is not n near-copies. ``"badge"`` (Ash et al., ICLR 2020) runs its step over the whole pool:
+k-means++ seeding on the rows' gradient embeddings, which are long for uncertain rows and point
+in different directions for different content, so one step trades uncertainty for diversity.
+``rereview`` picks *labelled* rows whose label a confident model disputes.
 
 Add your own with ``register_strategy("name", fn)`` (or as a decorator); ``get_strategy(name)``
 resolves names, including ``name+kmeans`` / ``name+coreset``.
@@ -39,7 +42,7 @@ from loop.errors import (
 # Scores are rounded before ranking so float noise (0.3000000004 vs 0.3) does not break ties
 # differently on different machines.
 _DECIMALS = 10
-DIVERSITY_METHODS = ("kmeans", "coreset")
+DIVERSITY_METHODS = ("kmeans", "coreset", "badge")
 
 
 class Strategy(Protocol):
@@ -160,7 +163,9 @@ class Diverse:
 
     ``kmeans``: cluster the candidates into n groups, keep each group's most uncertain member.
     ``coreset``: greedy k-center over the candidates, starting from the labelled set's embeddings
-    when given (else from the most uncertain candidate). Output is ordered by ``base``'s rank."""
+    when given (else from the most uncertain candidate). ``badge``: k-means++ seeding over the
+    candidates' gradient embeddings (``badge_pick``). ``factor <= 0``: every pool row is a
+    candidate. Output is ordered by ``base``'s rank."""
 
     base: Strategy
     method: str = "kmeans"
@@ -187,13 +192,16 @@ class Diverse:
             raise MissingEmbeddingsError(
                 f"embeddings have shape {emb.shape}, expected ({len(probs)}, dim)"
             )
-        candidates = self.base(probs, min(len(probs), max(n, self.factor * n)), seed=seed)
+        wanted = len(probs) if self.factor <= 0 else min(len(probs), max(n, self.factor * n))
+        candidates = self.base(probs, wanted, seed=seed)
         if len(candidates) <= n:
             return candidates
         if self.method == "kmeans":
             keep = _kmeans_pick(emb[candidates], n, seed)
         elif self.method == "coreset":
             keep = _coreset_pick(emb[candidates], n, labeled_embeddings)
+        elif self.method == "badge":
+            keep = badge_pick(probs[candidates], emb[candidates], n, seed)
         else:
             raise UnknownStrategyError(
                 f"unknown diversity method {self.method!r}; use one of {DIVERSITY_METHODS}"
@@ -246,6 +254,48 @@ def coverage_pick(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         rest = np.setdiff1d(np.arange(len(points)), picked)[: n - len(picked)]
         picked.extend(rest.tolist())
     return np.asarray(picked, dtype=np.int64)
+
+
+def badge_pick(probs: np.ndarray, embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """BADGE's batch: ``n`` row positions chosen by k-means++ seeding over the gradient
+    embeddings ``g_i = (p_i - onehot(argmax p_i)) ⊗ x_i`` (the gradient of a linear head's
+    cross-entropy at the predicted label, for features ``x``; exact for the fast learner).
+
+    The first pick is the longest gradient (the most uncertain row, scaled by ``|x|``); each next
+    one is drawn with probability proportional to its squared distance to the nearest pick, with a
+    generator seeded by ``seed``. With ``r = p - onehot``,
+    ``|g_i - g_j|² = |r_i|²|x_i|² + |r_j|²|x_j|² - 2(r_i·r_j)(x_i·x_j)``, so the (n × k·dim)
+    matrix is never built. When every distance is 0
+    (e.g. a one-class model), the rest are filled in row order (callers pass rows ranked best
+    first). Picks are returned in the order chosen."""
+    p = np.asarray(probs, dtype=np.float64)
+    x = np.asarray(embeddings, dtype=np.float64)
+    rows = len(p)
+    n = min(int(n), rows)
+    r = p.copy()
+    r[np.arange(rows), p.argmax(axis=1)] -= 1.0
+    sq = np.round((r * r).sum(axis=1) * (x * x).sum(axis=1), _DECIMALS)
+    rng = np.random.default_rng(seed)
+    chosen = [int(np.argmax(sq))]  # argmax: the first (best-ranked) on ties
+    taken = np.zeros(rows, dtype=bool)
+    taken[chosen[0]] = True
+
+    def dist(c: int) -> np.ndarray:
+        return np.maximum(sq + sq[c] - 2.0 * (r @ r[c]) * (x @ x[c]), 0.0)
+
+    d = dist(chosen[0])
+    while len(chosen) < n:
+        weights = np.where(taken, 0.0, np.round(d, _DECIMALS))
+        total = weights.sum()
+        if total <= 0.0:
+            rest = np.flatnonzero(~taken)[: n - len(chosen)]
+            chosen.extend(rest.tolist())
+            break
+        nxt = int(rng.choice(rows, p=weights / total))
+        chosen.append(nxt)
+        taken[nxt] = True
+        d = np.minimum(d, dist(nxt))
+    return np.asarray(chosen, dtype=np.int64)
 
 
 def _coreset_pick(points: np.ndarray, n: int, labeled: np.ndarray | None) -> np.ndarray:
@@ -343,6 +393,8 @@ _REGISTRY: dict[str, Strategy] = {
     "margin": Uncertainty(margin_scores, "margin"),
     "entropy": Uncertainty(entropy_scores, "entropy"),
     "random": RandomSampling(),
+    # BADGE over the whole pool (factor 0): margin only orders the candidates for ties
+    "badge": Diverse(Uncertainty(margin_scores, "margin"), "badge", factor=0, name="badge"),
 }
 
 
@@ -361,24 +413,25 @@ def register_strategy(name: str, strategy: Strategy | None = None, *, replace: b
 
 
 def available_strategies() -> list[str]:
-    """Registered names (a diversity suffix ``+kmeans`` / ``+coreset`` works on any of them)."""
+    """Registered names (a diversity suffix ``+kmeans`` / ``+coreset`` / ``+badge`` works on any
+    of them)."""
     return sorted(_REGISTRY)
 
 
 def get_strategy(spec: str, *, factor: int = 10) -> Strategy:
-    """Resolve ``name`` or ``name+kmeans`` / ``name+coreset`` to a strategy."""
+    """Resolve ``name`` or ``name+kmeans`` / ``name+coreset`` / ``name+badge`` to a strategy."""
     name, _, method = spec.strip().partition("+")
     if name not in _REGISTRY:
         raise UnknownStrategyError(
             f"unknown strategy {name!r}; available: {', '.join(available_strategies())}"
-            " (optionally with +kmeans or +coreset)"
+            " (optionally with +kmeans, +coreset or +badge)"
         )
     base = _REGISTRY[name]
     if not method:
         return base
     if method not in DIVERSITY_METHODS:
         raise UnknownStrategyError(
-            f"unknown diversity step {method!r} in {spec!r}; use +kmeans or +coreset"
+            f"unknown diversity step {method!r} in {spec!r}; use +kmeans, +coreset or +badge"
         )
     return Diverse(base, method, factor=factor, name=spec)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from loop.errors import LearnerError, SimulationError
 from loop.learners import TfidfLogReg, make_learner
-from loop.simulate import SimulateOptions, aulc, oracle_labels, simulate
+from loop.simulate import SimulateOptions, aulc, labels_per_point, oracle_labels, simulate
 from thresher.cli import main
 
 
@@ -19,6 +19,13 @@ def test_aulc_is_the_mean_height_of_the_curve():
     assert aulc([10, 20, 30], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
     assert aulc([10, 20], [0.0, 1.0]) == pytest.approx(0.5)
     assert aulc([10, 30, 40], [0.0, 1.0, 1.0]) == pytest.approx((10 + 10) / 30)
+
+
+def test_labels_per_f1_point_is_the_cost_of_the_curve():
+    # 50 → 250 labels, macro-F1 0.60 → 0.70: 200 labels for 10 points
+    assert labels_per_point([50, 150, 250], [0.60, 0.66, 0.70]) == 20.0
+    assert labels_per_point([50, 150], [0.70, 0.69]) is None  # no gain: no price
+    assert labels_per_point([50], [0.7]) is None
 
 
 def test_oracle_noise_flips_the_asked_fraction_to_other_labels():
@@ -70,6 +77,12 @@ def test_two_round_simulation_end_to_end(planted):
     assert result.full_macro_f1 > 0.8  # the planted signal is learnable
     summary = result.to_dict()
     assert summary["best_vs_random"]["seeds"] == 2
+    for name in ("margin", "entropy+kmeans"):  # paired by seed: per-seed differences
+        diffs = np.subtract(result.aulc_per_seed[name], result.aulc_per_seed["random"])
+        pair = summary["vs_random"][name]
+        assert pair["gain"] == pytest.approx(diffs.mean(), abs=1e-6)
+        assert pair["seeds_won"] == int((diffs > 0).sum()) and pair["seeds"] == 2
+    assert set(summary["labels_per_f1_point"]) == set(result.aulc)
     stop = summary["stopping"]["margin"]
     assert set(stop) == {"stabilizing_predictions", "confidence", "budget", "recommended"}
     assert stop["budget"]["stopped"] == 0  # no budget set
@@ -113,7 +126,10 @@ def test_simulate_command_writes_the_stage_and_is_a_noop_on_rerun(tmp_path, plan
         "tfidf",
         "--json",
     ]
-    res = runner.invoke(main, args)
+    res = runner.invoke(main, args[:-1])  # the report a person reads
+    assert res.exit_code == 0, res.output
+    assert "vs random, " in res.output and "labels per F1 point: " in res.output
+    res = runner.invoke(main, [*args, "--force"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert set(summary["aulc"]) == {"margin", "random"} and not summary["noop"]

@@ -16,6 +16,7 @@ from loop.errors import (
 )
 from loop.strategies import (
     available_strategies,
+    badge_pick,
     entropy_scores,
     get_strategy,
     least_confidence_scores,
@@ -108,7 +109,7 @@ def _clusters(seed: int = 0):
     return np.column_stack([p, 1 - p]), emb, cluster
 
 
-@pytest.mark.parametrize("method", ["kmeans", "coreset"])
+@pytest.mark.parametrize("method", ["kmeans", "coreset", "badge"])
 def test_diversity_spreads_batch_over_clusters(method):
     probs, emb, cluster = _clusters()
     plain = get_strategy("margin")(probs, 3)
@@ -208,7 +209,7 @@ def test_diverse_picks_are_distinct_uncertain_candidates(n_rows, n, seed):
     probs = rng.dirichlet(np.ones(3), size=n_rows)
     emb = rng.normal(size=(n_rows, 5))
     candidates = set(get_strategy("entropy")(probs, min(n_rows, 3 * n)).tolist())
-    for method in ("kmeans", "coreset"):
+    for method in ("kmeans", "coreset", "badge"):
         picked = get_strategy(f"entropy+{method}", factor=3)(probs, n, embeddings=emb, seed=seed)
         assert len(picked) == min(n, n_rows) and len(set(picked.tolist())) == len(picked)
         assert set(picked.tolist()) <= candidates
@@ -230,3 +231,56 @@ def test_coverage_pick_takes_one_central_member_per_cluster_biggest_first():
         assert np.linalg.norm(points[i] - centres[owner[i]]) < 0.6
     assert len(set(coverage_pick(points, 40, seed=1).tolist())) == 40
     assert coverage_pick(points, 200).tolist() == list(range(100))
+
+
+def test_badge_distance_is_the_gradient_embeddings_distance():
+    """badge_pick never builds (p - onehot) ⊗ x; its k-means++ draw must match one that does."""
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    x = rng.normal(size=(40, 6))
+    r = probs.copy()
+    r[np.arange(40), probs.argmax(axis=1)] -= 1.0
+    g = (r[:, :, None] * x[:, None, :]).reshape(40, -1)
+    # the reference: k-means++ seeding on the explicit gradient embeddings
+    draw = np.random.default_rng(7)
+    chosen = [int(np.argmax((g * g).sum(axis=1)))]
+    d = ((g - g[chosen[0]]) ** 2).sum(axis=1)
+    while len(chosen) < 8:
+        w = d.copy()
+        w[chosen] = 0.0
+        nxt = int(draw.choice(40, p=w / w.sum()))
+        chosen.append(nxt)
+        d = np.minimum(d, ((g - g[nxt]) ** 2).sum(axis=1))
+    assert badge_pick(probs, x, 8, seed=7).tolist() == chosen
+
+
+def test_badge_trades_uncertainty_for_diversity():
+    """Two identical uncertain rows: BADGE never takes both (distance 0). Confident rows have
+    gradients at the origin, so once one is in the batch the others weigh nothing: a batch of 6
+    from 5 uncertain rows in distinct directions and 20 confident rows holds at most one."""
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.6, 0.4], [0.999, 0.001]])
+    assert get_strategy("margin")(probs, 2).tolist() == [0, 1]  # plain margin: both copies
+    for seed in range(50):
+        picked = get_strategy("badge")(probs, 2, embeddings=x, seed=seed).tolist()
+        assert picked[0] == 0 and picked[1] != 1  # the longest gradient first, never its copy
+    x = np.vstack([np.eye(5), np.random.default_rng(0).normal(size=(20, 5))])
+    probs = np.vstack([np.tile([0.55, 0.45], (5, 1)), np.tile([1.0, 0.0], (20, 1))])
+    for seed in range(50):
+        picked = badge_pick(probs, x, 6, seed=seed)
+        assert set(range(5)) <= set(picked.tolist())
+
+
+def test_badge_is_seeded_and_falls_back_to_rank_order_without_gradients():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(2), size=50)
+    x = rng.normal(size=(50, 4))
+    badge = get_strategy("badge")
+    assert (
+        badge(probs, 10, embeddings=x, seed=5).tolist()
+        == badge(probs, 10, embeddings=x, seed=5).tolist()
+    )
+    one_class = np.tile([1.0, 0.0], (6, 1))  # a one-class model: every gradient is 0
+    assert badge_pick(one_class, x[:6], 3).tolist() == [0, 1, 2]
+    with pytest.raises(MissingEmbeddingsError, match="badge"):
+        badge(probs, 3)
