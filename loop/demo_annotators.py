@@ -10,7 +10,9 @@ Each annotator (``demo-annotator-1``, ``-2``, ...) is created like a real one
 ``THRESHER_HOME/argilla/users/NAME.json``) and then works with its OWN API key through the
 annotator routes: ``/api/v1/me/datasets`` to find the dataset,
 ``/api/v1/me/datasets/{id}/records/search`` to read its queue, ``/api/v1/me/responses/bulk`` to
-submit. The answer is the record's gold label (the project's input label), or, with probability
+submit. With ``--round N`` an annotator also answers that round's re-label dataset
+(``<dataset>-relabel-N``, records sent back for another annotation) when there is one. The
+answer is the record's gold label (the project's input label), or, with probability
 ``disagreement`` (independently per annotator and record), another label chosen at random —
 so two annotators disagree on about 2·p·(1−p) of the records. Records are answered in
 ``priority`` order (metadata, 1 = first), skipping ones the annotator has already answered.
@@ -24,6 +26,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,8 +150,11 @@ def run(
     round: int | None = None,
     seed: int = 0,
     paths=None,
+    gold_file: Path | None = None,
 ) -> list[AnnotatorReport]:
-    """Create ``annotators`` demo users and let each label the project's dataset."""
+    """Create ``annotators`` demo users and let each label the project's dataset. The gold
+    labels are the project's input labels, or ``gold_file``'s (a CSV with ``id,label``: for a
+    project ingested without labels)."""
     import pyarrow.parquet as pq
 
     from review.push import PushState
@@ -156,8 +162,13 @@ def run(
 
     state = PushState.load(project.root / "review")
     name = dataset or state.dataset or project.root.resolve().name
-    _, path = project.latest_records(["score", "dedup", "ingest"])
-    table = pq.read_table(path, columns=["id", "label"]).to_pylist()
+    if gold_file is not None:
+        import pandas as pd
+
+        table = pd.read_csv(gold_file, dtype=str).to_dict("records")
+    else:
+        _, path = project.latest_records(["score", "dedup", "ingest"])
+        table = pq.read_table(path, columns=["id", "label"]).to_pylist()
     gold = {str(r["id"]): str(r["label"]) for r in table if r["label"] is not None}
     labels = sorted(set(gold.values()))
     reports = []
@@ -176,9 +187,26 @@ def run(
             round=round,
             workspace=workspace,
         )
+        if round is not None:  # the round's re-label dataset, when the round sent any back
+            again = _answer_relabels(conn.url, creds["api_key"], name, gold, labels, round,
+                                     disagreement=disagreement, seed=seed * 1000 + k + 500,
+                                     workspace=workspace)  # fmt: skip
+            n, wrong = n + again[0], wrong + again[1]
         log.info("%s submitted %d labels (%d differ from gold)", user.username, n, wrong)
         reports.append(AnnotatorReport(user.username, n, wrong, user.credentials_file))
     return reports
+
+
+def _answer_relabels(url, api_key, dataset, gold, labels, round, **kwargs) -> tuple[int, int]:
+    """Answer round ``round``'s re-label dataset of ``dataset``; (0, 0) when it has none."""
+    from review.push import relabel_dataset_name
+
+    try:
+        return annotate(url, api_key, relabel_dataset_name(dataset, round), gold, labels, **kwargs)
+    except RuntimeError as err:
+        if "no dataset" not in str(err):
+            raise
+        return 0, 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="records per annotator")
     parser.add_argument("--round", type=int, default=None, help="only records of this round")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gold", type=Path, default=None, help="CSV id,label of gold labels")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from review.server import connection
@@ -215,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workspace=config.get("review.workspace"),
             round=args.round,
             seed=args.seed,
+            gold_file=args.gold,
         )
     except (ThresherError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -163,7 +163,8 @@ def test_two_real_rounds_and_resume(argilla, tmp_path, make_planted):
     reports = demo_annotators.run(
         project, conn, annotators=2, disagreement=0.1, seed=2, round=2, paths=argilla.paths
     )
-    assert [r.submitted for r in reports] == [len(new)] * 2  # the new ones
+    # the new ones, and the ties sent back in the round's re-label dataset
+    assert [r.submitted for r in reports] == [len(new) + len(relabelled)] * 2
 
     def broken():
         raise ConnectionError("server gone")  # the push step of round 2 crashes
