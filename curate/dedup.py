@@ -366,7 +366,9 @@ def dedup(
 ) -> DedupResult:
     """Run the dedup stage on ``project`` (a rerun with unchanged input and options is a no-op
     unless ``force``). ``against``: a project folder or file whose duplicates in this project are
-    reported in ``leakage.parquet`` (train/test leakage)."""
+    reported in ``leakage.parquet`` (train/test leakage). ``opts.engine == "ray"`` runs the whole
+    search on Ray Data (``curate.dedup_ray.cluster_with_ray``), or only the hashing pass when
+    ``opts.semantic`` or ``against`` need every sketch here; the output is the same."""
     opts.validate()
     src = project.require("ingest", "thresher curate ingest SRC -p DIR")
     inputs = _stage_inputs(project, against)
@@ -397,8 +399,7 @@ def dedup(
             if against is not None:
                 with run.timed("against"):
                     leaked = _leakage(src, Path(against), corpus, opts, text_col, run.path(LEAKAGE))
-            # Signatures are not needed past this point: free them before pass 2 (peak memory).
-            del corpus
+            del corpus  # the signatures are not needed past here: freed before pass 2 (peak memory)
         with run.timed("write"):
             _write(source.schema, source.second_pass(), clusters, run.path("records.parquet"))
         run.counts = _counts(clusters, stats, leaked, against)
