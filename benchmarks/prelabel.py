@@ -15,9 +15,15 @@ Per corpus, on every record:
   scored on the records not drawn; and the agreement ``prelabel --json`` reports (estimated on the
   drawn labels), to see how far it can be trusted;
 - optionally (``--llm-sample N``) the packaged SmolLM2-135M instruction model on N records of
-  the ``--llm-corpora`` (CPU: seconds per record).
+  the ``--llm-corpora`` (CPU: seconds per record);
+- optionally (``--setfit``) SetFit (``review.prelabel_setfit``: contrastive fine-tuning of the
+  encoder, then the same logistic-regression head) against plain few-shot at 8 and 16 labels per
+  class, both scored on the same ``--setfit-test`` records drawn from the rest (fine-tuning and
+  re-embedding are slow on a CPU, so fewer seeds and a sample of the records).
+  ``--setfit-only`` adds just this block to the corpora already in ``--out``.
 
     python benchmarks/prelabel.py [--seeds 3] [--llm-sample 0] [--out results/prelabel.json]
+    python benchmarks/prelabel.py --setfit-only --setfit-seeds 2 --out results/prelabel.json
 
 Embeddings are cached under benchmarks/out/al/<corpus>/.cache (shared with active_learning.py).
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,9 +47,11 @@ from review.agreement import label_agreement  # noqa: E402
 from review.prelabel import (  # noqa: E402
     PrelabelOptions,
     embedding_prelabels,
+    few_shot_model,
     label_prompts,
     zero_shot_probs,
 )
+from review.prelabel_setfit import SetFitOptions, setfit_probs  # noqa: E402
 from thresher.assets import write_demo_corpus  # noqa: E402
 from thresher.embeddings import embed_texts  # noqa: E402
 
@@ -139,6 +148,69 @@ def few_shot_rows(vectors, desc_vectors, gold, labels, per_class: int, seeds: in
     }
 
 
+def setfit_rows(name: str, per_class: int, seeds: int, test_size: int, steps: int) -> dict:
+    """Per seed: the same draw of ``per_class`` labels per class as ``few_shot_rows``; plain
+    few-shot (logistic regression on the packaged encoder's vectors) and SetFit (``steps``
+    contrastive steps, then the same head) scored on the same ``test_size`` other records."""
+    texts, gold = load_corpus(name)
+    labels = sorted(set(gold))
+    cache = OUT / name / ".cache" / "embeddings"
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = np.array([index[g] for g in gold])
+    runs = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        train = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(y == j), per_class, replace=False)
+                for j in range(len(labels))
+            ]
+        )
+        rest = np.setdiff1d(np.arange(len(y)), train)
+        test = np.random.default_rng(1000 + seed).choice(
+            rest, min(test_size, len(rest)), replace=False
+        )
+        truth = [gold[i] for i in test]
+        vectors = embed_texts([texts[i] for i in np.concatenate([train, test])], cache_dir=cache)
+        head = few_shot_model(vectors[: len(train)], y[train], seed)
+        plain = [labels[j] for j in head.predict(vectors[len(train) :])]
+        t0 = time.perf_counter()
+        probs = setfit_probs(
+            texts, train, y[train], len(labels),
+            opts=SetFitOptions(steps=steps, seed=seed), predict=test,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        tuned = [labels[j] for j in probs.argmax(axis=1)]
+        runs.append(
+            {
+                "seed": seed,
+                "few_shot": label_agreement(truth, plain, labels),
+                "setfit": label_agreement(truth, tuned, labels),
+                "setfit_seconds": round(seconds, 1),
+            }
+        )
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([r[key]["macro_f1"] for r in runs])), 4)
+
+    return {
+        "few_shot_macro_f1_mean": mean("few_shot"),
+        "setfit_macro_f1_mean": mean("setfit"),
+        "setfit_minus_few_shot": [
+            round(r["setfit"]["macro_f1"] - r["few_shot"]["macro_f1"], 4) for r in runs
+        ],
+        "runs": runs,
+    }
+
+
+def setfit_block(name: str, seeds: int, test_size: int, steps: int) -> dict:
+    return {
+        "settings": {"steps": steps, "batch": SetFitOptions().batch, "lr": SetFitOptions().lr,
+                     "seeds": seeds, "test_records": test_size},
+        **{f"{k}_per_class": setfit_rows(name, k, seeds, test_size, steps) for k in (8, 16)},
+    }  # fmt: skip
+
+
 def llm_row(texts, gold, labels, descriptions, n: int) -> dict:
     from review.prelabel_llm import llm_probs
 
@@ -187,8 +259,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--llm-sample", type=int, default=0)
     parser.add_argument("--llm-corpora", default="rotten_tomatoes")
+    parser.add_argument("--setfit", action="store_true", help="add SetFit against few-shot")
+    parser.add_argument("--setfit-only", action="store_true", help="only that, into --out")
+    parser.add_argument("--setfit-seeds", type=int, default=2)
+    parser.add_argument("--setfit-test", type=int, default=600)
+    parser.add_argument("--setfit-steps", type=int, default=SetFitOptions().steps)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    corpora = args.corpora.split(",")
+    setfit = (args.setfit_seeds, args.setfit_test, args.setfit_steps)
+    if args.setfit_only:
+        if args.out is None or not args.out.exists():
+            parser.error("--setfit-only adds to the results in --out: run without it first")
+        result = json.loads(args.out.read_text(encoding="utf-8"))
+        for name in corpora:
+            result["corpora"][name]["setfit"] = setfit_block(name, *setfit)
+        emit(result, args.out)
+        return
     result = {
         "benchmark": "prelabel",
         "metric": "macro-F1 of the pre-labels against the gold labels (few-shot: on the records "
@@ -196,9 +283,12 @@ def main() -> None:
         "default": "zero-shot = descriptions+centred; from 8 reviewed labels per class, auto",
         "corpora": {
             name: run_corpus(name, args.seeds, args.llm_sample, args.llm_corpora.split(","))
-            for name in args.corpora.split(",")
+            for name in corpora
         },
     }
+    if args.setfit:
+        for name in corpora:
+            result["corpora"][name]["setfit"] = setfit_block(name, *setfit)
     emit(result, args.out)
 
 

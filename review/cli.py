@@ -277,8 +277,16 @@ def pull_command(project_dir: str, dataset: str | None, as_json: bool) -> None:
     default="auto",
     show_default=True,
     help="auto (zero-shot; once every class has --min-per-class reviewed labels, zero-shot, "
-    "few-shot or both, whichever agrees best with them), zero-shot, few-shot, a Hugging Face "
+    "few-shot or both, whichever agrees best with them), zero-shot, few-shot, setfit (few-shot "
+    "on the encoder fine-tuned on pairs of reviewed records; slower), a Hugging Face "
     "instruction model, or the URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama).",
+)
+@click.option(
+    "--setfit-steps",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="setfit: contrastive fine-tuning steps (16 pairs each).",
 )
 @click.option("--endpoint-model", default=None, help="The served model's name (with a URL).")
 @click.option(
@@ -299,6 +307,7 @@ def prelabel_command(
     project_dir: str,
     model: str,
     endpoint_model: str | None,
+    setfit_steps: int,
     min_per_class: int,
     push: bool,
     as_json: bool,
@@ -326,6 +335,7 @@ def prelabel_command(
         min_per_class=min_per_class,
         seed=int(config.get("seed")),
         endpoint_model=endpoint_model,
+        setfit_steps=setfit_steps,
     )
     with progress_bar(desc="prelabel", unit="records") as bar:
         result = prelabel(project, opts, progress=bar.update)

@@ -10,9 +10,13 @@ The label set comes from the config (``labels``), each label's meaning from
   (``DIR/review/annotations.parquet``, through ``thresher.decisions``); it needs
   ``min_per_class`` reviewed labels in every class. Its agreement with the reviewed labels is
   measured out of sample (cross-validated).
+* ``setfit``: SetFit-style few-shot (``review.prelabel_setfit``): the encoder fine-tuned for a
+  few contrastive steps on pairs of reviewed records, then the few-shot head on its vectors. Same
+  ``min_per_class`` rule; its agreement is cross-validated (one fine-tune per fold, at most 3).
 * ``auto`` (the default): zero-shot until every class has ``min_per_class`` reviewed labels;
   then zero-shot, few-shot or the average of both, whichever agrees best with the reviewed labels
-  out of sample (``pick_by_agreement``).
+  out of sample (``pick_by_agreement``). SetFit is not among them: it costs a fine-tune per fold
+  and gained little over few-shot on the benchmark corpora (docs/review.md).
 * any other value: an instruction model (a Hugging Face id or folder, ``review.prelabel_llm``),
   or an ``http(s)://`` URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama).
 
@@ -40,7 +44,8 @@ from thresher.records import representative_mask
 log = logging.getLogger(__name__)
 
 PRELABELS = "prelabels.parquet"
-METHODS = ("auto", "zero-shot", "few-shot")
+METHODS = ("auto", "zero-shot", "few-shot", "setfit")
+SETFIT_FOLDS = 3  # each fold fine-tunes the encoder once more
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class PrelabelOptions:
     folds: int = 5
     seed: int = 0
     endpoint_model: str | None = None  # the served model's name (asked of the server if None)
+    setfit_steps: int = 20  # contrastive optimizer steps of 16 pairs (setfit only)
 
 
 @dataclass
@@ -69,7 +75,7 @@ class PrelabelResult:
 
     path: str
     records: int
-    method: str  # zero-shot | few-shot | zero+few-shot | llm | endpoint
+    method: str  # zero-shot | few-shot | zero+few-shot | setfit | llm | endpoint
     model: str
     labels: list[str]
     counts: dict[str, int]
@@ -214,22 +220,22 @@ def reviewed_positions(project: Project, ids: Sequence[str], labels: Sequence[st
 
 
 def choose_method(model: str, reviewed: Sequence[str], labels: Sequence[str], min_per: int) -> str:
-    """``zero-shot``, ``few-shot``, ``select`` (auto with enough reviewed labels: zero-shot,
-    few-shot or both averaged, whichever agrees best with the reviewed labels out of sample),
-    ``llm`` or ``endpoint`` for ``model`` (see the module doc)."""
+    """``zero-shot``, ``few-shot``, ``setfit``, ``select`` (auto with enough reviewed labels:
+    zero-shot, few-shot or both averaged, whichever agrees best with the reviewed labels out of
+    sample), ``llm`` or ``endpoint`` for ``model`` (see the module doc)."""
     counts = {lab: 0 for lab in labels}
     for lab in reviewed:
         counts[lab] += 1
     enough = min(counts.values()) >= min_per
     if model == "auto":
         return "select" if enough else "zero-shot"
-    if model == "few-shot":
+    if model in ("few-shot", "setfit"):
         if not enough:
             raise InputError(
-                f"few-shot needs {min_per} reviewed labels per class, have {counts}; "
+                f"{model} needs {min_per} reviewed labels per class, have {counts}; "
                 "review more records (`thresher review push` / `pull`) or use --model zero-shot"
             )
-        return "few-shot"
+        return model
     if model == "zero-shot":
         return "zero-shot"
     return "endpoint" if model.startswith(("http://", "https://")) else "llm"
@@ -262,6 +268,11 @@ def prelabel(
             method, embed(texts), [embed(prompts[lab]) for lab in labels], pos, gold, labels, opts
         )
         name = f"{method}:{_model_name(opts.embedding_model)}"
+    elif method == "setfit":
+        from review.prelabel_setfit import setfit_prelabels
+
+        probs, agreement = setfit_prelabels(texts, pos, gold, labels, opts, folds=SETFIT_FOLDS)
+        name = f"setfit:{_model_name(opts.embedding_model)}"
     elif method == "llm":
         from review.prelabel_llm import llm_probs
 

@@ -14,6 +14,12 @@
 # fast | tfidf | lora, fast), DEMO_DISAGREEMENT (annotator flip rate, 0.15), DEMO_SELECT_STEPS
 # (steps per base in tune select, 30), DEMO_TRAFFIC (texts sent to the server, 400),
 # DEMO_SHIFT (share of them from another domain, 0.25).
+# DEMO_UNLABELLED=1 takes the other path, from text with no labels, in ${DEMO}-unlabelled/:
+#   ingest the sample with its labels removed (the label set and one line per label in
+#   thresher.yaml) → dedup → score (label noise skipped) → review prelabel --push (zero-shot
+#   suggestions in Argilla) → a cold-start round (coverage picks, no model yet) → the SIMULATED
+#   annotators label its picks → pull (the pre-labeller's agreement with them) → prelabel again,
+#   now learning from the reviewed labels. About 3-5 minutes on 2 cores.
 # Rerunning it is cheap: every stage is a no-op when its inputs did not change.
 set -euo pipefail
 
@@ -31,6 +37,93 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 T0=$(date +%s)
 stage() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
+
+# The path from unlabelled text (DEMO_UNLABELLED=1); the labelled path below is unchanged.
+unlabelled_demo() {
+  local dir="${DEMO}-unlabelled"
+  stage "1/9 ingest a ${SIZE}-record sample of the built-in corpus WITHOUT its labels into ${dir}/"
+  [ -f "$dir/thresher.yaml" ] || thresher init "$dir"
+  # The label set and what each label means: all thresher knows before anyone labels.
+  sed -i -e 's/^labels: \[\]$/labels: [fresh, rotten]/' \
+    -e 's/^label_descriptions: null$/label_descriptions:\
+  fresh: ["a positive movie review", "the critic liked the film"]\
+  rotten: ["a negative movie review", "the critic disliked the film"]/' "$dir/thresher.yaml"
+  python - "$dir" "$SIZE" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from thresher.assets import write_demo_corpus
+
+root, size = Path(sys.argv[1]), int(sys.argv[2])
+out = root / "demo" / f"unlabelled-{size}.csv"
+gold = root / "demo" / f"gold-{size}.csv"  # for the simulated annotators only
+if not out.exists():
+    full = pd.read_csv(write_demo_corpus(root / "demo" / "rotten_tomatoes.csv"))
+    sample = full.sample(n=min(size, len(full)), random_state=0)
+    sample.insert(0, "id", [f"rt-{i}" for i in sample.index])
+    sample[["id", "label"]].to_csv(gold, index=False)
+    sample.drop(columns="label").to_csv(out, index=False)
+print(f"   sample (no labels): {out}; gold labels for the simulated annotators: {gold}")
+PY
+  thresher curate ingest "$dir/demo/unlabelled-${SIZE}.csv" -p "$dir"
+
+  stage "2/9 near-duplicates"
+  thresher curate dedup -p "$dir"
+
+  stage "3/9 outliers, near-OOD, bias (label noise needs labels: skipped)"
+  thresher curate score -p "$dir"
+
+  stage "4/9 the embedded Argilla server"
+  thresher review server up -p "$dir"
+
+  stage "5/9 zero-shot pre-labels from the label descriptions, pushed as suggestions"
+  thresher review prelabel -p "$dir" --model zero-shot --push
+
+  stage "6/9 cold-start round: no model yet, so the round picks ${ROUND_SIZE} records that cover the corpus"
+  thresher round -p "$dir" --size "$ROUND_SIZE" --learner "$LEARNER"
+  local last picked  # the round number its records carry in Argilla (the next round's)
+  last=$(ls "$dir/rounds" | grep -E '^[0-9]+$' | sort -n | tail -n1)
+  picked=$(python -c 'import json,sys; m = json.load(open(sys.argv[1]))
+print(m["steps"]["push"]["outputs"]["round"])' "$dir/rounds/$last/manifest.json")
+
+  stage "7/9 two SIMULATED annotators label the round's records"
+  python -m loop.demo_annotators -p "$dir" --annotators 2 --disagreement "$DISAGREEMENT" \
+    --gold "$dir/demo/gold-${SIZE}.csv" --round "$picked"
+
+  stage "8/9 pull: consensus, agreement, and the pre-labeller measured against the annotators"
+  thresher review pull -p "$dir"
+  python - "$dir/review/agreement.json" <<'PY'
+import json
+import sys
+
+pl = json.load(open(sys.argv[1])).get("prelabeller")
+if pl:
+    model = ", ".join(pl["model"]) if isinstance(pl["model"], list) else pl["model"]
+    print(f"pre-labeller {model} against the annotators' consensus on {pl['n']} records: "
+          f"accuracy {pl['accuracy']}, macro-F1 {pl['macro_f1']}, kappa {pl['kappa']}")
+PY
+
+  stage "9/9 pre-label again: with reviewed labels, auto learns from them and measures itself"
+  thresher review prelabel -p "$dir" --no-push
+
+  echo
+  echo "== done in $(($(date +%s) - T0)) s"
+  thresher review server status
+  echo "open the Argilla UI at the URL above; dataset '$(basename "$(cd "$dir" && pwd)")': every"
+  echo "  record carries its pre-label as a suggestion with a score; filter 'round' = $picked for"
+  echo "  the records the cold-start round picked to cover the corpus"
+  echo "pre-labels: $dir/review/prelabels.parquet; agreement: $dir/review/agreement.json"
+  echo "score report (noise skipped): $dir/score/report.html; round: $dir/rounds/*/manifest.json"
+  echo "next: \`thresher round -p $dir\` trains on these labels and picks by uncertainty"
+  echo "stop the server: thresher review server down"
+}
+
+if [ -n "${DEMO_UNLABELLED:-}" ] && [ "${DEMO_UNLABELLED}" != 0 ]; then
+  unlabelled_demo
+  exit 0
+fi
 
 stage "1/15 ingest a ${SIZE}-record sample of the built-in Rotten Tomatoes corpus into ${DEMO}/"
 [ -f "$DEMO/thresher.yaml" ] || thresher init "$DEMO"

@@ -23,6 +23,7 @@ from review.prelabel import (
     zero_shot_probs,
 )
 from review.prelabel_llm import choice_probs, endpoint_base
+from review.prelabel_setfit import SetFitOptions, contrastive_pairs, encode, tune_encoder
 from tests.tune.conftest import tiny_llama  # noqa: F401 - the fixture
 from thresher.cli import main
 from thresher.config import load_config
@@ -136,6 +137,9 @@ def test_choose_method():
     assert choose_method("some/model", [], labels, 8) == "llm"
     with pytest.raises(InputError, match="few-shot needs 8"):
         choose_method("few-shot", ["a"] * 8, labels, 8)
+    assert choose_method("setfit", ["a"] * 8 + ["b"] * 8, labels, 8) == "setfit"
+    with pytest.raises(InputError, match="setfit needs 8"):
+        choose_method("setfit", ["a"] * 8, labels, 8)
 
 
 def test_zero_shot_prelabel_on_an_unlabelled_project(tmp_path):
@@ -339,3 +343,55 @@ def test_cli_prelabel_json_and_errors(tmp_path):
         main, ["review", "prelabel", "-p", str(project.root), "--model", "few-shot"]
     )
     assert res.exit_code == 1 and "few-shot needs 8" in res.output
+
+
+def test_contrastive_pairs_alternate_same_and_different_class():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pairs = contrastive_pairs(y, 200, seed=1)
+    i, j, same = pairs.T
+    assert (same[::2] == 1).all() and (same[1::2] == 0).all()
+    assert (y[i[same == 1]] == y[j[same == 1]]).all() and (i[same == 1] != j[same == 1]).all()
+    assert (y[i[same == 0]] != y[j[same == 0]]).all()
+    assert set(y[i[same == 0]]) == {0, 1, 2}  # every class takes part in the negatives
+    assert (contrastive_pairs(y, 200, seed=1) == pairs).all()  # seeded
+    with pytest.raises(InputError):
+        contrastive_pairs(np.array([0, 1, 2]), 4)  # no class has two records
+    with pytest.raises(InputError):
+        contrastive_pairs(np.array([0, 0, 0]), 4)  # one class
+
+
+def _separation(vectors: np.ndarray, y: np.ndarray) -> float:
+    """Mean cosine of same-class pairs minus that of different-class pairs (higher = apart)."""
+    sims = vectors @ vectors.T
+    same = y[:, None] == y[None, :]
+    off = ~np.eye(len(y), dtype=bool)
+    return float(sims[same & off].mean() - sims[~same].mean())
+
+
+@pytest.mark.slow
+def test_setfit_tuning_pulls_the_classes_apart():
+    texts = POS[:6] + NEG[:6]
+    y = np.array([1] * 6 + [0] * 6)
+    base = tune_encoder(texts, y, "default", SetFitOptions(steps=0))
+    before = _separation(encode(base, texts), y)
+    tuned = tune_encoder(texts, y, "default", SetFitOptions(steps=8, batch=8, lr=1e-4))
+    after = _separation(encode(tuned, texts), y)
+    assert after > before + 0.1, (before, after)
+    # and on the reviews it never saw
+    held = POS[6:] + NEG[6:]
+    y_held = np.array([1] * 4 + [0] * 4)
+    assert _separation(encode(tuned, held), y_held) > _separation(encode(base, held), y_held)
+
+
+@pytest.mark.slow
+def test_setfit_prelabel_learns_from_the_reviews(tmp_path):
+    project = unlabelled_project(tmp_path, descriptions=False)
+    _write_reviews(project, 8)
+    result = prelabel(project, prelabel_options(project, model="setfit", setfit_steps=4))
+    assert result.method == "setfit" and result.model == "setfit:all-MiniLM-L6-v2"
+    assert result.agreement["how"] == "cross-validated" and result.agreement["n"] == 16
+    assert result.agreement["accuracy"] >= 0.75
+    table = pq.read_table(result.path).to_pandas()
+    assert np.allclose(table[["p_neg", "p_pos"]].sum(axis=1), 1)
+    assert ((table["score"] >= 0.5) & (table["score"] <= 1)).all()
+    assert _accuracy(project) >= 0.9  # the 4 unreviewed records of each class too
