@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 @click.option(
     "--strategies",
     default=None,
-    help="Comma-separated: margin, entropy, least-confidence, random, NAME+kmeans, "
-    "NAME+coreset [margin,entropy,random].",
+    help="Comma-separated: margin, entropy, least-confidence, random, badge, NAME+kmeans, "
+    "NAME+coreset, NAME+badge [margin,entropy,random].",
 )
 @click.option("--seeds", type=int, default=None, help="Repeats with different seed sets [3].")
 @click.option(
