@@ -176,7 +176,7 @@ def setfit_rows(name: str, per_class: int, seeds: int, test_size: int, steps: in
         plain = [labels[j] for j in head.predict(vectors[len(train) :])]
         t0 = time.perf_counter()
         probs = setfit_probs(
-            texts, train, y[train], len(labels),
+            texts, train, y[train], len(labels), head=few_shot_model,
             opts=SetFitOptions(steps=steps, seed=seed), predict=test,
         )  # fmt: skip
         seconds = time.perf_counter() - t0

@@ -271,7 +271,9 @@ def prelabel(
     elif method == "setfit":
         from review.prelabel_setfit import setfit_prelabels
 
-        probs, agreement = setfit_prelabels(texts, pos, gold, labels, opts, folds=SETFIT_FOLDS)
+        probs, agreement = setfit_prelabels(
+            texts, pos, gold, labels, opts, head=few_shot_model, folds=SETFIT_FOLDS
+        )
         name = f"setfit:{_model_name(opts.embedding_model)}"
     elif method == "llm":
         from review.prelabel_llm import llm_probs

@@ -7,8 +7,9 @@ Recipe (after Tunstall et al., 2022, "Efficient Few-Shot Learning Without Prompt
 2. a few optimizer steps of the packaged encoder (a fresh copy, float32; the token embedding
    table frozen) on the mean squared error between the pair's cosine similarity and its target
    (``tune_encoder``);
-3. every record embedded with the tuned encoder, and the few-shot head (class-balanced logistic
-   regression, ``review.prelabel.few_shot_model``) fitted on the reviewed records' vectors.
+3. every record embedded with the tuned encoder, and a head fitted on the reviewed records'
+   vectors (``head(vectors, y, seed)``: ``prelabel`` passes its few-shot model, class-balanced
+   logistic regression).
 
 The tuned encoder lives in memory for the run only (it is not cached or saved), and its vectors
 never enter the project's embedding cache: they belong to this fit.
@@ -17,7 +18,7 @@ never enter the project's embedding cache: they belong to this fit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,18 +130,18 @@ def setfit_probs(
     y: np.ndarray,
     n_classes: int,
     *,
+    head: Callable,
     model: str = "default",
     opts: SetFitOptions | None = None,
     predict: Sequence[int] | None = None,
 ) -> np.ndarray:
     """(len(predict), n_classes) probabilities of the records at ``predict`` (default: all of
-    ``texts``) from a SetFit fit on the records at ``reviewed`` with class ids ``y``."""
-    from review.prelabel import few_shot_model
-
+    ``texts``) from a SetFit fit on the records at ``reviewed`` with class ids ``y``;
+    ``head(vectors, y, seed)`` returns a fitted scikit-learn classifier."""
     opts = opts or SetFitOptions()
     train_texts = [texts[i] for i in reviewed]
     encoder = tune_encoder(train_texts, np.asarray(y), model, opts)
-    head = few_shot_model(encode(encoder, train_texts), np.asarray(y), opts.seed)
+    head = head(encode(encoder, train_texts), np.asarray(y), opts.seed)
     targets = list(range(len(texts))) if predict is None else list(predict)
     probs = np.zeros((len(targets), n_classes))
     probs[:, head.classes_] = head.predict_proba(encode(encoder, [texts[i] for i in targets]))
@@ -153,6 +154,7 @@ def cross_validated_setfit(
     n_classes: int,
     folds: int,
     *,
+    head: Callable,
     model: str = "default",
     opts: SetFitOptions | None = None,
 ) -> np.ndarray:
@@ -167,7 +169,7 @@ def cross_validated_setfit(
     seed = (opts or SetFitOptions()).seed
     for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(texts, y):
         probs[test] = setfit_probs(
-            texts, train, y[train], n_classes, model=model, opts=opts, predict=test
+            texts, train, y[train], n_classes, head=head, model=model, opts=opts, predict=test
         )
     return probs
 
@@ -179,6 +181,7 @@ def setfit_prelabels(
     labels: Sequence[str],
     opts,
     *,
+    head: Callable,
     folds: int = 3,
 ) -> tuple[np.ndarray, dict]:
     """(probabilities of every record, agreement with the reviewed labels) for ``prelabel``'s
@@ -192,8 +195,8 @@ def setfit_prelabels(
     sf = SetFitOptions(steps=opts.setfit_steps, seed=opts.seed)
     model = opts.embedding_model
     oof = cross_validated_setfit(
-        [texts[i] for i in reviewed], y, len(labels), folds, model=model, opts=sf
+        [texts[i] for i in reviewed], y, len(labels), folds, head=head, model=model, opts=sf
     )
     agreement = label_agreement(gold, [labels[j] for j in oof.argmax(axis=1)], labels)
-    probs = setfit_probs(texts, reviewed, y, len(labels), model=model, opts=sf)
+    probs = setfit_probs(texts, reviewed, y, len(labels), head=head, model=model, opts=sf)
     return probs, {**agreement, "how": "cross-validated"}
