@@ -19,14 +19,22 @@ if TYPE_CHECKING:
 @project_option
 @click.option("--rounds", type=int, default=None, help="Rounds after the seed set [10].")
 @click.option("--size", type=int, default=None, help="Records labelled per round [50].")
-@click.option("--seed-size", type=int, default=None, help="Initial random labels [= --size].")
+@click.option("--seed-size", type=int, default=None, help="Initial labels [= --size].")
+@click.option(
+    "--cold-start",
+    type=click.Choice(["random", "coverage"]),
+    default=None,
+    help="How the initial labels are picked (random sampling always draws them at random): "
+    "coverage = spread over the embeddings, as `thresher round` does from unlabelled text "
+    "[coverage].",
+)
 @click.option(
     "--strategies",
     default=None,
     help="Comma-separated: margin, entropy, least-confidence, random, badge, NAME+kmeans, "
     "NAME+coreset, NAME+badge [margin,entropy,random].",
 )
-@click.option("--seeds", type=int, default=None, help="Repeats with different seed sets [3].")
+@click.option("--seeds", type=int, default=None, help="Repeats with different seed sets [5].")
 @click.option(
     "--learner",
     type=click.Choice(["fast", "tfidf"]),
@@ -42,6 +50,7 @@ def simulate_command(
     rounds: int | None,
     size: int | None,
     seed_size: int | None,
+    cold_start: str | None,
     strategies: str | None,
     seeds: int | None,
     learner: str | None,
@@ -58,7 +67,7 @@ def simulate_command(
     summary.json (AULC per strategy, mean ± std over seeds) and manifest.json.
     Example:
       thresher curate ingest --demo -p proj
-      thresher simulate -p proj --rounds 10 --size 50 --strategies margin,entropy,random --seeds 3
+      thresher simulate -p proj --rounds 10 --size 50 --strategies margin,entropy,random --seeds 5
     """
     from loop.simulate import run_simulation
     from thresher.project import Project
@@ -79,6 +88,7 @@ def _simulate_options(config: Config) -> SimulateOptions:
         rounds=section["rounds"],
         size=section["size"],
         seed_size=section["seed_size"],
+        cold_start=section["cold_start"],
         strategies=tuple(section["strategies"]),  # the typed config splits "margin,random"
         seeds=section["seeds"],
         seed=config.get("seed"),
@@ -98,7 +108,8 @@ def _simulate_lines(result: SimulationResult, opts: SimulateOptions) -> list[str
         lines.append("simulate is up to date (inputs and options unchanged); --force redoes it")
     lines.append(
         f"pool {result.pool_size}, test {result.test_size}, full-data macro-F1 "
-        f"{result.full_macro_f1:.4f}"
+        f"{result.full_macro_f1:.4f}; first labels: {opts.cold_start}"
+        + (" (random sampling: a random draw)" if opts.cold_start == "coverage" else "")
     )
     paired = result.vs_random()
     for name in opts.strategies:

@@ -89,6 +89,7 @@ OVERRIDES: dict[str, dict[str, str | TurnsOff]] = {
         "rounds": "simulate.rounds",
         "size": "simulate.size",
         "seed_size": "simulate.seed_size",
+        "cold_start": "simulate.cold_start",
         "strategies": "simulate.strategies",  # the typed config splits "margin,random"
         "seeds": "simulate.seeds",
         "learner": "simulate.learner",

@@ -105,7 +105,8 @@ score:
 
 # Active learning (`thresher round`): which records go to annotators next.
 loop:
-  # margin | entropy | least-confidence | random; add +kmeans or +coreset for a diverse batch.
+  # margin | entropy | least-confidence | badge | random; add +kmeans, +coreset or +badge for a
+  # diverse batch.
   strategy: margin
   # Records selected per round (the annotation budget).
   size: 50
@@ -143,10 +144,14 @@ loop:
 simulate:
   rounds: 10
   size: 50
-  # Initial random labels; null means the same as size.
+  # Initial labels; null means the same as size.
   seed_size: null
+  # How the initial labels are picked for the strategies other than random: coverage = spread
+  # over the embeddings (k-means), as `thresher round` picks them from unlabelled text;
+  # random = a random draw (random sampling always starts from one).
+  cold_start: coverage
   strategies: margin,entropy,random
-  seeds: 3
+  seeds: 5
   learner: fast
   # Probability that the oracle answers a wrong label (uniform over the others).
   noise: 0.0

@@ -139,6 +139,7 @@ KEYS: dict[str, Spec] = {
     "simulate.rounds": _COUNT,
     "simulate.size": _COUNT,
     "simulate.seed_size": _int(1, nullable=True),
+    "simulate.cold_start": _choice("random", "coverage"),
     "simulate.strategies": Spec("list", non_empty=True),
     "simulate.seeds": _COUNT,
     "simulate.learner": _choice("fast", "tfidf"),

@@ -124,11 +124,14 @@ def test_simulate_command_writes_the_stage_and_is_a_noop_on_rerun(tmp_path, plan
         "margin,random",
         "--learner",
         "tfidf",
+        "--cold-start",
+        "random",
         "--json",
     ]
     res = runner.invoke(main, args[:-1])  # the report a person reads
     assert res.exit_code == 0, res.output
     assert "vs random, " in res.output and "labels per F1 point: " in res.output
+    assert "first labels: random" in res.output
     res = runner.invoke(main, [*args, "--force"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
@@ -157,3 +160,11 @@ def test_a_coverage_cold_start_seeds_every_strategy_but_random(planted):
     assert [p.n_labels for p in covered.curves] == [p.n_labels for p in plain.curves]
     with pytest.raises(SimulationError):
         SimulateOptions(cold_start="kmeans").validate(1000)
+
+
+def test_simulate_defaults_to_a_coverage_start_and_five_seeds(tmp_path):
+    from loop.cli import _simulate_options
+    from thresher.cli_overrides import config_for
+
+    opts = _simulate_options(config_for(tmp_path, "simulate", params={}))
+    assert opts.cold_start == "coverage" and opts.seeds == 5 and opts.strategies[0] == "margin"
