@@ -164,7 +164,7 @@ def test_a_coverage_cold_start_seeds_every_strategy_but_random(planted):
 
 def test_simulate_defaults_to_a_coverage_start_and_five_seeds(tmp_path):
     from loop.cli import _simulate_options
-    from thresher.cli_overrides import config_for
+    from thresher.config import load_config
 
-    opts = _simulate_options(config_for(tmp_path, "simulate", params={}))
+    opts = _simulate_options(load_config(tmp_path))
     assert opts.cold_start == "coverage" and opts.seeds == 5 and opts.strategies[0] == "margin"
