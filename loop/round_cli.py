@@ -90,7 +90,33 @@ def round_command(
     runner = build_runner(project, config, connect=connection)
     result = runner.run(new=new)
     summary = result.to_dict()
+    summary["label_cost"] = label_cost(project, result.round)
     emit(summary, as_json, _round_lines(result, summary))
+
+
+def label_cost(project: Project, upto: int) -> dict[str, Any] | None:
+    """What the rounds' labels bought: training labels and test macro-F1 per evaluated round
+    up to ``upto``, and labels added per macro-F1 point from the first to the last (None until
+    two rounds are evaluated, or while F1 has not risen)."""
+    from loop.rounds import list_rounds, read_round
+    from loop.simulate import labels_per_point
+
+    labels, f1s = [], []
+    for k in list_rounds(project):
+        steps = (read_round(project, k) or {}).get("steps", {}) if k <= upto else {}
+        f1 = (steps.get("eval", {}).get("outputs") or {}).get("macro_f1")
+        train = (steps.get("rebuild", {}).get("outputs") or {}).get("train")
+        if f1 is not None and train is not None:
+            labels.append(int(train))
+            f1s.append(float(f1))
+    if len(labels) < 2:
+        return None
+    return {
+        "rounds": len(labels),
+        "labels": labels,
+        "macro_f1": f1s,
+        "labels_per_f1_point": labels_per_point(labels, f1s),
+    }
 
 
 def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
@@ -106,6 +132,19 @@ def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
     return [
         f"  stopping ({stopping['stop_set']} stop-set records): " + "; ".join(parts),
         f"  → {stopping['recommendation']}: {stopping['why']}",
+    ]
+
+
+def _cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """``cost: N labels per macro-F1 point over R rounds (L0 → L labels, F0 → F)``."""
+    if not cost:
+        return []
+    labels, f1 = cost["labels"], cost["macro_f1"]
+    per = cost["labels_per_f1_point"]
+    price = "F1 has not risen" if per is None else f"{per:g} labels per macro-F1 point"
+    return [
+        f"  cost: {price} over {cost['rounds']} rounds ({labels[0]} → {labels[-1]} labels, "
+        f"macro-F1 {f1[0]:.3f} → {f1[-1]:.3f})"
     ]
 
 
@@ -138,6 +177,7 @@ def _round_lines(result: RoundResult, summary: dict[str, Any]) -> list[str]:
         f"  labels: {reb.get('train')} train, {reb.get('test')} test, pool {reb.get('pool')}",
         f"  eval: macro-F1 {ev.get('macro_f1')}  accuracy {ev.get('accuracy')}"
         f" (n={ev.get('n_test')})",
+        *_cost_lines(summary.get("label_cost")),
         *_stopping_lines(result.outputs("predict").get("stopping")),
         f"  selected {sel.get('selected')} by {sel.get('strategy')}: {sel.get('by_reason')}",
         *_relabel_lines(sel),

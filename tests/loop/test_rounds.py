@@ -202,3 +202,30 @@ def test_a_second_runner_is_refused_while_one_holds_the_lock(tmp_path):
 
     RoundRunner(project, [("pull", pull)], order=["pull"]).run()
     assert errors and "another `thresher round` is running" in errors[0]
+
+
+def test_label_cost_reads_what_the_evaluated_rounds_bought(tmp_path):
+    import json
+
+    from loop.round_cli import _cost_lines, label_cost
+    from loop.rounds import MANIFEST, round_dir
+    from thresher.project import Project
+
+    project = Project.at(tmp_path / "proj")
+
+    def write(k, train, f1):
+        folder = round_dir(project, k)
+        folder.mkdir(parents=True)
+        steps = {"rebuild": {"outputs": {"train": train}}, "eval": {"outputs": {"macro_f1": f1}}}
+        (folder / MANIFEST).write_text(json.dumps({"steps": steps}))
+
+    write(1, 50, 0.60)
+    assert label_cost(project, 1) is None  # one evaluated round: no price yet
+    write(2, 100, 0.65)
+    write(3, 150, 0.70)
+    cost = label_cost(project, 3)
+    assert cost["labels"] == [50, 100, 150] and cost["labels_per_f1_point"] == 10.0
+    assert label_cost(project, 2)["labels_per_f1_point"] == 10.0  # later rounds not counted
+    assert "10 labels per macro-F1 point over 3 rounds (50 → 150" in _cost_lines(cost)[0]
+    write(4, 200, None)  # a cold-start round has no eval
+    assert label_cost(project, 4)["rounds"] == 3
