@@ -59,19 +59,25 @@ def class_vectors(true: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
     return out
 
 
-def seed_cache(project: Path, texts: list[str], vectors: np.ndarray) -> int:
-    """Write the vectors into the project's embedding cache (distinct texts only)."""
+def seed_cache(project: Path, vectors: np.ndarray) -> int:
+    """Write record ``r<i>``'s vector ``vectors[i]`` into the project's embedding cache under the
+    hash of its text as ingested (normalised, as the score stage reads it); distinct texts only."""
+    import pyarrow.parquet as pq
+
     from thresher.assets import resolve_model
     from thresher.embeddings import EmbeddingCache, _hash_texts
     from thresher.project import Project
 
-    keys = _hash_texts(texts)
+    proj = Project.at(project)
+    table = pq.read_table(proj.records_path("ingest"), columns=["id", "text"])
+    rows = np.array([int(i[1:]) for i in table.column("id").to_pylist()], dtype=np.int64)
+    keys = _hash_texts([str(t) for t in table.column("text").to_pylist()])
     _, first = np.unique(keys, return_index=True)
     first.sort()
-    cache = EmbeddingCache(Project.at(project).embedding_cache, resolve_model("default").path)
+    cache = EmbeddingCache(proj.embedding_cache, resolve_model("default").path)
     for start in range(0, len(first), CACHE_SHARD):
-        rows = first[start : start + CACHE_SHARD]
-        cache.add(keys[rows], vectors[rows])
+        part = first[start : start + CACHE_SHARD]
+        cache.add(keys[part], vectors[rows[part]])
     return len(first)
 
 
@@ -83,7 +89,7 @@ def run_size(work: Path, texts, labels, n: int, flip: float, seed: int) -> dict:
     by_id = {f"r{i}": bool(f) for i, f in enumerate(flipped)}
     project, ing = ingest(work, f"scale_{n}", s_texts, s_labels)
     t0 = time.perf_counter()
-    distinct = seed_cache(project, s_texts, class_vectors(true, len(classes), seed))
+    distinct = seed_cache(project, class_vectors(true, len(classes), seed))
     cache_seconds = time.perf_counter() - t0
     del s_texts
     args = ["curate", "score", "-p", str(project), "--engine", "stream", "--force"]
