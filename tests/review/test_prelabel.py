@@ -343,6 +343,15 @@ def test_cli_prelabel_json_and_errors(tmp_path):
         main, ["review", "prelabel", "-p", str(project.root), "--model", "few-shot"]
     )
     assert res.exit_code == 1 and "few-shot needs 8" in res.output
+    res = CliRunner().invoke(
+        main,
+        ["review", "prelabel", "-p", str(project.root), "--model", "setfit", "--setfit-steps", "5"],
+    )
+    assert res.exit_code == 1 and "setfit needs 8" in res.output
+    res = CliRunner().invoke(
+        main, ["review", "prelabel", "-p", str(project.root), "--setfit-steps", "0"]
+    )
+    assert res.exit_code == 2
 
 
 def test_contrastive_pairs_alternate_same_and_different_class():
