@@ -101,6 +101,13 @@ def zero_shot_rows(vectors, gold, labels, descriptions, cache) -> dict:
     return out
 
 
+def draw_per_class(y: np.ndarray, n_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` record positions drawn per class (the reviewed set of one seed)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(y == j), per_class, replace=False) for j in range(n_classes)]
+    return np.concatenate(picks)
+
+
 def few_shot_rows(vectors, desc_vectors, gold, labels, per_class: int, seeds: int) -> dict:
     """Per seed: ``per_class`` labels drawn per class as the reviewed set; macro-F1 on the other
     records of plain few-shot and of ``auto`` (the shipped rule, which picks zero-shot, few-shot
@@ -109,13 +116,7 @@ def few_shot_rows(vectors, desc_vectors, gold, labels, per_class: int, seeds: in
     y = np.array([index[g] for g in gold])
     runs = []
     for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        train = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(y == j), per_class, replace=False)
-                for j in range(len(labels))
-            ]
-        )
+        train = draw_per_class(y, len(labels), per_class, seed)
         test = np.setdiff1d(np.arange(len(y)), train)
         reviewed = [gold[i] for i in train]
         row = {"seed": seed}
@@ -159,13 +160,7 @@ def setfit_rows(name: str, per_class: int, seeds: int, test_size: int, steps: in
     y = np.array([index[g] for g in gold])
     runs = []
     for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        train = np.concatenate(
-            [
-                rng.choice(np.flatnonzero(y == j), per_class, replace=False)
-                for j in range(len(labels))
-            ]
-        )
+        train = draw_per_class(y, len(labels), per_class, seed)
         rest = np.setdiff1d(np.arange(len(y)), train)
         test = np.random.default_rng(1000 + seed).choice(
             rest, min(test_size, len(rest)), replace=False
