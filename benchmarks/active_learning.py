@@ -89,18 +89,25 @@ def labels_fraction(labels: int | None, pool: int) -> float | None:
     return None if labels is None else round(labels / pool, 4)
 
 
-def run_corpus(name: str, seeds: int, cold_start: str = "random") -> dict:
+def run_corpus(
+    name: str,
+    seeds: int,
+    cold_start: str = "random",
+    strategies: tuple[str, ...] = STRATEGIES,
+    rounds: int | None = None,
+) -> dict:
     texts, labels = load_corpus(name)
     cache = OUT / name / ".cache" / "embeddings"
     t0 = time.perf_counter()
     embed_texts(texts, cache_dir=cache)
     embed_seconds = time.perf_counter() - t0
-    seed_size, rounds, size = PLAN
+    seed_size, plan_rounds, size = PLAN
+    rounds = rounds or plan_rounds
     opts = SimulateOptions(
         rounds=rounds,
         size=size,
         seed_size=seed_size,
-        strategies=STRATEGIES,
+        strategies=strategies,
         seeds=seeds,
         learner="fast",
         cold_start=cold_start,
@@ -130,6 +137,9 @@ def run_corpus(name: str, seeds: int, cold_start: str = "random") -> dict:
         "best_vs_random": best,
         "vs_random": result.vs_random(),
         "labels_per_f1_point": result.labels_per_f1_point,
+        # where each stopping rule stops (mean round and labels over the seeds), the labels it
+        # saves against labelling the whole pool and the macro-F1 it gives up
+        "stopping": result.stopping,
         "labels_to_95pct_full_f1": result.labels_to_target,
         "fraction_of_pool_to_95pct": {
             k: labels_fraction(v, result.pool_size) for k, v in result.labels_to_target.items()
@@ -204,6 +214,8 @@ def main() -> None:
         "(a labelled start), or the coverage picks of thresher's first round without labels.",
     )
     parser.add_argument("--corpora", default="rotten_tomatoes,conventions,debates")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--rounds", type=int, default=None, help="rounds after the first labels")
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -216,7 +228,10 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     report["corpora"] = {
-        name: run_corpus(name, args.seeds, args.cold_start) for name in args.corpora.split(",")
+        name: run_corpus(
+            name, args.seeds, args.cold_start, tuple(args.strategies.split(",")), args.rounds
+        )
+        for name in args.corpora.split(",")
     }
     if args.round_records:
         report["round_timing"] = {
