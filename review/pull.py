@@ -331,8 +331,9 @@ def _add_cleanlab(
     missing = sum(p is None for p in probs)
     if missing:
         return {}, (
-            f"no model probabilities for {missing} of {len(keep)} annotated records: run "
-            "`thresher curate score` before `thresher review pull`"
+            f"no model probabilities for {missing} of {len(keep)} annotated records: they come "
+            "from `thresher curate score` with a label model (scored with labels; without "
+            "labels the score stage skips it), before `thresher review pull`"
         )
     out = cleanlab_consensus([table[i] for i in keep], order, probs, classes)
     if out is None:
