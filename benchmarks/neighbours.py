@@ -205,7 +205,17 @@ def _recall(found, truth) -> float:
     return float(sum(len(set(a) & set(b)) for a, b in zip(found, truth, strict=True)) / truth.size)
 
 
-def run_size(n: int, sample_size: int, full_max: int, seed: int = 0) -> dict:
+KNN_METHODS = ("ann_knn", "exact_knn", "sklearn_knn")
+PAIR_METHODS = ("ann_pairs", "exact_pairs")
+
+
+def run_size(
+    n: int,
+    sample_size: int,
+    full_max: int,
+    seed: int = 0,
+    parts: tuple[str, ...] = ("knn", "pairs"),
+) -> dict:
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="neighbours-bench-") as tmp:
@@ -225,43 +235,60 @@ def run_size(n: int, sample_size: int, full_max: int, seed: int = 0) -> dict:
         result: dict = {"n": n, "dim": DIM, "k": K, "data": data, "sample_rows": len(sample)}
         result["exact_full"] = full
         methods = {}
-        for method in ("ann_knn", "exact_knn", "sklearn_knn", "ann_pairs", "exact_pairs"):
+        todo = KNN_METHODS * ("knn" in parts) + PAIR_METHODS * ("pairs" in parts)
+        for method in todo:
             print(f"n={n}: {method} ...", file=sys.stderr, flush=True)
             methods[method] = _run_child(method, folder, full)
             methods[method]["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-        truth = np.load(folder / "exact_knn.npy")
-        ann = np.load(folder / "ann_knn.npy")
-        sk = np.load(folder / "sklearn_knn.npy")
-        methods["ann_knn"]["recall_at_10"] = round(_recall(ann, truth), 4)
-        methods["sklearn_knn"]["recall_at_10"] = round(_recall(sk, truth), 4)
-        for name in ("exact_knn", "sklearn_knn"):
-            m = methods[name]
-            m["extrapolated"] = not full
-            m["full_seconds"] = round(m["seconds"] * scale, 1)
-        exact_pairs = np.load(folder / "exact_pairs.npy")
-        ann_pairs = np.load(folder / "ann_pairs.npy")
-        if not full:  # compare on pairs touching the pair rows
-            touch = np.isin(ann_pairs, pair_rows).any(axis=1)
-            ann_pairs = ann_pairs[touch]
-            m = methods["exact_pairs"]
-            m["extrapolated"] = True
-            m["full_seconds"] = round(m["seconds"] * n / (2 * len(pair_rows)), 1)
-        else:
-            methods["exact_pairs"]["extrapolated"] = False
-            methods["exact_pairs"]["full_seconds"] = methods["exact_pairs"]["seconds"]
-        want = {tuple(p) for p in exact_pairs.tolist()}
-        got = {tuple(p) for p in ann_pairs.tolist()}
-        methods["ann_pairs"]["exact_pairs_compared"] = len(want)
-        methods["ann_pairs"]["share_of_exact_pairs_found"] = round(len(want & got) / len(want), 4)
-        methods["ann_pairs"]["pairs_not_in_exact"] = len(got - want)
         result["methods"] = methods
-        ann_s = methods["ann_knn"]["seconds"]
-        result["knn_speedup_vs_exact"] = round(methods["exact_knn"]["full_seconds"] / ann_s, 1)
-        result["knn_speedup_vs_sklearn"] = round(methods["sklearn_knn"]["full_seconds"] / ann_s, 1)
-        result["pairs_speedup_vs_exact"] = round(
-            methods["exact_pairs"]["full_seconds"] / methods["ann_pairs"]["seconds"], 1
-        )
+        if "knn" in parts:
+            _knn_summary(result, folder, full, scale)
+        if "pairs" in parts:
+            _pairs_summary(result, folder, full, n, pair_rows)
         return result
+
+
+def _knn_summary(result: dict, folder: Path, full: bool, scale: float) -> None:
+    import numpy as np
+
+    methods = result["methods"]
+    truth = np.load(folder / "exact_knn.npy")
+    ann = np.load(folder / "ann_knn.npy")
+    sk = np.load(folder / "sklearn_knn.npy")
+    methods["ann_knn"]["recall_at_10"] = round(_recall(ann, truth), 4)
+    methods["sklearn_knn"]["recall_at_10"] = round(_recall(sk, truth), 4)
+    for name in ("exact_knn", "sklearn_knn"):
+        m = methods[name]
+        m["extrapolated"] = not full
+        m["full_seconds"] = round(m["seconds"] * scale, 1)
+    ann_s = methods["ann_knn"]["seconds"]
+    result["knn_speedup_vs_exact"] = round(methods["exact_knn"]["full_seconds"] / ann_s, 1)
+    result["knn_speedup_vs_sklearn"] = round(methods["sklearn_knn"]["full_seconds"] / ann_s, 1)
+
+
+def _pairs_summary(result: dict, folder: Path, full: bool, n: int, pair_rows) -> None:
+    import numpy as np
+
+    methods = result["methods"]
+    exact_pairs = np.load(folder / "exact_pairs.npy")
+    ann_pairs = np.load(folder / "ann_pairs.npy")
+    if not full:  # compare on pairs touching the pair rows
+        touch = np.isin(ann_pairs, pair_rows).any(axis=1)
+        ann_pairs = ann_pairs[touch]
+        m = methods["exact_pairs"]
+        m["extrapolated"] = True
+        m["full_seconds"] = round(m["seconds"] * n / (2 * len(pair_rows)), 1)
+    else:
+        methods["exact_pairs"]["extrapolated"] = False
+        methods["exact_pairs"]["full_seconds"] = methods["exact_pairs"]["seconds"]
+    want = {tuple(p) for p in exact_pairs.tolist()}
+    got = {tuple(p) for p in ann_pairs.tolist()}
+    methods["ann_pairs"]["exact_pairs_compared"] = len(want)
+    methods["ann_pairs"]["share_of_exact_pairs_found"] = round(len(want & got) / len(want), 4)
+    methods["ann_pairs"]["pairs_not_in_exact"] = len(got - want)
+    result["pairs_speedup_vs_exact"] = round(
+        methods["exact_pairs"]["full_seconds"] / methods["ann_pairs"]["seconds"], 1
+    )
 
 
 def main() -> None:
@@ -269,6 +296,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--sample", type=int, default=2000, help="query rows checked")
     parser.add_argument("--full-max", type=int, default=200_000, help="exact on all rows up to")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("knn", "pairs"),
+        default=["knn", "pairs"],
+        help="k-NN methods, semantic-pair methods, or both",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -292,7 +326,7 @@ def main() -> None:
         "sizes": [],
     }
     for n in args.sizes:  # saved after each size: the 1M run is long
-        result["sizes"].append(run_size(n, args.sample, args.full_max))
+        result["sizes"].append(run_size(n, args.sample, args.full_max, parts=tuple(args.parts)))
         result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
         emit(result, args.out)
 
