@@ -73,6 +73,7 @@ def round_command(
       thresher round -p proj --from-traffic --since 2026-12-01 --size 100
     """
     from loop.round_wiring import build_runner
+    from loop.rounds import label_cost
     from review.server import connection
     from thresher.project import Project
 
@@ -92,31 +93,6 @@ def round_command(
     summary = result.to_dict()
     summary["label_cost"] = label_cost(project, result.round)
     emit(summary, as_json, _round_lines(result, summary))
-
-
-def label_cost(project: Project, upto: int) -> dict[str, Any] | None:
-    """What the rounds' labels bought: training labels and test macro-F1 per evaluated round
-    up to ``upto``, and labels added per macro-F1 point from the first to the last (None until
-    two rounds are evaluated, or while F1 has not risen)."""
-    from loop.rounds import list_rounds, read_round
-    from loop.simulate import labels_per_point
-
-    labels, f1s = [], []
-    for k in list_rounds(project):
-        steps = (read_round(project, k) or {}).get("steps", {}) if k <= upto else {}
-        f1 = (steps.get("eval", {}).get("outputs") or {}).get("macro_f1")
-        train = (steps.get("rebuild", {}).get("outputs") or {}).get("train")
-        if f1 is not None and train is not None:
-            labels.append(int(train))
-            f1s.append(float(f1))
-    if len(labels) < 2:
-        return None
-    return {
-        "rounds": len(labels),
-        "labels": labels,
-        "macro_f1": f1s,
-        "labels_per_f1_point": labels_per_point(labels, f1s),
-    }
 
 
 def _stopping_lines(stopping: dict[str, Any] | None) -> list[str]:

@@ -136,6 +136,30 @@ def list_rounds(project: Project) -> list[int]:
     )
 
 
+def label_cost(project: Project, upto: int) -> dict[str, Any] | None:
+    """What the rounds' labels bought: training labels and test macro-F1 per evaluated round
+    up to ``upto``, and labels added per macro-F1 point from the first to the last (that price
+    None while F1 has not risen); None until two rounds are evaluated."""
+    from loop.simulate import labels_per_point
+
+    labels, f1s = [], []
+    for k in (k for k in list_rounds(project) if k <= upto):
+        steps = (read_round(project, k) or {}).get("steps", {})
+        f1 = (steps.get("eval", {}).get("outputs") or {}).get("macro_f1")
+        train = (steps.get("rebuild", {}).get("outputs") or {}).get("train")
+        if f1 is not None and train is not None:
+            labels.append(int(train))
+            f1s.append(float(f1))
+    if len(labels) < 2:
+        return None
+    return {
+        "rounds": len(labels),
+        "labels": labels,
+        "macro_f1": f1s,
+        "labels_per_f1_point": labels_per_point(labels, f1s),
+    }
+
+
 @contextmanager
 def rounds_lock(project: Project) -> Iterator[None]:
     """The lock every ``thresher round`` takes (``DIR/rounds/.lock``): one round at a time."""

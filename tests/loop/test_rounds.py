@@ -207,8 +207,8 @@ def test_a_second_runner_is_refused_while_one_holds_the_lock(tmp_path):
 def test_label_cost_reads_what_the_evaluated_rounds_bought(tmp_path):
     import json
 
-    from loop.round_cli import _cost_lines, label_cost
-    from loop.rounds import MANIFEST, round_dir
+    from loop.round_cli import _cost_lines
+    from loop.rounds import MANIFEST, label_cost, round_dir
     from thresher.project import Project
 
     project = Project.at(tmp_path / "proj")
