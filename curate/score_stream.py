@@ -558,10 +558,8 @@ def _consensus_columns(
 def rep_text_batches(path: Path, rep: np.ndarray, batch_size: int) -> Iterator[list[str]]:
     """The representatives' texts (``rep``: a mask over the file's rows), a batch at a time,
     in file order."""
-    import pyarrow.parquet as pq
-
     start = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["text"]):
+    for batch in _local_batches(path, ["text"], batch_size):
         keep = rep[start : start + batch.num_rows]
         start += batch.num_rows
         texts = batch.column(0).to_pylist()
