@@ -40,6 +40,10 @@ PAGE = 500
 PREFIX = "demo-annotator-"
 
 
+class DatasetNotVisible(RuntimeError):
+    """The annotator sees no dataset of that name (not pushed, or not in their workspace)."""
+
+
 @dataclass(frozen=True)
 class AnnotatorReport:
     annotator: str
@@ -62,7 +66,7 @@ def my_queue(
         spaces = {w["id"]: w["name"] for w in mine}
         found = [d for d in found if spaces.get(d["workspace_id"]) == workspace]
     if not found:
-        raise RuntimeError(f"no dataset {dataset!r} visible to this annotator; push it first")
+        raise DatasetNotVisible(f"no dataset {dataset!r} visible to this annotator; push it first")
     ds = found[0]["id"]
     records: list[dict] = []
     offset = 0
@@ -203,9 +207,7 @@ def _answer_relabels(url, api_key, dataset, gold, labels, round, **kwargs) -> tu
 
     try:
         return annotate(url, api_key, relabel_dataset_name(dataset, round), gold, labels, **kwargs)
-    except RuntimeError as err:
-        if "no dataset" not in str(err):
-            raise
+    except DatasetNotVisible:
         return 0, 0
 
 
