@@ -184,8 +184,9 @@ def semantic_pairs(
 
     ``thresher.neighbours.pairs_above``: blocked matmul over the upper triangle up to
     ``EXACT_MAX_ROWS`` rows (time O(n²·dim), memory O(block · n), never an n × n matrix;
-    ``block_bytes`` bounds the similarity block), ANN candidates verified by exact cosine above
-    it when usearch is installed."""
+    ``block_bytes`` bounds the similarity block); above it SimHash banding for thresholds of
+    about 0.935 and up (linear in rows; a pair at the threshold found with chance ≥ 0.99), ANN
+    candidates below that; candidates are always verified by exact cosine."""
     from thresher.neighbours import pairs_above
 
     return pairs_above(vectors, threshold, block_bytes=block_bytes)

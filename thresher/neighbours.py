@@ -12,6 +12,10 @@ distances). Two paths behind one API:
   cosine, so every distance returned is exact and only a missed neighbour is approximate
   (recall@10 ≥ 0.95 against exact; benchmarks/neighbours.py measures it).
 
+Near pairs above a high similarity (semantic dedup's 0.95) take a third path above
+``EXACT_MAX_ROWS`` rows: SimHash banding (``thresher.simhash``), linear in rows, candidates
+verified by exact cosine, a pair at the threshold found with chance ≥ 0.99.
+
 ``method="auto"`` takes the exact path up to ``EXACT_MAX_ROWS`` rows, or when usearch is not
 installed (``pip install thresher[ann]``), and the ann path above it.
 
@@ -40,6 +44,7 @@ BLOCK_CELLS = 2**24  # similarity cells per exact block (64 MiB of float32)
 INDEX_CHUNK_ROWS = 65_536  # rows converted to float32 at a time for non-float32 inputs
 PAIR_CANDIDATES = 32  # ann neighbours per row checked by pairs_above
 PAIR_MARGIN = 0.02  # candidates this far below the threshold (float16 index) are verified
+SIMHASH_MAX_BANDS = 256  # pairs_above takes SimHash up to this many bands (threshold ≈ 0.935+)
 
 
 @dataclass(frozen=True)
@@ -345,17 +350,56 @@ def pairs_above(
     """Pairs (i < j) of rows with cosine similarity ≥ ``threshold`` (−1..1; higher = fewer,
     closer pairs), int64 shape (p, 2) sorted by (i, j).
 
-    Exact: blocked matmul over the upper triangle (``block_bytes`` bounds a block). Ann: each
-    row's ``candidates`` nearest rows from the index, kept when their exact cosine clears the
-    threshold; a row whose candidates all clear it (a large duplicate group) is compared with
-    every row exactly, so big groups are complete too."""
+    ``pair_path`` chooses how. Exact: blocked matmul over the upper triangle (``block_bytes``
+    bounds a block). SimHash (thresholds of about 0.935 and up): rows sharing a band key of
+    random-hyperplane signs, verified by exact cosine; a pair at the threshold is found with
+    chance ≥ 0.99 (closer pairs more surely), in time linear in rows. Ann (lower thresholds):
+    each row's ``candidates`` nearest rows from the HNSW index, verified the same way; a row
+    whose candidates all clear the threshold (a large duplicate group) is compared with every
+    row exactly, so big groups are complete too."""
     x = _check(vectors)
     n = len(x)
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    if use_ann(n, method) and n > candidates + 1:
+    path = pair_path(n, threshold, method)
+    if path == "simhash":
+        return _simhash_pairs(x, threshold, block_bytes)
+    if path == "ann" and n > candidates + 1:
         return _ann_pairs(x, threshold, candidates, params or AnnParams(), block_bytes)
     return _exact_pairs(x, threshold, block_bytes)
+
+
+def pair_path(n_rows: int, threshold: float, method: str = "auto") -> str:
+    """``exact``, ``simhash`` or ``ann``: how ``pairs_above`` finds the pairs of ``n_rows`` rows.
+
+    ``exact`` for ``method="exact"`` and, under ``auto``, up to ``EXACT_MAX_ROWS`` rows.
+    Otherwise ``simhash`` when the threshold needs at most ``SIMHASH_MAX_BANDS`` bands (no extra
+    dependency), else ``ann`` (the HNSW index, or exact without usearch, as ``use_ann``)."""
+    from thresher.simhash import bands_for
+
+    if method not in ("auto", "exact", "ann"):
+        raise ThresherError(f"neighbour method must be auto, exact or ann, not {method!r}")
+    if method == "exact" or (method == "auto" and n_rows <= EXACT_MAX_ROWS):
+        return "exact"
+    if bands_for(threshold) <= SIMHASH_MAX_BANDS:
+        return "simhash"
+    return "ann" if use_ann(n_rows, method) else "exact"
+
+
+def _simhash_pairs(x, threshold: float, block_bytes: int) -> np.ndarray:
+    """SimHash candidates verified by exact cosine; the rows of crowded buckets (groups of
+    near-identical rows) compared with each other exactly."""
+    from thresher.simhash import bands_for, candidate_pairs
+
+    found = candidate_pairs(x, bands_for(threshold))
+    a, b = found.pairs[:, 0], found.pairs[:, 1]
+    hit = _pair_cos(x, a, b) >= threshold if len(a) else np.zeros(0, bool)
+    pairs = [found.pairs[hit]]
+    if len(found.dense):
+        log.info("%d rows in crowded SimHash buckets: compared exactly", len(found.dense))
+        among = _exact_pairs(_rows(x, found.dense), threshold, block_bytes)
+        pairs.append(found.dense[among])
+    return _sorted_pairs(np.concatenate(pairs))
 
 
 def _exact_pairs(x, threshold: float, block_bytes: int) -> np.ndarray:
