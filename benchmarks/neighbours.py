@@ -1,7 +1,8 @@
-"""Cosine k-NN and semantic near pairs at scale: ``thresher.neighbours`` on its ANN index (usearch
-HNSW over a float16 memmap) vs its exact path (blocked float32 matmul, what outliers, dedup and
-the monitor ran before) vs scikit-learn ``NearestNeighbors(metric="cosine",
-algorithm="brute")``, on the same generated vectors in one run.
+"""Cosine k-NN and semantic near pairs at scale: ``thresher.neighbours`` (k-NN on its ANN index,
+usearch HNSW over a float16 memmap; pairs by SimHash banding, ``thresher.simhash``) vs its exact
+path (blocked float32 matmul, what outliers, dedup and the monitor ran before) vs scikit-learn
+``NearestNeighbors(metric="cosine", algorithm="brute")`` (``kneighbors`` and
+``radius_neighbors``), on the same generated vectors in one run.
 
     python benchmarks/neighbours.py [--sizes 100000 1000000] [--sample 2000] [--out FILE]
 
@@ -13,10 +14,13 @@ source). Each method runs in a fresh subprocess; its peak memory is that process
 
 k-NN (k = 10): recall@10 of the ANN path against the exact neighbours of ``--sample`` random
 query rows. Semantic pairs (cosine ≥ 0.95): the share of the exact pairs the ANN path finds,
-counted over the pairs of the sample rows plus ``--sample`` planted rows. Above ``--full-max``
+counted over the pairs of the sample rows plus ``--sample`` planted rows; the ANN run also
+times the connected components that turn pairs into semantic clusters (``curate dedup``'s
+step after the pairs), so its seconds are the whole semantic dedup given the vectors. Above
+``--full-max``
 rows the exact path and scikit-learn answer only the sample rows and their full time is the
 sample's time scaled linearly to all rows (``extrapolated: true``); the exact pair search is
-scaled to the n²/2 upper triangle."""
+scaled to the n²/2 upper triangle, scikit-learn's to all n rows."""
 
 from __future__ import annotations
 
@@ -116,8 +120,14 @@ def child(method: str, folder: Path, full: bool) -> dict:
         _, idx = nb.cosine_knn(x, K, method="ann")
         np.save(folder / "ann_knn.npy", idx[sample])
     elif method == "ann_pairs":
+        from curate.minhash import components
+
         x = np.load(folder / "x16.npy", mmap_mode="r")
+        out["path"] = nb.pair_path(len(x), THRESHOLD, "ann")
         pairs = nb.pairs_above(x, THRESHOLD, method="ann")
+        out["pairs_seconds"] = time.perf_counter() - t0
+        clusters = components(len(x), pairs)
+        out["rows_in_semantic_clusters"] = int((np.bincount(clusters) > 1)[clusters].sum())
         np.save(folder / "ann_pairs.npy", pairs)
         out["pairs"] = len(pairs)
     elif method == "exact_knn":
@@ -136,6 +146,21 @@ def child(method: str, folder: Path, full: bool) -> dict:
         else:  # the sample rows against every row
             pairs = _pairs_of(x, pair_rows)
         np.save(folder / "exact_pairs.npy", pairs)
+    elif method == "sklearn_pairs":
+        from sklearn.neighbors import NearestNeighbors
+
+        x = np.load(folder / "x32.npy")
+        model = NearestNeighbors(metric="cosine", algorithm="brute").fit(x)
+        rows = np.arange(len(x)) if full else pair_rows
+        found = []
+        for start in range(0, len(rows), 4096):  # radius answers are ragged: a block at a time
+            part = rows[start : start + 4096]
+            hits = model.radius_neighbors(x[part], radius=1 - THRESHOLD, return_distance=False)
+            sizes = [len(h) for h in hits]
+            found.append(np.stack([np.repeat(part, sizes), np.concatenate(hits)], axis=1))
+        pairs = np.concatenate(found)
+        pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+        np.save(folder / "sklearn_pairs.npy", pairs)
     elif method == "sklearn_knn":
         from sklearn.neighbors import NearestNeighbors
 
@@ -206,7 +231,7 @@ def _recall(found, truth) -> float:
 
 
 KNN_METHODS = ("ann_knn", "exact_knn", "sklearn_knn")
-PAIR_METHODS = ("ann_pairs", "exact_pairs")
+PAIR_METHODS = ("ann_pairs", "exact_pairs", "sklearn_pairs")
 
 
 def run_size(
@@ -271,24 +296,23 @@ def _pairs_summary(result: dict, folder: Path, full: bool, n: int, pair_rows) ->
 
     methods = result["methods"]
     exact_pairs = np.load(folder / "exact_pairs.npy")
-    ann_pairs = np.load(folder / "ann_pairs.npy")
-    if not full:  # compare on pairs touching the pair rows
-        touch = np.isin(ann_pairs, pair_rows).any(axis=1)
-        ann_pairs = ann_pairs[touch]
-        m = methods["exact_pairs"]
-        m["extrapolated"] = True
-        m["full_seconds"] = round(m["seconds"] * n / (2 * len(pair_rows)), 1)
-    else:
-        methods["exact_pairs"]["extrapolated"] = False
-        methods["exact_pairs"]["full_seconds"] = methods["exact_pairs"]["seconds"]
     want = {tuple(p) for p in exact_pairs.tolist()}
-    got = {tuple(p) for p in ann_pairs.tolist()}
-    methods["ann_pairs"]["exact_pairs_compared"] = len(want)
-    methods["ann_pairs"]["share_of_exact_pairs_found"] = round(len(want & got) / len(want), 4)
-    methods["ann_pairs"]["pairs_not_in_exact"] = len(got - want)
-    result["pairs_speedup_vs_exact"] = round(
-        methods["exact_pairs"]["full_seconds"] / methods["ann_pairs"]["seconds"], 1
-    )
+    for name in ("ann_pairs", "sklearn_pairs"):
+        found = np.load(folder / f"{name}.npy")
+        if not full:  # compare on pairs touching the pair rows
+            found = found[np.isin(found, pair_rows).any(axis=1)]
+        got = {tuple(p) for p in found.tolist()}
+        methods[name]["exact_pairs_compared"] = len(want)
+        methods[name]["share_of_exact_pairs_found"] = round(len(want & got) / len(want), 4)
+        methods[name]["pairs_not_in_exact"] = len(got - want)
+    scales = {"exact_pairs": n / (2 * len(pair_rows)), "sklearn_pairs": n / len(pair_rows)}
+    for name, scale in scales.items():
+        m = methods[name]
+        m["extrapolated"] = not full
+        m["full_seconds"] = m["seconds"] if full else round(m["seconds"] * scale, 1)
+    ann_s = methods["ann_pairs"]["seconds"]
+    result["pairs_speedup_vs_exact"] = round(methods["exact_pairs"]["full_seconds"] / ann_s, 1)
+    result["pairs_speedup_vs_sklearn"] = round(methods["sklearn_pairs"]["full_seconds"] / ann_s, 1)
 
 
 def main() -> None:
@@ -312,10 +336,12 @@ def main() -> None:
         print(json.dumps(child(args.child, args.folder, args.full)))
         return
     from thresher.neighbours import EXACT_MAX_ROWS, REPRODUCIBLE_BUILD_MAX_ROWS, AnnParams
+    from thresher.simhash import BITS, SEED, bands_for
 
     cores = len(os.sched_getaffinity(0))
     result = {
-        "what": "cosine k-NN (k=10) and semantic pairs >= 0.95: thresher ANN vs exact vs sklearn",
+        "what": "cosine k-NN (k=10) and semantic pairs >= 0.95: thresher ANN / SimHash vs exact "
+        "vs sklearn",
         "machine": f"{cores} cores, load {os.getloadavg()[0]:.1f} at start (shared)",
         "ann": {
             "library": "usearch",
@@ -323,6 +349,7 @@ def main() -> None:
             "exact_max_rows": EXACT_MAX_ROWS,
             "reproducible_build_max_rows": REPRODUCIBLE_BUILD_MAX_ROWS,
         },
+        "simhash": {"bits": BITS, "bands": bands_for(THRESHOLD), "seed": SEED},
         "sizes": [],
     }
     for n in args.sizes:  # saved after each size: the 1M run is long
